@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# llama.cpp is built from source for a portable x86-64-v3 baseline (AVX2/FMA/F16C), never
+# -march=native, so the same build serves the tests, the benchmarks and the shipped binary.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
+
+.PHONY: install serve test bench binary lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev,reference]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/llm-appliance serve
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+binary: install
+	$(BIN)/python -m pip install --quiet -e ".[binary]"
+	$(BIN)/python -m PyInstaller --noconfirm --clean packaging/llm-appliance.spec
+
+lint: install
+	$(BIN)/python -m ruff check appliance engine tests bench
+
+clean:
+	rm -rf build dist $(VENV)

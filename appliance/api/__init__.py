@@ -1,0 +1,1 @@
+"""HTTP routes: Ollama's native API and the OpenAI-compatible API."""

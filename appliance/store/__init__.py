@@ -1,0 +1,1 @@
+"""The model store, byte-compatible with Ollama's manifests/ + blobs/ layout."""
