@@ -1,0 +1,47 @@
+"""Build the Quart-trio application from its route modules."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from quart_trio import QuartTrio
+
+from appliance.api.context import Services
+from appliance.api.errors import install_error_handlers
+
+log = logging.getLogger(__name__)
+
+# Each module exposes `bp`, a quart Blueprint. Listed here so the layout reads as the API.
+ROUTE_MODULES = (
+    "appliance.api.native",  # /, /api/version, generate, chat, embed, embeddings, ps
+    "appliance.api.models",  # tags, show, copy, delete, create, blobs
+    "appliance.api.transfer",  # pull, push
+    "appliance.api.openai",  # /v1/*
+)
+
+
+def create_app(services: Services) -> QuartTrio:
+    app = QuartTrio("llm-appliance")
+    app.config["RESPONSE_TIMEOUT"] = None  # streams may run for hours; never cut them at 60 s
+    app.config["BODY_TIMEOUT"] = 600
+    app.config["MAX_CONTENT_LENGTH"] = None
+    app.url_map.strict_slashes = False
+    app.extensions["appliance"] = services
+    for name in ROUTE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            log.debug("route module %s not present", name)
+            continue
+        app.register_blueprint(module.bp)
+    install_error_handlers(app)
+    try:
+        from appliance.api.security import wrap_security
+    except ModuleNotFoundError:
+        pass
+    else:
+        app.asgi_app = wrap_security(app.asgi_app, services.settings)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,27 @@
+"""The services a route needs, reachable from inside a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from quart import current_app
+
+if TYPE_CHECKING:
+    from appliance.config import Settings
+    from appliance.scheduler import Scheduler
+    from appliance.store.store import Store
+
+
+@dataclass
+class Services:
+    """Everything long-lived that routes use; built once by `appliance.server`."""
+
+    settings: Settings
+    store: Store
+    scheduler: Scheduler
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def services() -> Services:
+    return current_app.extensions["appliance"]
