@@ -1,0 +1,281 @@
+"""Outbound HTTP: the one place that decides proxies, trusted CAs, and how network failures read.
+
+Corporate networks are where pulls fail (ollama#729, #7726, #8050, #2622), so every outbound client
+is built here: the proxy comes from Settings or from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either
+case, Go's rules: loopback is never proxied, a NO_PROXY entry matches its domain and subdomains),
+basic auth may sit in the proxy URL, an `https://` proxy is spoken to over TLS, and extra CAs come
+from SSL_CERT_FILE / SSL_CERT_DIR / Settings.ca_file *in addition to* the public roots, so a
+corporate MITM CA can be added without losing the rest. Failures are turned into one sentence that
+names the host, the proxy (password hidden) and the cause.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import certifi
+import httpx
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=120.0)
+USER_AGENT = "llm-appliance (ollama-compatible)"
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Proxy and trust settings for outbound connections, resolved once."""
+
+    https_proxy: str | None = None
+    http_proxy: str | None = None
+    no_proxy: str | None = None
+    ca_files: tuple[str, ...] = ()
+    ca_dirs: tuple[str, ...] = ()
+
+    @classmethod
+    def resolve(cls, settings: Any = None, environ: Mapping[str, str] | None = None) -> NetConfig:
+        """Settings fields win; otherwise the environment (upper case first, as Go reads it)."""
+        env = os.environ if environ is None else environ
+
+        def pick(field: str, *names: str) -> str | None:
+            value = getattr(settings, field, None) if settings is not None else None
+            if value is None:
+                for name in names:
+                    if env.get(name):
+                        value = env[name]
+                        break
+            return (value.strip() or None) if isinstance(value, str) else None
+
+        ca_files = [env.get("SSL_CERT_FILE") or "", getattr(settings, "ca_file", None) or ""]
+        return cls(
+            https_proxy=pick("https_proxy", "HTTPS_PROXY", "https_proxy"),
+            http_proxy=pick("http_proxy", "HTTP_PROXY", "http_proxy"),
+            no_proxy=pick("no_proxy", "NO_PROXY", "no_proxy"),
+            ca_files=tuple(dict.fromkeys(str(f) for f in ca_files if f)),
+            ca_dirs=tuple(d for d in (env.get("SSL_CERT_DIR") or "").split(os.pathsep) if d),
+        )
+
+    def proxy_for(self, url: httpx.URL | str) -> str | None:
+        """The proxy URL (with credentials) a request to `url` goes through, or None for direct."""
+        url = httpx.URL(url)
+        proxy = self.https_proxy if url.scheme == "https" else self.http_proxy
+        if not proxy or not _use_proxy(url, self.no_proxy):
+            return None
+        return proxy if "://" in proxy else f"http://{proxy}"
+
+    def describe(self) -> str:
+        """A log line of what this config will do, passwords hidden."""
+        parts = [
+            f"https proxy {redact(self.https_proxy) if self.https_proxy else 'none'}",
+            f"http proxy {redact(self.http_proxy) if self.http_proxy else 'none'}",
+        ]
+        if self.no_proxy:
+            parts.append(f"no_proxy {self.no_proxy}")
+        if self.ca_files or self.ca_dirs:
+            parts.append(f"extra CAs {', '.join(self.ca_files + self.ca_dirs)}")
+        return "; ".join(parts)
+
+
+def redact(proxy_url: str) -> str:
+    """The URL with its password replaced, safe for logs and error messages."""
+    url = httpx.URL(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
+    port = f":{url.port}" if url.port is not None else ""
+    user = f"{url.username}:***@" if url.password else (f"{url.username}@" if url.username else "")
+    return f"{url.scheme}://{user}{url.host}{port}{url.path.rstrip('/')}"
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+def _use_proxy(url: httpx.URL, no_proxy: str | None) -> bool:
+    """Go's httpproxy rules (golang.org/x/net/http/httpproxy `useProxy`)."""
+    host = url.host.lower()
+    port = url.port or _default_port(url.scheme)
+    if host == "localhost":
+        return False
+    ip = _ip(host)
+    if ip is not None and ip.is_loopback:
+        return False
+    for raw in (no_proxy or "").split(","):
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return False
+        if "/" in entry:
+            try:
+                if ip is not None and ip in ipaddress.ip_network(entry, strict=False):
+                    return False
+            except ValueError:
+                pass
+            continue
+        entry_host, entry_port = _split_host_port(entry)
+        if entry_port is not None and entry_port != port:
+            continue
+        entry_ip = _ip(entry_host)
+        if entry_ip is not None:
+            if ip == entry_ip:
+                return False
+            continue
+        if entry_host.startswith("*."):
+            entry_host = entry_host[1:]
+        if entry_host.startswith("."):
+            if host.endswith(entry_host):
+                return False
+        elif host == entry_host or host.endswith("." + entry_host):
+            return False
+    return True
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _split_host_port(entry: str) -> tuple[str, int | None]:
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, int(port) if port.isdigit() else None
+    return entry, None
+
+
+def create_ssl_context(config: NetConfig) -> ssl.SSLContext:
+    """Public roots (certifi and the system store) plus every extra CA the user named."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    try:
+        context.load_default_certs()
+    except ssl.SSLError as exc:  # a broken system store must not hide the explicit CAs
+        log.warning("could not load the system CA store: %s", exc)
+    for path in config.ca_files:
+        context.load_verify_locations(cafile=path)
+    for path in config.ca_dirs:
+        context.load_verify_locations(capath=path)
+    return context
+
+
+class _ProxyRoutingTransport(httpx.AsyncBaseTransport):
+    """Sends each request direct or through its proxy, chosen by `NetConfig.proxy_for`.
+
+    One matcher decides both the route and what error messages say, so they cannot disagree.
+    """
+
+    def __init__(self, config: NetConfig, context: ssl.SSLContext) -> None:
+        self._config = config
+        self._context = context
+        self._direct = httpx.AsyncHTTPTransport(verify=context)
+        self._proxied: dict[str, httpx.AsyncHTTPTransport] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        proxy = self._config.proxy_for(request.url)
+        if proxy is None:
+            return await self._direct.handle_async_request(request)
+        transport = self._proxied.get(proxy)
+        if transport is None:
+            proxy_context = self._context if proxy.startswith("https:") else None
+            transport = httpx.AsyncHTTPTransport(
+                verify=self._context, proxy=httpx.Proxy(proxy, ssl_context=proxy_context)
+            )
+            self._proxied[proxy] = transport
+        return await transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._direct.aclose()
+        for transport in self._proxied.values():
+            await transport.aclose()
+
+
+def open_client(
+    config: NetConfig,
+    *,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    auth: httpx.Auth | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> httpx.AsyncClient:
+    """An httpx client that follows redirects and routes through the configured proxies.
+
+    Use it as `async with open_client(config) as client:`; it owns its connection pools.
+    """
+    log.info("outbound connections: %s", config.describe())
+    return httpx.AsyncClient(
+        transport=_ProxyRoutingTransport(config, create_ssl_context(config)),
+        timeout=timeout,
+        follow_redirects=True,
+        trust_env=False,
+        auth=auth,
+        headers={"User-Agent": USER_AGENT, **(headers or {})},
+    )
+
+
+def via(config: NetConfig, url: httpx.URL | str) -> str:
+    """`host` or `host via proxy URL` for messages, the password hidden."""
+    url = httpx.URL(url)
+    host = url.host if url.port is None else f"{url.host}:{url.port}"
+    proxy = config.proxy_for(url)
+    return f"{host} via proxy {redact(proxy)}" if proxy else host
+
+
+def describe_failure(exc: BaseException, url: httpx.URL | str, config: NetConfig) -> str:
+    """`connecting to <host> [via proxy <p>]: <cause>` for a transport-level failure."""
+    return f"connecting to {via(config, url)}: {failure_cause(exc, url, config)}"
+
+
+def failure_cause(exc: BaseException, url: httpx.URL | str, config: NetConfig) -> str:
+    """The cause of a network failure in words a user can act on."""
+    url = httpx.URL(url)
+    proxy = config.proxy_for(url)
+    chain = list(_exception_chain(exc))
+    for item in chain:
+        if isinstance(item, ssl.SSLCertVerificationError):
+            hint = "; add its CA with SSL_CERT_FILE" if item.verify_code in (19, 20, 21) else ""
+            return f"TLS certificate verification failed: {item.verify_message}{hint}"
+    for item in chain:
+        if isinstance(item, httpx.ProxyError):
+            return f"proxy answered {item}"
+        if isinstance(item, ssl.SSLError):
+            return f"TLS handshake failed: {item.reason or item}"
+        if isinstance(item, socket.gaierror):
+            name = httpx.URL(proxy).host if proxy else url.host
+            return f"cannot resolve host name {name!r} ({item.strerror})"
+        if isinstance(item, ConnectionRefusedError) or (
+            isinstance(item, OSError) and item.errno == errno.ECONNREFUSED
+        ):
+            return "connection refused"
+        if isinstance(item, httpx.TimeoutException):
+            return "timed out"
+        if isinstance(item, httpx.RemoteProtocolError):
+            return f"connection closed unexpectedly ({item})"
+    text = " ".join(str(item) for item in chain[:1])
+    if "refused" in text.lower():
+        return "connection refused"
+    if "name or service not known" in text.lower() or "name resolution" in text.lower():
+        name = httpx.URL(proxy).host if proxy else url.host
+        return f"cannot resolve host name {name!r}"
+    return text or type(exc).__name__
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        item = stack.pop(0)
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(item.exceptions)
+        stack.extend(e for e in (item.__cause__, item.__context__) if e is not None)
+    return seen
