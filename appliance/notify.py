@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Mapping
 
 import trio
@@ -51,7 +52,7 @@ def notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
 
 def ready(environ: Mapping[str, str] | None = None) -> bool:
     """Tell systemd the server listens (ends `systemctl start` for a Type=notify unit)."""
-    return notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening", environ)
+    return notify("READY=1\nSTATUS=listening", environ)
 
 
 def stopping(environ: Mapping[str, str] | None = None) -> bool:
@@ -78,9 +79,20 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     if value <= 0:
         return None
     pid = env.get("WATCHDOG_PID", "")
-    if pid and pid != str(os.getpid()):
-        return None  # the watchdog belongs to another process (e.g. a wrapper that exec'd us)
+    if pid and pid not in _own_pids():
+        return None  # the watchdog belongs to another process
     return value / 2 / 1_000_000
+
+
+def _own_pids() -> tuple[str, ...]:
+    """Our pid, plus the parent's under PyInstaller's one-file bootloader.
+
+    There systemd's main PID (and so WATCHDOG_PID) is the bootloader, which forks the real server
+    and waits for it; the unit's NotifyAccess=all lets the child's pings count.
+    """
+    if getattr(sys, "frozen", False):
+        return (str(os.getpid()), str(os.getppid()))
+    return (str(os.getpid()),)
 
 
 async def serve_watchdog(
