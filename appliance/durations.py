@@ -1,0 +1,269 @@
+"""Durations exactly as Ollama reads and prints them.
+
+Clients send `keep_alive` as JSON numbers (seconds) or Go duration strings, and users write
+`OLLAMA_KEEP_ALIVE=10m` or `=3600`; each source has its own asymmetric rules (reference §5, §7),
+pinned by Ollama's TestKeepAlive and TestKeepAliveParsingFromJSON. Go's `time.ParseDuration` is
+reproduced here, error messages included, because clients show those messages verbatim.
+
+Durations travel through the appliance as float seconds; `FOREVER` (math.inf) stands for Go's
+MaxInt64 nanoseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from appliance.errors import BadRequest
+
+FOREVER = math.inf
+
+NANOSECOND = 1
+MICROSECOND = 1_000
+MILLISECOND = 1_000_000
+SECOND = 1_000_000_000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+
+MAX_NS = (1 << 63) - 1  # Go's time.Duration(math.MaxInt64): "forever"
+
+_UNITS = {
+    "ns": NANOSECOND,
+    "us": MICROSECOND,
+    "\u00b5s": MICROSECOND,  # µ, micro sign
+    "\u03bcs": MICROSECOND,  # μ, Greek mu
+    "ms": MILLISECOND,
+    "s": SECOND,
+    "m": MINUTE,
+    "h": HOUR,
+}
+
+_GO_INT = re.compile(r"[+-]?[0-9]+")
+
+
+class DurationError(ValueError):
+    """A string Go's time.ParseDuration rejects; the message is Go's, word for word."""
+
+
+def _go_quote(text: str) -> str:
+    """Go's time.quote: non-ASCII and control bytes as \\x escapes, `"` and `\\` escaped."""
+    out = ['"']
+    for ch in text:
+        if ord(ch) >= 0x80 or ch < " ":
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogatepass"))
+        else:
+            if ch in '"\\':
+                out.append("\\")
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def parse_go_duration_ns(text: str) -> int:
+    """Go's `time.ParseDuration`, in integer nanoseconds (may be negative)."""
+    orig = text
+    s = text
+    neg = False
+    if s and s[0] in "+-":
+        neg = s[0] == "-"
+        s = s[1:]
+    if s == "0":
+        return 0
+    invalid = DurationError(f"time: invalid duration {_go_quote(orig)}")
+    if s == "":
+        raise invalid
+    total = 0
+    while s:
+        if not (s[0] == "." or "0" <= s[0] <= "9"):
+            raise invalid
+        # Leading integer part.
+        i = 0
+        whole = 0
+        while i < len(s) and "0" <= s[i] <= "9":
+            if whole > (1 << 63) // 10:
+                raise invalid
+            whole = whole * 10 + ord(s[i]) - 48
+            if whole > 1 << 63:
+                raise invalid
+            i += 1
+        pre = i > 0
+        s = s[i:]
+        # Optional fraction.
+        frac, scale, post = 0, 1.0, False
+        if s and s[0] == ".":
+            s = s[1:]
+            i = 0
+            overflow = False
+            while i < len(s) and "0" <= s[i] <= "9":
+                if not overflow:
+                    if frac > ((1 << 63) - 1) // 10:
+                        overflow = True
+                    else:
+                        nxt = frac * 10 + ord(s[i]) - 48
+                        if nxt > 1 << 63:
+                            overflow = True
+                        else:
+                            frac = nxt
+                            scale *= 10
+                i += 1
+            post = i > 0
+            s = s[i:]
+        if not pre and not post:
+            raise invalid
+        # Unit: everything up to the next digit or period.
+        i = 0
+        while i < len(s) and not (s[i] == "." or "0" <= s[i] <= "9"):
+            i += 1
+        if i == 0:
+            raise DurationError(f"time: missing unit in duration {_go_quote(orig)}")
+        unit_text, s = s[:i], s[i:]
+        unit = _UNITS.get(unit_text)
+        if unit is None:
+            raise DurationError(
+                f"time: unknown unit {_go_quote(unit_text)} in duration {_go_quote(orig)}"
+            )
+        if whole > (1 << 63) // unit:
+            raise invalid
+        value = whole * unit
+        if frac > 0:
+            value += int(float(frac) * (float(unit) / scale))
+            if value > 1 << 63:
+                raise invalid
+        total += value
+        if total > 1 << 63:
+            raise invalid
+    if neg:
+        return -total
+    if total > MAX_NS:
+        raise invalid
+    return total
+
+
+def parse_go_duration(text: str) -> float:
+    """Go's `time.ParseDuration` in float seconds; DurationError carries Go's message."""
+    return parse_go_duration_ns(text) / SECOND
+
+
+def _ns_to_seconds(ns: int) -> float:
+    if ns < 0 or ns >= MAX_NS:
+        return FOREVER
+    return ns / SECOND
+
+
+def _go_type_name(value: Any) -> str:
+    """How Go's reflect.TypeOf names a decoded JSON value of an unsupported type."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return type(value).__name__
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """A request's `keep_alive` (decoded JSON) in seconds, per Ollama's Duration.UnmarshalJSON.
+
+    None for absent/null (the caller keeps its current duration); numbers are seconds; strings need
+    Go units; anything negative is FOREVER. Bad input is a BadRequest with Go's message.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or isinstance(value, (dict, list)):
+        raise BadRequest(f"Unsupported type: '{_go_type_name(value)}'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            return FOREVER
+        # Go: time.Duration(t * float64(time.Second)), truncated to whole nanoseconds.
+        product = float(value) * SECOND
+        if not math.isfinite(product) or product >= MAX_NS:
+            return FOREVER
+        return _ns_to_seconds(int(product))
+    if isinstance(value, str):
+        try:
+            ns = parse_go_duration_ns(value)
+        except DurationError as exc:
+            raise BadRequest(str(exc)) from None
+        return _ns_to_seconds(ns)
+    raise BadRequest(f"Unsupported type: '{_go_type_name(value)}'")
+
+
+def parse_env_duration(text: str | None, default: float) -> float:
+    """An OLLAMA_* duration variable: Go duration, else integer seconds, else `default`.
+
+    Negative values mean FOREVER. The caller trims (config's Var()) and warns when
+    `env_duration_seconds` says the text is invalid.
+    """
+    if not text:
+        return default
+    seconds = env_duration_seconds(text)
+    return default if seconds is None else seconds
+
+
+def env_duration_seconds(text: str) -> float | None:
+    """Seconds for an env-style duration (negative = FOREVER), or None when Ollama would fall back."""
+    try:
+        ns = parse_go_duration_ns(text)
+    except DurationError:
+        if not _GO_INT.fullmatch(text):
+            return None
+        n = int(text)
+        if n < -(1 << 63) or n > MAX_NS:  # strconv.ParseInt range error
+            return None
+        ns = n * SECOND
+    if ns < 0:
+        return FOREVER
+    return _ns_to_seconds(ns)
+
+
+def format_go_duration(seconds: float) -> str:
+    """Go's Duration.String(): "5m0s", "1h0m0s", "1.5s", "500ms"; FOREVER prints MaxInt64."""
+    if math.isinf(seconds):
+        ns = MAX_NS if seconds > 0 else -MAX_NS - 1
+    else:
+        ns = round(seconds * SECOND)
+        ns = max(-MAX_NS - 1, min(MAX_NS, ns))
+    return _format_ns(ns)
+
+
+def _format_frac(value: int, prec: int) -> tuple[str, int]:
+    """Go's fmtFrac: the fraction of value/10**prec without trailing zeros, and the integer part."""
+    digits = []
+    printed = False
+    for _ in range(prec):
+        digit = value % 10
+        printed = printed or digit != 0
+        if printed:
+            digits.append(str(digit))
+        value //= 10
+    frac = ("." + "".join(reversed(digits))) if printed else ""
+    return frac, value
+
+
+def _format_ns(ns: int) -> str:
+    neg = ns < 0
+    u = -ns if neg else ns
+    if u < SECOND:
+        if u == 0:
+            return "0s"
+        if u < MICROSECOND:
+            frac, whole, unit = "", u, "ns"
+        elif u < MILLISECOND:
+            frac, whole = _format_frac(u, 3)
+            unit = "\u00b5s"
+        else:
+            frac, whole = _format_frac(u, 6)
+            unit = "ms"
+        text = f"{whole}{frac}{unit}"
+    else:
+        frac, whole = _format_frac(u, 9)
+        seconds = whole % 60
+        minutes_total = whole // 60
+        text = f"{seconds}{frac}s"
+        if minutes_total > 0:
+            text = f"{minutes_total % 60}m{text}"
+            hours = minutes_total // 60
+            if hours > 0:
+                text = f"{hours}h{text}"
+    return "-" + text if neg else text
