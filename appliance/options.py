@@ -1,0 +1,305 @@
+"""Ollama's model options: defaults, precedence, typing, and which ones force a reload.
+
+Clients send `options` maps tuned for Ollama, and Modelfiles carry PARAMETER lines; both must be
+typed and merged exactly as Ollama's `Options.FromMap` and `api.FormatParams` do (reference
+§2.10, §6.3) so that the same request means the same thing here. The load-time subset decides
+whether a loaded model can serve a request (§4.6, the scheduler's needsReload).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from appliance.errors import ApplianceError, BadRequest
+
+log = logging.getLogger(__name__)
+
+# Go kind of each option, as declared in api/types.go (Runner + Options).
+_INT, _FLOAT, _BOOL, _STRINGS = "integer", "float32", "boolean", "array"
+OPTION_KINDS: dict[str, str] = {
+    # load-time (api.Runner)
+    "num_ctx": _INT,
+    "num_batch": _INT,
+    "num_gpu": _INT,
+    "main_gpu": _INT,
+    "use_mmap": _BOOL,
+    "num_thread": _INT,
+    "draft_num_predict": _INT,
+    # per request
+    "num_keep": _INT,
+    "seed": _INT,
+    "num_predict": _INT,
+    "top_k": _INT,
+    "top_p": _FLOAT,
+    "min_p": _FLOAT,
+    "typical_p": _FLOAT,
+    "repeat_last_n": _INT,
+    "temperature": _FLOAT,
+    "repeat_penalty": _FLOAT,
+    "presence_penalty": _FLOAT,
+    "frequency_penalty": _FLOAT,
+    "stop": _STRINGS,
+}
+
+LOAD_TIME_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+
+# Modelfile PARAMETER keys Ollama accepts with only a warning (parser/parser.go).
+DEPRECATED_PARAMETERS = frozenset(
+    {
+        "penalize_newline",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "use_mlock",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+    }
+)
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_FLOAT32_MAX = 3.4028234663852886e38
+_GO_INT = re.compile(r"[+-]?[0-9]+")
+_GO_FLOAT = re.compile(
+    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE
+)
+_GO_BOOLS = {
+    "1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+    "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False,
+}  # fmt: skip
+
+
+def go_parse_bool(text: str) -> bool | None:
+    """strconv.ParseBool: the accepted spellings, or None."""
+    return _GO_BOOLS.get(text)
+
+
+class LoadKey(NamedTuple):
+    """The load-time options a runner was (or would be) started with.
+
+    Compare with `matches`, not `==`: Ollama's needsReload treats `num_gpu < 0` in a request as
+    "any", lets an unset `use_mmap` inherit, and counts two automatic num_ctx/num_batch as equal.
+    """
+
+    num_ctx: int
+    num_batch: int
+    num_gpu: int
+    main_gpu: int
+    use_mmap: bool | None
+    num_thread: int
+    auto_num_ctx: bool = False
+    auto_num_batch: bool = False
+
+    def matches(self, loaded: LoadKey) -> bool:
+        """Whether a runner loaded with `loaded` can serve a request that wants `self`."""
+        if not (self.auto_num_ctx and loaded.auto_num_ctx) and self.num_ctx != loaded.num_ctx:
+            return False
+        if not (self.auto_num_batch and loaded.auto_num_batch) and (
+            self.num_batch != loaded.num_batch
+        ):
+            return False
+        if self.num_gpu >= 0 and self.num_gpu != loaded.num_gpu:
+            return False
+        if self.use_mmap is not None and self.use_mmap != loaded.use_mmap:
+            return False
+        return self.main_gpu == loaded.main_gpu and self.num_thread == loaded.num_thread
+
+
+def needs_reload(loaded: LoadKey, requested: LoadKey) -> bool:
+    """Ollama's needsReload, options part: True when the loaded runner cannot serve `requested`."""
+    return not requested.matches(loaded)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every Ollama option with Ollama's defaults (api.DefaultOptions).
+
+    `explicit` names the options a Modelfile or request set; the others are automatic.
+    `num_ctx` 0 means "not decided yet": `resolve_options` fills in the server default.
+    """
+
+    # load-time
+    num_ctx: int = 0
+    num_batch: int = 512
+    num_gpu: int = -1
+    main_gpu: int = 0
+    use_mmap: bool | None = None
+    num_thread: int = 0
+    draft_num_predict: int = 4
+    # per request
+    num_keep: int = 4
+    seed: int = -1
+    num_predict: int = -1
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_last_n: int = 64
+    temperature: float = 0.8
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
+
+    def with_map(self, values: Mapping[str, Any] | None) -> Options:
+        """These options overlaid with a decoded JSON map, typed as Go's Options.FromMap does.
+
+        Unknown keys are logged and ignored; null values are skipped; a wrong type raises an
+        ApplianceError with status 500 (Ollama's handleScheduleError) and Go's message.
+        """
+        if not values:
+            return self
+        changes: dict[str, Any] = {}
+        for key, value in values.items():
+            kind = OPTION_KINDS.get(key)
+            if kind is None:
+                log.warning("invalid option provided: %s", key)
+                continue
+            if value is None:
+                continue
+            changes[key] = _coerce(key, kind, value)
+        if not changes:
+            return self
+        return dataclasses.replace(self, **changes, explicit=self.explicit.union(changes))
+
+    def load_key(self, n_ctx_train: int | None = None) -> LoadKey:
+        """The load-time options that decide reuse; num_ctx clamped to the model's train context."""
+        num_ctx = self.num_ctx
+        if n_ctx_train and n_ctx_train > 0:
+            num_ctx = min(num_ctx, n_ctx_train)
+        return LoadKey(
+            num_ctx=num_ctx,
+            num_batch=self.num_batch,
+            num_gpu=self.num_gpu,
+            main_gpu=self.main_gpu,
+            use_mmap=self.use_mmap,
+            num_thread=self.num_thread,
+            auto_num_ctx="num_ctx" not in self.explicit,
+            auto_num_batch="num_batch" not in self.explicit,
+        )
+
+    def as_map(self) -> dict[str, Any]:
+        """The options as a JSON-ready map (Go field names), for logs and debugging."""
+        out = {name: getattr(self, name) for name in OPTION_KINDS}
+        out["stop"] = list(self.stop)
+        return out
+
+
+def resolve_options(
+    model_params: Mapping[str, Any] | None,
+    request_options: Mapping[str, Any] | None,
+    *,
+    default_num_ctx: int,
+) -> Options:
+    """Options for one request, lowest precedence first: defaults (with the server's num_ctx),
+    the model's Modelfile parameters, the request's `options`."""
+    if request_options is not None and not isinstance(request_options, Mapping):
+        raise BadRequest(
+            f"json: cannot unmarshal {_go_json_type(request_options)} into Go struct field "
+            ".options of type map[string]interface {}"
+        )
+    base = Options(num_ctx=default_num_ctx)
+    return base.with_map(model_params).with_map(request_options)
+
+
+def _go_json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _type_error(key: str, kind: str) -> ApplianceError:
+    return ApplianceError(f"option {json.dumps(key)} must be of type {kind}", status=500)
+
+
+def _coerce(key: str, kind: str, value: Any) -> Any:
+    if kind == _INT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(key, kind)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise _type_error(key, kind)
+            value = math.trunc(value)  # Go: int64(float64) truncates toward zero
+        return max(_INT64_MIN, min(_INT64_MAX, int(value)))
+    if kind == _FLOAT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(key, kind)
+        return float(value)
+    if kind == _BOOL:
+        if not isinstance(value, bool):
+            raise _type_error(key, kind)
+        return value
+    # array of strings; a lone string is accepted too (clients, and OpenAI's `stop`, send one)
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        raise _type_error(key, kind)
+    if not all(isinstance(item, str) for item in value):
+        raise ApplianceError(f"option {json.dumps(key)} must be of an array of strings", status=500)
+    return tuple(value)
+
+
+def parse_modelfile_parameter(key: str, value_text: str) -> Any:
+    """One Modelfile `PARAMETER key value`, typed like Go's api.FormatParams.
+
+    Returns the typed value (`stop` as a one-item list), or None for a deprecated key (logged).
+    Raises BadRequest with Ollama's message for an unknown key or a badly typed value.
+    """
+    if key in DEPRECATED_PARAMETERS:
+        log.warning("parameter %s is deprecated", key)
+        return None
+    kind = OPTION_KINDS.get(key)
+    if kind is None:
+        raise BadRequest(f"unknown parameter '{key}'")
+    shown = f"[{value_text}]"  # Go prints the []string of values with %s
+    if kind == _INT:
+        if not _GO_INT.fullmatch(value_text) or not (
+            _INT64_MIN <= int(value_text) <= _INT64_MAX
+        ):
+            raise BadRequest(f"invalid int value {shown}")
+        return int(value_text)
+    if kind == _FLOAT:
+        if not _GO_FLOAT.fullmatch(value_text):
+            raise BadRequest(f"invalid float value {shown}")
+        number = float(value_text)
+        if math.isfinite(number) and abs(number) > _FLOAT32_MAX:  # ParseFloat(.., 32) range
+            raise BadRequest(f"invalid float value {shown}")
+        return number
+    if kind == _BOOL:
+        parsed = go_parse_bool(value_text)
+        if parsed is None:
+            raise BadRequest(f"invalid bool value {shown}")
+        return parsed
+    return [value_text]
+
+
+def format_params(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """All PARAMETER lines of a Modelfile as the typed `parameters` map of /api/create.
+
+    Repeated `stop` lines accumulate; for other keys the last line wins; deprecated keys vanish.
+    """
+    params: dict[str, Any] = {}
+    for key, value_text in pairs:
+        value = parse_modelfile_parameter(key, value_text)
+        if value is None:
+            continue
+        if isinstance(value, list) and isinstance(params.get(key), list):
+            params[key] = params[key] + value
+        else:
+            params[key] = value
+    return params
