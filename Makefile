@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 	-DLLAMA_BUILD_TOOLS=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: install serve test bench binary lint clean
+.PHONY: install serve test bench binary binary-onedir lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: install
 binary: install
 	$(BIN)/python -m pip install --quiet -e ".[binary]"
 	$(BIN)/python -m PyInstaller --noconfirm --clean packaging/llm-appliance.spec
+
+# The same bundle unpacked in dist/llm-appliance-onedir/, for hosts whose /tmp is noexec.
+binary-onedir: install
+	$(BIN)/python -m pip install --quiet -e ".[binary]"
+	$(BIN)/python -m PyInstaller --noconfirm --clean packaging/llm-appliance.spec -- --onedir
 
 lint: install
 	$(BIN)/python -m ruff check appliance engine tests bench

@@ -1,0 +1,206 @@
+"""`llm-appliance doctor`: each check from injected host facts, plus the live port check.
+
+Conventions: host facts (/proc/version, /proc/cpuinfo, /proc/meminfo, glibc) and the environment are
+built by the test, never read from this machine, except `gather_host_facts` which only has to return
+something well-formed. The server check talks to real sockets on 127.0.0.1 port 0 under
+`trio.fail_after`. Directory checks use real directories under tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from appliance import doctor
+from appliance.doctor import HostFacts, Status
+
+HASWELL_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi1 bmi2 popcnt"
+SANDY_BRIDGE_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx popcnt"
+MEMINFO = "MemTotal:       16384000 kB\nMemFree:   1000 kB\nMemAvailable:    8192000 kB\n"
+WSL2_VERSION = ("Linux version 5.15.153.1-microsoft-standard-WSL2 (root@1c602f52c2e4) "
+                "(gcc (GCC) 11.2.0) #1 SMP Fri Mar 29 23:14:13 UTC 2024")
+DEBIAN_VERSION = "Linux version 6.1.0-18-amd64 (debian-kernel@lists.debian.org) #1 SMP Debian"
+
+
+def cpuinfo(flags: str, cpus: int = 4) -> str:
+    return "".join(f"processor\t: {n}\nflags\t\t: {flags}\n\n" for n in range(cpus))
+
+
+def test_wsl2_is_detected_and_the_lso_hint_names_the_script():
+    facts = HostFacts(proc_version=WSL2_VERSION)
+    check = doctor.check_wsl(facts, {"WSL_DISTRO_NAME": "Ubuntu"})
+    assert check.status is Status.INFO
+    assert check.detail["wsl"] == 2 and check.detail["distro"] == "Ubuntu"
+    assert "Large Send Offload Version 2" in check.hint
+    assert "Tune-WslNetwork.ps1" in check.hint
+    assert check.detail["script"].endswith("wsl/Tune-WslNetwork.ps1")
+
+
+def test_wsl_distro_variable_alone_means_wsl():
+    assert doctor.detect_wsl(HostFacts(proc_version=DEBIAN_VERSION), {"WSL_DISTRO_NAME": "x"}) == 2
+
+
+def test_plain_linux_is_not_wsl():
+    check = doctor.check_wsl(HostFacts(proc_version=DEBIAN_VERSION), {})
+    assert check.status is Status.OK and check.hint is None
+
+
+def test_wsl1_kernel_string():
+    version = "Linux version 4.4.0-19041-Microsoft (Microsoft@Microsoft.com)"
+    assert doctor.detect_wsl(HostFacts(proc_version=version), {}) == 1
+
+
+def test_cpu_with_x86_64_v3_passes():
+    check = doctor.check_cpu(HostFacts(cpuinfo=cpuinfo(HASWELL_FLAGS, 8)))
+    assert check.status is Status.OK
+    assert check.detail["logical_cpus"] == 8
+
+
+def test_cpu_without_avx2_fails_and_says_what_is_needed():
+    check = doctor.check_cpu(HostFacts(cpuinfo=cpuinfo(SANDY_BRIDGE_FLAGS)))
+    assert check.status is Status.FAIL
+    assert check.detail["missing"] == ["avx2", "fma", "f16c", "bmi2"]
+    assert "Haswell" in check.hint and "Excavator" in check.hint
+
+
+def test_non_x86_machine_is_warned():
+    check = doctor.check_cpu(HostFacts(cpuinfo="Features : fp asimd\n", machine="aarch64"))
+    assert check.status is Status.WARN
+
+
+def test_memory_reports_total_and_available():
+    check = doctor.check_memory(HostFacts(meminfo=MEMINFO))
+    assert check.status is Status.OK
+    assert check.detail == {"total_bytes": 16384000 * 1024, "available_bytes": 8192000 * 1024}
+
+
+def test_low_memory_is_warned():
+    low = "MemTotal: 2000000 kB\nMemAvailable: 500000 kB\n"
+    assert doctor.check_memory(HostFacts(meminfo=low)).status is Status.WARN
+
+
+def test_glibc_older_than_the_build_is_warned():
+    assert doctor.check_glibc(HostFacts(glibc="glibc 2.31")).status is Status.WARN
+    assert doctor.check_glibc(HostFacts(glibc="glibc 2.36")).status is Status.OK
+    assert doctor.check_glibc(HostFacts(glibc="glibc 2.40")).status is Status.OK
+
+
+def test_models_dir_writable(tmp_path: Path):
+    assert doctor.check_models_dir(tmp_path).status is Status.OK
+
+
+def test_models_dir_that_will_be_created(tmp_path: Path):
+    check = doctor.check_models_dir(tmp_path / "a" / "b")
+    assert check.status is Status.OK
+    assert check.detail["nearest_existing"] == str(tmp_path)
+
+
+def test_models_dir_that_is_a_file(tmp_path: Path):
+    path = tmp_path / "file"
+    path.write_text("")
+    assert doctor.check_models_dir(path).status is Status.FAIL
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere; needs an ordinary user")
+def test_models_dir_not_writable(tmp_path: Path):
+    path = tmp_path / "ro"
+    path.mkdir(mode=0o500)
+    check = doctor.check_models_dir(path)
+    assert check.status is Status.FAIL and "chown" in check.hint
+
+
+def test_proxy_password_is_masked():
+    check = doctor.check_proxy({"HTTPS_PROXY": "http://alice:s3cret@proxy.corp:3128"})
+    assert check.status is Status.OK
+    assert "s3cret" not in json.dumps(check.as_json())
+    assert "proxy.corp:3128" in check.summary
+
+
+def test_lowercase_proxy_variables_count():
+    check = doctor.check_proxy({"https_proxy": "http://proxy:3128", "no_proxy": "localhost"})
+    assert check.detail["https_proxy"] == "http://proxy:3128"
+    assert check.detail["no_proxy"] == "localhost"
+
+
+def test_http_proxy_is_warned():
+    check = doctor.check_proxy({"HTTPS_PROXY": "http://p:1", "HTTP_PROXY": "http://p:1"})
+    assert check.status is Status.WARN and "NO_PROXY" in check.hint
+
+
+def test_missing_ca_file_fails(tmp_path: Path):
+    check = doctor.check_proxy({"SSL_CERT_FILE": str(tmp_path / "none.pem")})
+    assert check.status is Status.FAIL
+
+
+def test_no_proxy_at_all():
+    assert doctor.check_proxy({}).status is Status.OK
+
+
+async def test_free_port_reports_nothing_listening():
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    await listener.aclose()
+    with trio.fail_after(10):
+        check = await doctor.check_server("127.0.0.1", port)
+    assert check.status is Status.INFO and "nothing listens" in check.summary
+
+
+async def _serve_http(stream: trio.SocketStream, body: bytes) -> None:
+    async with stream:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some()
+            if not chunk:
+                return
+            data += chunk
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n"
+                              b"Content-Type: text/plain\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b"Ollama is running", Status.OK),
+    (b"<html>some other app</html>", Status.WARN),
+])
+async def test_port_in_use_is_told_apart_from_our_server(body: bytes, status: Status):
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                partial(trio.serve_tcp, lambda s: _serve_http(s, body), 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            check = await doctor.check_server("127.0.0.1", port)
+            nursery.cancel_scope.cancel()
+    assert check.status is status
+
+
+async def test_full_report_renders_as_text_and_json(tmp_path: Path):
+    facts = HostFacts(proc_version=WSL2_VERSION, cpuinfo=cpuinfo(HASWELL_FLAGS),
+                      meminfo=MEMINFO, glibc="glibc 2.36")
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    await listener.aclose()
+    with trio.fail_after(20):
+        checks = await doctor.run_checks(
+            facts, {"HTTPS_PROXY": "http://u:pw@p:1"}, doctor.Target("127.0.0.1", port, tmp_path))
+    names = [check.name for check in checks]
+    assert names == ["wsl", "cpu", "memory", "glibc", "models", "proxy", "server", "platform"]
+    text = doctor.render_text(checks)
+    assert "Large Send Offload" in text and "pw@" not in text
+    data = json.loads(json.dumps([check.as_json() for check in checks]))
+    assert data[0]["status"] == "info"
+    assert doctor.exit_code(checks) == 0
+
+
+def test_exit_code_is_1_on_a_failure():
+    failing = doctor.check_cpu(HostFacts(cpuinfo=cpuinfo(SANDY_BRIDGE_FLAGS)))
+    assert doctor.exit_code([failing]) == 1
+
+
+def test_gather_host_facts_reads_this_host():
+    facts = doctor.gather_host_facts()
+    assert facts.machine
+    assert isinstance(facts.cpuinfo, str)
