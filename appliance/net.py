@@ -230,7 +230,9 @@ def via(config: NetConfig, url: httpx.URL | str) -> str:
 
 def describe_failure(exc: BaseException, url: httpx.URL | str, config: NetConfig) -> str:
     """`connecting to <host> [via proxy <p>]: <cause>` for a transport-level failure."""
-    return f"connecting to {via(config, url)}: {failure_cause(exc, url, config)}"
+    verb = "reading from" if isinstance(exc, (httpx.ReadError, httpx.ReadTimeout,
+                                              httpx.RemoteProtocolError)) else "connecting to"
+    return f"{verb} {via(config, url)}: {failure_cause(exc, url, config)}"
 
 
 def failure_cause(exc: BaseException, url: httpx.URL | str, config: NetConfig) -> str:
