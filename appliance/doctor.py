@@ -305,7 +305,7 @@ async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
 # -- platform defaults ---------------------------------------------------------------------------
 
 
-def check_platform() -> Check:
+def check_platform(settings: Any = None) -> Check:
     """The defaults the platform rules chose, and which rule chose each (appliance.platform)."""
     try:
         rules = importlib.import_module("appliance.platform")
@@ -313,14 +313,21 @@ def check_platform() -> Check:
         if exc.name != "appliance.platform":
             raise
         return Check("platform", Status.INFO, "platform rules not available in this build")
+    if settings is None:
+        from appliance.config import Settings
+
+        settings = Settings()
     facts = rules.detect_facts()
-    detail: dict[str, Any] = {"facts": _jsonable(facts)}
-    for name in ("platform_defaults", "defaults_for", "derive_defaults", "defaults"):
-        derive = getattr(rules, name, None)
-        if callable(derive):
-            detail["defaults"] = _jsonable(derive(facts))
-            break
-    return Check("platform", Status.INFO, "platform rules applied", detail)
+    defaults = _jsonable(rules.decide_defaults(facts, settings))
+    detail: dict[str, Any] = {"facts": _jsonable(facts), "defaults": defaults}
+    parts = []
+    if isinstance(defaults, dict):
+        for name, decided in defaults.items():
+            if isinstance(decided, dict) and "value" in decided:
+                rule = decided.get("rule") or decided.get("reason") or decided.get("source")
+                parts.append(f"{name}={decided['value']}" + (f" ({rule})" if rule else ""))
+    summary = "; ".join(parts) if parts else "platform rules applied"
+    return Check("platform", Status.INFO, summary, detail)
 
 
 def _jsonable(value: Any) -> Any:
@@ -349,6 +356,7 @@ class Target:
     host: str
     port: int
     models_dir: Path
+    settings: Any = None
 
 
 def target_from_settings(environ: Mapping[str, str]) -> Target:
@@ -360,7 +368,7 @@ def target_from_settings(environ: Mapping[str, str]) -> Target:
         models = environ.get("OLLAMA_MODELS") or str(Path.home() / ".ollama" / "models")
         return Target("127.0.0.1", 11434, Path(models))
     settings = load_settings(dict(environ))
-    return Target(settings.host, settings.port, Path(settings.models_dir))
+    return Target(settings.host, settings.port, Path(settings.models_dir), settings)
 
 
 async def run_checks(
@@ -379,7 +387,7 @@ async def run_checks(
         check_models_dir(target.models_dir),
         check_proxy(environ),
         await check_server(target.host, target.port, timeout=server_timeout),
-        check_platform(),
+        check_platform(target.settings),
     ]
 
 
@@ -398,7 +406,12 @@ def exit_code(checks: Sequence[Check]) -> int:
 
 def command(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
-    checks = trio.run(run_checks, gather_host_facts(), environ, target_from_settings(environ))
+    try:
+        target = target_from_settings(environ)
+    except ValueError as exc:  # config.ConfigError: the server would refuse to start too
+        print(f"[fail] config    {exc}")
+        return 1
+    checks = trio.run(run_checks, gather_host_facts(), environ, target)
     if args.json:
         print(json.dumps([check.as_json() for check in checks], indent=2))
     else:

@@ -204,3 +204,11 @@ def test_gather_host_facts_reads_this_host():
     facts = doctor.gather_host_facts()
     assert facts.machine
     assert isinstance(facts.cpuinfo, str)
+
+
+def test_platform_defaults_are_listed_with_their_rule():
+    pytest.importorskip("appliance.platform", reason="appliance/platform.py has not landed yet")
+    check = doctor.check_platform()
+    assert check.status is Status.INFO
+    assert "defaults" in check.detail and "facts" in check.detail
+    assert "=" in check.summary
