@@ -39,6 +39,7 @@ class Reply:
     body: bytes = b""
     cut_after: int | None = None  # drop the connection after this many body bytes
     head_only: bool = False
+    gate: trio.Event | None = None  # wait for this before sending the body
 
 
 @dataclass
@@ -133,6 +134,8 @@ class H11Peer:
                 headers.append(("Content-Length", str(len(reply.body))))
             await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
             if request.method != "HEAD" and not reply.head_only:
+                if reply.gate is not None:
+                    await reply.gate.wait()
                 body_out = reply.body
                 if reply.cut_after is not None:
                     await stream.send_all(conn.send(h11.Data(data=body_out[: reply.cut_after])))
@@ -146,13 +149,14 @@ class H11Peer:
 
 
 def serve_bytes(request: Request, data: bytes, served: list[tuple[int, int]], *,
-                cut: int | None = None, headers: list[tuple[str, str]] | None = None) -> Reply:
+                cut: int | None = None, headers: list[tuple[str, str]] | None = None,
+                ignore_range: bool = False) -> Reply:
     """200 or 206 for `data` honouring `Range: bytes=a-b`; records the byte range sent."""
     headers = list(headers or [])
     headers.append(("Accept-Ranges", "bytes"))
     start, end = 0, len(data)
     status = 200
-    m = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
+    m = None if ignore_range else re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
     if m:
         start = int(m.group(1))
         end = min(len(data), int(m.group(2)) + 1) if m.group(2) else len(data)
@@ -188,6 +192,8 @@ class RegistryPeer(H11Peer):
         self.token: str | None = None  # when set, /v2/ needs `Authorization: Bearer <token>`
         self.drop_blob_after: dict[str, int] = {}  # digest -> bytes sent before the cut (once)
         self.wrong_bytes: set[str] = set()  # digests served with other content
+        self.ignore_range = False  # answer every blob GET with 200 and all bytes
+        self.blob_gate: trio.Event | None = None  # blob bodies wait for this event
         # records
         self.served: dict[str, list[tuple[int, int]]] = {}
         self.token_requests: list[dict[str, list[str]]] = []
@@ -269,7 +275,10 @@ class RegistryPeer(H11Peer):
         if ref in self.wrong_bytes:
             data = bytes(b ^ 0xFF for b in data)
         cut = self.drop_blob_after.pop(ref, None) if request.method == "GET" else None
-        return serve_bytes(request, data, self.served.setdefault(ref, []), cut=cut)
+        reply = serve_bytes(request, data, self.served.setdefault(ref, []), cut=cut,
+                            ignore_range=self.ignore_range)
+        reply.gate = self.blob_gate
+        return reply
 
     def _upload(self, request: Request, repo: str, session: str) -> Reply:
         if request.method == "POST" and not session:
