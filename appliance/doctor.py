@@ -306,28 +306,22 @@ async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
 
 
 def check_platform(settings: Any = None) -> Check:
-    """The defaults the platform rules chose, and which rule chose each (appliance.platform)."""
+    """The defaults the platform rules chose, and the rule that chose each (appliance.platform)."""
     try:
         rules = importlib.import_module("appliance.platform")
     except ModuleNotFoundError as exc:
         if exc.name != "appliance.platform":
             raise
         return Check("platform", Status.INFO, "platform rules not available in this build")
-    if settings is None:
-        from appliance.config import Settings
-
-        settings = Settings()
     facts = rules.detect_facts()
-    defaults = _jsonable(rules.decide_defaults(facts, settings))
-    detail: dict[str, Any] = {"facts": _jsonable(facts), "defaults": defaults}
-    parts = []
-    if isinstance(defaults, dict):
-        for name, decided in defaults.items():
-            if isinstance(decided, dict) and "value" in decided:
-                rule = decided.get("rule") or decided.get("reason") or decided.get("source")
-                parts.append(f"{name}={decided['value']}" + (f" ({rule})" if rule else ""))
-    summary = "; ".join(parts) if parts else "platform rules applied"
-    return Check("platform", Status.INFO, summary, detail)
+    decided = rules.decide_defaults(facts, context_length=getattr(settings, "context_length", 0))
+    values = _jsonable(decided)
+    reasons = values.pop("rules", {}) if isinstance(values, dict) else {}
+    defaults = {name: {"value": value, "rule": reasons.get(name)} for name, value in values.items()}
+    summary = ", ".join(f"{name}={_short(item['value'])}" for name, item in defaults.items())
+    hint = "\n".join(f"{name}: {item['rule']}" for name, item in defaults.items() if item["rule"])
+    return Check("platform", Status.INFO, f"defaults {summary}",
+                 {"facts": _jsonable(facts), "defaults": defaults}, hint or None)
 
 
 def _jsonable(value: Any) -> Any:
@@ -395,8 +389,8 @@ def render_text(checks: Sequence[Check]) -> str:
     lines = []
     for check in checks:
         lines.append(f"[{check.status.value:>4}] {check.name:<9} {check.summary}")
-        if check.hint and check.status is not Status.OK:
-            lines.append(f"{'':17}{check.hint}")
+        if check.hint and check.status is not Status.OK:  # info hints too: WSL, platform rules
+            lines.extend(f"{'':17}{line}" for line in check.hint.splitlines())
     return "\n".join(lines)
 
 
@@ -424,6 +418,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("doctor", help="check this host and the server's settings")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=command)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, int) and value >= 1024**3:
+        return _gib(value)
+    return str(value)
 
 
 def _gib(n: int) -> str:

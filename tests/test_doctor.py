@@ -210,5 +210,8 @@ def test_platform_defaults_are_listed_with_their_rule():
     pytest.importorskip("appliance.platform", reason="appliance/platform.py has not landed yet")
     check = doctor.check_platform()
     assert check.status is Status.INFO
-    assert "defaults" in check.detail and "facts" in check.detail
-    assert "=" in check.summary
+    defaults = check.detail["defaults"]
+    assert {"max_loaded_models", "num_parallel"} <= set(defaults)
+    assert all(item["rule"] for item in defaults.values() if item["value"] is not None)
+    assert f"num_parallel={defaults['num_parallel']['value']}," in check.summary
+    assert "max_loaded_models:" in check.hint
