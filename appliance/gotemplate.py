@@ -72,9 +72,8 @@ _SPACE = " \t\r\n"
 _FUNCS = frozenset(
     "and or not len index slice eq ne lt le gt ge print printf println json".split()
 )
-_UNSUPPORTED_KEYWORDS = frozenset(
-    "define template block html js urlquery call".split()
-)
+_UNSUPPORTED_KEYWORDS = frozenset("define template block".split())
+_UNSUPPORTED_FUNCS = frozenset("html js urlquery call".split())
 _KEYWORDS = frozenset("if else end range with break continue".split())
 _NUMBER = re.compile(
     r"[+-]?(?:0[xX][0-9a-fA-F_]+|0[bB][01_]+|0[oO][0-7_]+"
@@ -517,8 +516,10 @@ class _Parser:
                 node = Literal(None)
             elif word in _FUNCS:
                 node = Func(word)
-            elif word in _UNSUPPORTED_KEYWORDS:
+            elif word in _UNSUPPORTED_FUNCS:
                 raise TemplateError(f"line {line}: unsupported function {word!r}")
+            elif word in _UNSUPPORTED_KEYWORDS:
+                raise TemplateError(f"line {line}: unsupported template construct {word!r}")
             elif word in _KEYWORDS:
                 raise TemplateError(f"line {line}: unexpected {word!r} in operand")
             else:
