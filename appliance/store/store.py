@@ -16,6 +16,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,6 +51,24 @@ MAX_TEXT_LAYER_BYTES = 16 * 1024 * 1024
 
 class DigestMismatch(BadRequest):
     pass
+
+
+_TOOLS_RE = re.compile(r"\.Tools\b")
+_SUFFIX_RE = re.compile(r"\.Suffix\b")
+_THINK_RE = re.compile(r"\.(Thinking|Think|ThinkLevel|IsThinkSet)\b")
+
+
+def template_capabilities(template: str | None) -> list[str]:
+    """Capabilities a Go TEMPLATE layer grants (Ollama's `Model.Capabilities`, template part)."""
+    caps = []
+    if template:
+        if _TOOLS_RE.search(template):
+            caps.append("tools")
+        if _SUFFIX_RE.search(template):
+            caps.append("insert")
+        if _THINK_RE.search(template):
+            caps.append("thinking")
+    return caps
 
 
 @dataclass
@@ -516,6 +535,25 @@ class Store:
                     pass
 
     # -- GGUF metadata -----------------------------------------------------------------------
+
+    def capabilities(self, model: LocalModel) -> list[str]:
+        """Ollama's capability names for `model`: from its config when recorded there (models this
+        store created), else from the GGUF header (cached) plus the template and projector."""
+        recorded = model.config.get("capabilities")
+        if isinstance(recorded, list) and all(isinstance(c, str) for c in recorded):
+            return list(recorded)
+        caps: list[str] = []
+        if model.model_path is not None:
+            try:
+                caps = list(self.gguf_info(model.model_path).capabilities())
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read GGUF of %s: %s", model.name, exc)
+        for cap in template_capabilities(model.template):
+            if cap not in caps:
+                caps.append(cap)
+        if model.projector_paths and "vision" not in caps:
+            caps.append("vision")
+        return caps
 
     def gguf_info(self, path: Path) -> Any:
         """`engine.gguf.read_gguf_info(path)`, cached per file (blobs never change in place)."""
