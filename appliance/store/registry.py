@@ -101,7 +101,7 @@ class Registry:
 
     def failure(self, context: str, exc: httpx.HTTPError) -> RegistryError:
         """A transport failure as one sentence: context, host, proxy, cause."""
-        url = exc.request.url if _has_request(exc) else httpx.URL(self.base_url)
+        url = failed_url(exc, self.base_url)
         return RegistryError(f"{context}: {describe_failure(exc, url, self.net)}")
 
     def status_failure(self, context: str, response: httpx.Response) -> RegistryError:
@@ -198,12 +198,12 @@ class Registry:
             raise self.status_failure(context, response)
 
 
-def _has_request(exc: httpx.HTTPError) -> bool:
+def failed_url(exc: httpx.HTTPError, default: str | httpx.URL) -> httpx.URL:
+    """The URL whose request failed (after redirects: the CDN's), else `default`."""
     try:
-        exc.request  # noqa: B018 - raises RuntimeError when unset
-    except RuntimeError:
-        return False
-    return True
+        return exc.request.url
+    except RuntimeError:  # httpx raises when the error carries no request
+        return httpx.URL(default)
 
 
 def _registry_message(response: httpx.Response) -> str:
