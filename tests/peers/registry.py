@@ -229,11 +229,16 @@ class RegistryPeer(H11Peer):
     # -- protocol ---------------------------------------------------------------------------
 
     def _challenge(self, request: Request, repo: str | None) -> Reply | None:
+        """401 unless the request carries a token issued for this repository and action."""
         if self.token is None or request.path == "/token":
             return None
-        if request.headers.get("authorization") == f"Bearer {self.token}":
-            return None
         action = "pull" if request.method in ("GET", "HEAD") else "push,pull"
+        auth = request.headers.get("authorization", "")
+        if auth in (f"Bearer {self.token}|repository:{repo}:{action}",
+                    f"Bearer {self.token}|repository:{repo}:push,pull"):
+            return None
+        if repo is None and auth.startswith(f"Bearer {self.token}|"):
+            return None
         scope = f',scope="repository:{repo}:{action}"' if repo else ""
         value = f'Bearer realm="{self.base_url}/token",service="{self.public_host}"{scope}'
         body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
@@ -242,8 +247,9 @@ class RegistryPeer(H11Peer):
     def route(self, request: Request) -> Reply:
         if request.path == "/token":
             self.token_requests.append(request.query)
+            scope = request.query.get("scope", [""])[0]
             return Reply(200, [("Content-Type", "application/json")],
-                         json.dumps({"token": self.token, "expires_in": 300}).encode())
+                         json.dumps({"token": f"{self.token}|{scope}", "expires_in": 300}).encode())
         m = re.fullmatch(r"/v2/(.+)/(manifests|blobs)/(.+)", request.path)
         m_upload = re.fullmatch(r"/v2/(.+)/blobs/uploads/(.*)", request.path)
         repo = (m_upload or m).group(1) if (m_upload or m) else None
