@@ -1,4 +1,4 @@
-"""The subset of Go's `text/template` that Ollama model templates use: parse once, render many times.
+"""The subset of Go's `text/template` that Ollama model templates use: parse once, render often.
 
 Ollama's TEMPLATE layer is a Go template, and a client notices any byte we render differently, so
 this follows Go's rules (trim markers, truthiness, `and`/`or` short-circuit values, `eq` with
@@ -48,7 +48,7 @@ class OrderedMap(dict):
 
 
 class GoStruct:
-    """A Go struct value: fields by Go name, its `json.Marshal` form, and how `{{ . }}` prints it."""
+    """A Go struct value: fields by Go name, its `json.Marshal` form, how `{{ . }}` prints it."""
 
     __slots__ = ("fields", "json_value", "stringer")
 

@@ -368,7 +368,8 @@ def _collate(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]
         if m["role"] == "system":
             system.append(m["content"])
         if collated and collated[-1]["role"] == m["role"] and m["role"] != "tool":
-            collated[-1] = {**collated[-1], "content": collated[-1]["content"] + "\n\n" + m["content"]}
+            merged = collated[-1]["content"] + "\n\n" + m["content"]
+            collated[-1] = {**collated[-1], "content": merged}
         else:
             collated.append(m)
     return "\n\n".join(system), collated

@@ -41,7 +41,8 @@ def test_comments_render_nothing_and_may_trim() -> None:
 
 def test_nested_fields_and_root_variable() -> None:
     data = {"M": {"Function": {"Name": "f"}}, "L": [1]}
-    assert render("{{ .M.Function.Name }} {{ range .L }}{{ $.M.Function.Name }}{{ end }}", data) == "f f"
+    text = "{{ .M.Function.Name }} {{ range .L }}{{ $.M.Function.Name }}{{ end }}"
+    assert render(text, data) == "f f"
 
 
 def test_missing_map_key_prints_no_value_and_is_false() -> None:
@@ -89,7 +90,10 @@ def test_range_over_map_is_sorted_by_key_and_ordered_map_keeps_order() -> None:
 
 
 def test_break_and_continue_in_range() -> None:
-    text = "{{ range .L }}{{ if eq . 2 }}{{ continue }}{{ end }}{{ if eq . 4 }}{{ break }}{{ end }}{{ . }}{{ end }}"
+    text = (
+        "{{ range .L }}{{ if eq . 2 }}{{ continue }}{{ end }}"
+        "{{ if eq . 4 }}{{ break }}{{ end }}{{ . }}{{ end }}"
+    )
     assert render(text, {"L": [1, 2, 3, 4, 5]}) == "13"
 
 
@@ -101,7 +105,8 @@ def test_with_sets_dot_and_else_runs_on_empty() -> None:
 
 def test_and_or_return_operands_and_short_circuit() -> None:
     # `index nil 1` would fail if evaluated: Go stops at the first deciding operand.
-    assert render('{{ and 1 0 "x" }}|{{ or 0 "" "y" }}|{{ and 0 (index .N 1) }}', {"N": None}) == "0|y|0"
+    text = '{{ and 1 0 "x" }}|{{ or 0 "" "y" }}|{{ and 0 (index .N 1) }}'
+    assert render(text, {"N": None}) == "0|y|0"
 
 
 def test_eq_accepts_several_candidates() -> None:
@@ -123,7 +128,10 @@ def test_ordering_comparisons() -> None:
 
 def test_len_slice_and_index() -> None:
     data = {"L": ["a", "b", "c"], "M": {"k": "v"}}
-    text = '{{ len .L }} {{ len (slice .L 1) }} {{ index .L 2 }} {{ index .M "k" }} {{ slice "hello" 1 3 }}'
+    text = (
+        '{{ len .L }} {{ len (slice .L 1) }} {{ index .L 2 }} {{ index .M "k" }} '
+        '{{ slice "hello" 1 3 }}'
+    )
     assert render(text, data) == "3 2 c v el"
 
 
@@ -140,12 +148,18 @@ def test_parenthesised_pipeline_with_field_access() -> None:
 
 
 def test_print_printf_println_follow_fmt() -> None:
-    text = '{{ print 1 2 "s" 3 }}|{{ printf "%s=%d %q %v %5.2f" "a" 3 "q" true 3.14159 }}|{{ println "a" 1 }}'
+    text = (
+        '{{ print 1 2 "s" 3 }}|{{ printf "%s=%d %q %v %5.2f" "a" 3 "q" true 3.14159 }}'
+        '|{{ println "a" 1 }}'
+    )
     assert render(text) == '1 2s3|a=3 "q" true  3.14|a 1\n'
 
 
 def test_literals_strings_numbers_bools_nil() -> None:
-    text = "{{ \"a\\tb\" }} {{ `raw\\n` }} {{ 0x1F }} {{ 1.5 }} {{ true }} {{ 'a' }} {{ eq .X nil }}"
+    text = (
+        "{{ \"a\\tb\" }} {{ `raw\\n` }} {{ 0x1F }} {{ 1.5 }} {{ true }} {{ 'a' }} "
+        "{{ eq .X nil }}"
+    )
     assert render(text, {"X": None}) == "a\tb raw\\n 31 1.5 true 97 true"
 
 
@@ -206,15 +220,21 @@ def test_unsupported_or_malformed_templates_fail_at_parse_with_the_line(
 def test_identifiers_are_the_lowercased_fields_and_variables_ollama_reports() -> None:
     # The cases of Ollama's TestParse (template/template_test.go), before `.Response` is added.
     assert parse_template("{{ .System }} {{ .Prompt }}").identifiers() == {"system", "prompt"}
-    text = '{{ range .Messages }}{{ if eq .Role "tool" }}{{ .ToolName }} {{ .Content }}{{ end }}{{ end }}'
+    text = (
+        '{{ range .Messages }}{{ if eq .Role "tool" }}{{ .ToolName }} {{ .Content }}'
+        "{{ end }}{{ end }}"
+    )
     assert parse_template(text).identifiers() == {"messages", "role", "toolname", "content"}
     assert parse_template("{{ with .Tools }}{{ . }}{{ end }}").identifiers() == {"tools"}
     assert parse_template("{{ $.Messages }}").identifiers() == {"$", "messages"}
 
 
 def test_cut_after_response_keeps_response_and_drops_everything_after() -> None:
-    tmpl = parse_template("{{ if .System }}S{{ end }}[{{ .Prompt }}] {{ .Response }}</s>{{ if true }}x{{ end }}")
-    assert tmpl.cut_after_response().render({"System": "", "Prompt": "p", "Response": "r"}) == "[p] r"
+    tmpl = parse_template(
+        "{{ if .System }}S{{ end }}[{{ .Prompt }}] {{ .Response }}</s>{{ if true }}x{{ end }}"
+    )
+    data = {"System": "", "Prompt": "p", "Response": "r"}
+    assert tmpl.cut_after_response().render(data) == "[p] r"
 
 
 def test_response_in_a_condition_does_not_cut() -> None:
