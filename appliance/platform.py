@@ -9,6 +9,7 @@ records the rule behind each value for `llm-appliance doctor`.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import platform as _platform
@@ -300,3 +301,23 @@ def _nvidia_gpus() -> list[GpuInfo]:
         if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
             gpus.append(GpuInfo("nvidia", parts[0], int(parts[1]) * MIB, int(parts[2]) * MIB))
     return gpus
+
+
+def local_addresses(root: Path = Path("/")) -> frozenset[str]:
+    """IP addresses assigned to this machine's interfaces (Go's net.InterfaceAddrs), as text.
+
+    Read from /proc/net/fib_trie (IPv4 LOCAL routes) and /proc/net/if_inet6; blocking.
+    """
+    found: set[str] = set()
+    last_ip = None
+    for line in (_read(root / "proc/net/fib_trie") or "").splitlines():
+        match = re.match(r"\s*[|+]-- (\d+\.\d+\.\d+\.\d+)$", line)
+        if match:
+            last_ip = match.group(1)
+        elif "/32 host LOCAL" in line and last_ip:
+            found.add(last_ip)
+    for line in (_read(root / "proc/net/if_inet6") or "").splitlines():
+        hexaddr = line.split()[0] if line.split() else ""
+        if re.fullmatch(r"[0-9a-fA-F]{32}", hexaddr):
+            found.add(str(ipaddress.IPv6Address(bytes.fromhex(hexaddr))))
+    return frozenset(found)
