@@ -385,7 +385,7 @@ def mask_url_credentials(url: str) -> str:
     scheme, userinfo = match.group(1) or "", match.group(2)
     user, sep, _ = userinfo.partition(":")
     masked = f"{user}:***" if sep else "***"
-    return f"{scheme}{masked}@{url[match.end():]}"
+    return f"{scheme}{masked}@{url[match.end() :]}"
 
 
 def check_origins(origins: tuple[str, ...], source: str) -> None:
@@ -421,9 +421,7 @@ def load_settings(
     return loader.load()
 
 
-def _config_path(
-    env: Mapping[str, str], explicit: Path | str | None, default: Path
-) -> Path | None:
+def _config_path(env: Mapping[str, str], explicit: Path | str | None, default: Path) -> Path | None:
     if explicit is not None:
         path, source = Path(explicit), "config path"
     elif env_var(env, "LLM_APPLIANCE_CONFIG"):
@@ -540,9 +538,7 @@ class _Loader:
             return fallback
         seconds = env_duration_seconds(text)
         if seconds is None:
-            self.warn(
-                f"invalid {var}={text!r}, using default {format_go_duration(fallback)}"
-            )
+            self.warn(f"invalid {var}={text!r}, using default {format_go_duration(fallback)}")
             return fallback
         return seconds
 
@@ -683,12 +679,12 @@ def _file_bool(value: Any) -> bool:
 def _file_duration(value: Any) -> float:
     """A file duration: a number of seconds or a duration string ("10m", "3600"); < 0 = forever."""
     if isinstance(value, bool):
-        raise TypeError("expected a duration such as \"10m\" or a number of seconds")
+        raise TypeError('expected a duration such as "10m" or a number of seconds')
     if isinstance(value, (int, float)):
         return FOREVER if value < 0 else float(value)
     seconds = env_duration_seconds(_require_str(value).strip())
     if seconds is None:
-        raise ValueError(f"{value!r} is not a duration (use e.g. \"10m\", \"1h30m\" or \"3600\")")
+        raise ValueError(f'{value!r} is not a duration (use e.g. "10m", "1h30m" or "3600")')
     return seconds
 
 
@@ -718,7 +714,7 @@ def _file_str_list(value: Any) -> tuple[str, ...]:
 def _budget(value: Any) -> int | None:
     """A memory budget: bytes or a size string; 0 or "auto" mean automatic (None)."""
     if isinstance(value, bool):
-        raise TypeError("expected bytes or a size such as \"6GiB\"")
+        raise TypeError('expected bytes or a size such as "6GiB"')
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"expected a size >= 0, got {value}")

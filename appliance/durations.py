@@ -170,7 +170,7 @@ def parse_keep_alive(value: Any) -> float | None:
     """
     if value is None:
         return None
-    if isinstance(value, bool) or isinstance(value, (dict, list)):
+    if isinstance(value, (bool, dict, list)):
         raise BadRequest(f"Unsupported type: '{_go_type_name(value)}'")
     if isinstance(value, (int, float)):
         if value < 0:

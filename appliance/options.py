@@ -268,9 +268,7 @@ def parse_modelfile_parameter(key: str, value_text: str) -> Any:
         raise BadRequest(f"unknown parameter '{key}'")
     shown = f"[{value_text}]"  # Go prints the []string of values with %s
     if kind == _INT:
-        if not _GO_INT.fullmatch(value_text) or not (
-            _INT64_MIN <= int(value_text) <= _INT64_MAX
-        ):
+        if not _GO_INT.fullmatch(value_text) or not (_INT64_MIN <= int(value_text) <= _INT64_MAX):
             raise BadRequest(f"invalid int value {shown}")
         return int(value_text)
     if kind == _FLOAT:

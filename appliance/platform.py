@@ -211,7 +211,10 @@ def _memory(root: Path) -> tuple[int, int]:
     available = info.get("MemAvailable", info.get("MemFree", 0))
     for limit_file, usage_file in (
         ("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory.current"),
-        ("sys/fs/cgroup/memory/memory.limit_in_bytes", "sys/fs/cgroup/memory/memory.usage_in_bytes"),
+        (
+            "sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
     ):
         limit = _read_int(root / limit_file)  # "max" (v2) reads as None
         if limit is None or (total and limit >= total):
@@ -276,7 +279,9 @@ def _amd_gpus(root: Path, system: str) -> list[GpuInfo]:
         used = _read_int(device / "mem_info_vram_used") or 0
         name = (_read(device / "product_name") or "").strip() or "AMD Radeon GPU"
         gpus.append(
-            GpuInfo("amd", name, total, max(0, total - used), unreliable_free_memory=system == "Windows")
+            GpuInfo(
+                "amd", name, total, max(0, total - used), unreliable_free_memory=system == "Windows"
+            )
         )
     return gpus
 

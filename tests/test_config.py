@@ -360,7 +360,9 @@ def test_unknown_file_key_is_an_error_naming_key_and_file(tmp_path: Path) -> Non
      ('kv_cache_type = "q3"', "kv_cache_type"), ('ca_file = "missing.pem"', "ca_file"),
      ('debug = "loud"', "debug")],
 )  # fmt: skip
-def test_bad_file_values_are_errors_naming_key_and_file(tmp_path: Path, text: str, key: str) -> None:
+def test_bad_file_values_are_errors_naming_key_and_file(
+    tmp_path: Path, text: str, key: str
+) -> None:
     path = write_toml(tmp_path, text + "\n")
     with pytest.raises(ConfigError) as info:
         load({}, path)

@@ -46,7 +46,9 @@ def test_request_options_override_model_params_which_override_defaults() -> None
 
 def test_model_num_ctx_overrides_server_default() -> None:
     assert resolve_options({"num_ctx": 8192}, None, default_num_ctx=4096).num_ctx == 8192
-    assert resolve_options({"num_ctx": 8192}, {"num_ctx": 1024}, default_num_ctx=4096).num_ctx == 1024
+    assert (
+        resolve_options({"num_ctx": 8192}, {"num_ctx": 1024}, default_num_ctx=4096).num_ctx == 1024
+    )
 
 
 def test_json_numbers_are_truncated_for_integer_options() -> None:
@@ -139,7 +141,9 @@ def test_unset_use_mmap_inherits_the_loaded_choice() -> None:
 
 def test_num_ctx_is_clamped_to_train_context_before_comparing() -> None:
     loaded = resolve_options(None, {"num_ctx": 512}, default_num_ctx=4096).load_key(n_ctx_train=512)
-    wanted = resolve_options(None, {"num_ctx": 8192}, default_num_ctx=4096).load_key(n_ctx_train=512)
+    wanted = resolve_options(None, {"num_ctx": 8192}, default_num_ctx=4096).load_key(
+        n_ctx_train=512
+    )
     assert not needs_reload(loaded, wanted)
 
 
@@ -178,7 +182,9 @@ def test_modelfile_parameters_are_typed(key: str, text: str, value: object) -> N
         ("use_mmap", "yes", "invalid bool value [yes]"),
     ],
 )
-def test_bad_modelfile_parameters_fail_with_ollamas_message(key: str, text: str, message: str) -> None:
+def test_bad_modelfile_parameters_fail_with_ollamas_message(
+    key: str, text: str, message: str
+) -> None:
     with pytest.raises(BadRequest) as info:
         parse_modelfile_parameter(key, text)
     assert info.value.message == message
@@ -192,7 +198,13 @@ def test_deprecated_modelfile_parameters_only_warn(caplog: pytest.LogCaptureFixt
 
 def test_repeated_stop_lines_accumulate_and_other_keys_take_the_last() -> None:
     params = format_params(
-        [("stop", "a"), ("temperature", "0.5"), ("stop", "b"), ("temperature", "0.2"), ("f16_kv", "1")]
+        [
+            ("stop", "a"),
+            ("temperature", "0.5"),
+            ("stop", "b"),
+            ("temperature", "0.2"),
+            ("f16_kv", "1"),
+        ]
     )
     assert params == {"stop": ["a", "b"], "temperature": 0.2}
 

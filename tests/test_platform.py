@@ -159,12 +159,14 @@ def test_num_parallel_is_four_when_memory_allows_four_slots() -> None:
 
 
 def test_memory_budget_keeps_a_safety_margin() -> None:
-    assert decide_defaults(facts(total_memory=16 * GIB, available_memory=12 * GIB)).memory_budget == (
-        12 * GIB - int(1.6 * GIB)
-    )
+    assert decide_defaults(
+        facts(total_memory=16 * GIB, available_memory=12 * GIB)
+    ).memory_budget == (12 * GIB - int(1.6 * GIB))
     small = facts(total_memory=2 * GIB, available_memory=1 * GIB)
     assert decide_defaults(small).memory_budget == 1 * GIB - 512 * MIB
-    assert decide_defaults(facts(total_memory=1 * GIB, available_memory=100 * MIB)).memory_budget == 0
+    assert (
+        decide_defaults(facts(total_memory=1 * GIB, available_memory=100 * MIB)).memory_budget == 0
+    )
 
 
 def test_num_threads_is_physical_cores_and_at_least_one() -> None:
@@ -183,7 +185,13 @@ def test_default_context_follows_vram_tiers(vram: int, num_ctx: int) -> None:
 
 def test_every_default_records_its_rule() -> None:
     rules = decide_defaults(facts()).rules
-    assert set(rules) == {"max_loaded_models", "num_parallel", "memory_budget", "num_threads", "num_ctx"}
+    assert set(rules) == {
+        "max_loaded_models",
+        "num_parallel",
+        "memory_budget",
+        "num_threads",
+        "num_ctx",
+    }
 
 
 def test_settings_take_platform_defaults_only_where_automatic() -> None:

@@ -283,7 +283,9 @@ async def test_real_server_on_loopback_enforces_both_checks() -> None:
     shutdown = trio.Event()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, asgi, config, shutdown_trigger=shutdown.wait))
+            binds = await nursery.start(
+                partial(serve, asgi, config, shutdown_trigger=shutdown.wait)
+            )
             base = binds[0]
             async with httpx.AsyncClient(base_url=base, trust_env=False) as client:
                 ok = await client.get("/")
@@ -293,8 +295,11 @@ async def test_real_server_on_loopback_enforces_both_checks() -> None:
                 cross = await client.get("/", headers={"Origin": "https://evil.example"})
                 assert cross.status_code == 403
                 pre = await client.options(
-                    "/", headers={"Origin": "http://localhost:8080",
-                                  "Access-Control-Request-Method": "POST"}  # fmt: skip
+                    "/",
+                    headers={
+                        "Origin": "http://localhost:8080",
+                        "Access-Control-Request-Method": "POST",
+                    },
                 )
                 assert pre.status_code == 204
                 assert pre.headers["access-control-allow-origin"] == "http://localhost:8080"

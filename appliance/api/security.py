@@ -101,7 +101,8 @@ class CorsPolicy:
             (
                 b"access-control-allow-headers",
                 ",".join(
-                    _canonical_header_key(h) for h in dict.fromkeys(h.lower() for h in ALLOW_HEADERS)
+                    _canonical_header_key(h)
+                    for h in dict.fromkeys(h.lower() for h in ALLOW_HEADERS)
                 ).encode(),
             ),
             (b"access-control-max-age", str(MAX_AGE_SECONDS).encode()),
