@@ -42,16 +42,16 @@ class NetConfig:
 
     @classmethod
     def resolve(cls, settings: Any = None, environ: Mapping[str, str] | None = None) -> NetConfig:
-        """Settings fields win; otherwise the environment (upper case first, as Go reads it)."""
+        """Proxies from Settings when it has them (it already merged the environment and the
+        config file), else from the environment, upper case first as Go reads it. CA files from
+        SSL_CERT_FILE / SSL_CERT_DIR plus Settings.ca_file."""
         env = os.environ if environ is None else environ
 
         def pick(field: str, *names: str) -> str | None:
-            value = getattr(settings, field, None) if settings is not None else None
-            if value is None:
-                for name in names:
-                    if env.get(name):
-                        value = env[name]
-                        break
+            if settings is not None and hasattr(settings, field):
+                value = getattr(settings, field)
+            else:
+                value = next((env[name] for name in names if env.get(name)), None)
             return (value.strip() or None) if isinstance(value, str) else None
 
         ca_files = [env.get("SSL_CERT_FILE") or "", getattr(settings, "ca_file", None) or ""]

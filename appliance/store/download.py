@@ -98,6 +98,10 @@ class Downloads:
         shared = self._shared.get(layout.api_digest(digest))
         return shared.completed if shared else 0
 
+    def in_flight(self, digest: str) -> bool:
+        """Whether some pull is fetching or committing `digest` right now."""
+        return layout.api_digest(digest) in self._shared
+
     def _enter(self, digest: str) -> _Shared:
         shared = self._shared.setdefault(digest, _Shared())
         shared.users += 1
