@@ -513,7 +513,7 @@ class _Loader:
         def convert(value: Any) -> HostSpec:
             spec, warning = parse_host(_require_str(value))
             if warning:
-                raise ValueError(warning.replace(" in OLLAMA_HOST, using default", ", default"))
+                raise ValueError(f"{value!r} has an invalid port (use 0-65535)")
             return spec
 
         return self.file_value("host", convert) or HostSpec()
