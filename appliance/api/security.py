@@ -122,14 +122,17 @@ class CorsPolicy:
         return [(b"vary", b"Origin"), (b"access-control-allow-origin", origin.encode("latin-1"))]
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(text: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
 
 
-def _unmap(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress._BaseAddress:
+def _unmap(ip: IPAddress) -> IPAddress:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
@@ -140,11 +143,11 @@ _PRIVATE_NETS = tuple(
 )
 
 
-def _is_loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _is_loopback(ip: IPAddress) -> bool:
     return _unmap(ip).is_loopback
 
 
-def _is_private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _is_private(ip: IPAddress) -> bool:
     """Go's netip.Addr.IsPrivate (RFC 1918 and RFC 4193 only; narrower than Python's)."""
     plain = _unmap(ip)
     return any(plain.version == net.version and plain in net for net in _PRIVATE_NETS)
