@@ -230,8 +230,11 @@ def via(config: NetConfig, url: httpx.URL | str) -> str:
 
 def describe_failure(exc: BaseException, url: httpx.URL | str, config: NetConfig) -> str:
     """`connecting to <host> [via proxy <p>]: <cause>` for a transport-level failure."""
-    verb = "reading from" if isinstance(exc, (httpx.ReadError, httpx.ReadTimeout,
-                                              httpx.RemoteProtocolError)) else "connecting to"
+    verb = (
+        "reading from"
+        if isinstance(exc, (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError))
+        else "connecting to"
+    )
     return f"{verb} {via(config, url)}: {failure_cause(exc, url, config)}"
 
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import trio
+from peers.registry import RegistryPeer
 
 from appliance.errors import ApplianceError
 from appliance.net import NetConfig, open_client, redact
 from appliance.store.pull import pull_model
 from appliance.store.store import Store
-from peers.registry import RegistryPeer
 
 TIMEOUT = 30
 PROXY = "http://proxy.corp:3128"
@@ -40,7 +40,8 @@ def test_https_urls_use_https_proxy_and_http_urls_use_http_proxy():
 def test_lower_case_variables_are_read_when_upper_case_are_absent():
     assert proxy_for("https://r.test/", https_proxy=PROXY) == PROXY
     assert proxy_for("https://r.test/", HTTPS_PROXY="http://upper:1", https_proxy=PROXY) == (
-        "http://upper:1")
+        "http://upper:1"
+    )
 
 
 def test_proxy_without_scheme_means_http():
@@ -77,15 +78,18 @@ def test_no_proxy_rules_follow_go(no_proxy, host, bypassed):
 
 
 def test_settings_proxies_win_over_the_environment():
-    settings = SimpleNamespace(https_proxy="http://from-settings:1", http_proxy=None, no_proxy=None,
-                               ca_file=None)
+    settings = SimpleNamespace(
+        https_proxy="http://from-settings:1", http_proxy=None, no_proxy=None, ca_file=None
+    )
     config = NetConfig.resolve(settings, {"HTTPS_PROXY": "http://from-env:2"})
     assert config.proxy_for("https://r.test/") == "http://from-settings:1"
 
 
 def test_ca_file_from_settings_and_ssl_cert_file_are_both_trusted():
-    config = NetConfig.resolve(SimpleNamespace(ca_file="/etc/corp-ca.pem"),
-                               {"SSL_CERT_FILE": "/etc/extra.pem", "SSL_CERT_DIR": "/etc/certs"})
+    config = NetConfig.resolve(
+        SimpleNamespace(ca_file="/etc/corp-ca.pem"),
+        {"SSL_CERT_FILE": "/etc/extra.pem", "SSL_CERT_DIR": "/etc/certs"},
+    )
     assert config.ca_files == ("/etc/extra.pem", "/etc/corp-ca.pem")
     assert config.ca_dirs == ("/etc/certs",)
 
@@ -122,8 +126,9 @@ async def _pull(tmp_path: Path, name: str, env: dict[str, str]) -> None:
         pass
 
     with trio.fail_after(TIMEOUT):
-        await pull_model(Store(tmp_path / "models"), name, insecure=True, environ=env,
-                         progress=ignore)
+        await pull_model(
+            Store(tmp_path / "models"), name, insecure=True, environ=env, progress=ignore
+        )
 
 
 async def test_no_proxy_host_is_reached_directly(nursery, tmp_path, tiny_gguf):

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import trio
 import trustme
+from peers.proxy import ProxyPeer
+from peers.registry import BlobHost, RegistryPeer, server_tls, sha256
 
 from appliance.errors import ApplianceError
 from appliance.store.download import DownloadPolicy, Downloads
 from appliance.store.pull import pull_model
 from appliance.store.store import Store
-from peers.proxy import ProxyPeer
-from peers.registry import BlobHost, RegistryPeer, server_tls, sha256
 
 TIMEOUT = 30
 SMALL_PARTS = DownloadPolicy(min_part_size=16 * 1024, max_part_size=64 * 1024, retries=0)
@@ -81,8 +81,12 @@ async def pull(store: Store, name: str, environ: dict[str, str], **kw: Any) -> L
     return lines
 
 
-async def test_pull_through_proxy_of_name_only_the_proxy_resolves(store, registry, proxy, model_bytes):
-    lines = await pull(store, "registry.test/library/tiny", {"HTTP_PROXY": proxy.url}, insecure=True)
+async def test_pull_through_proxy_of_name_only_the_proxy_resolves(
+    store, registry, proxy, model_bytes
+):
+    lines = await pull(
+        store, "registry.test/library/tiny", {"HTTP_PROXY": proxy.url}, insecure=True
+    )
 
     model = store.resolve("registry.test/library/tiny")
     assert model.model_path is not None and model.model_path.read_bytes() == model_bytes
@@ -103,14 +107,19 @@ async def test_pull_over_https_through_connect_tunnel_trusts_ca_from_ssl_cert_fi
     proxy = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)})
     await nursery.start(proxy.serve)
 
-    await pull(store, "registry.test/library/tiny", {"HTTPS_PROXY": proxy.url,
-                                                    "SSL_CERT_FILE": str(ca_file)})
+    await pull(
+        store,
+        "registry.test/library/tiny",
+        {"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(ca_file)},
+    )
 
     assert store.resolve("registry.test/library/tiny").model_path.read_bytes() == model_bytes
     assert proxy.connects and set(proxy.connects) == {"registry.test:443"}
 
 
-async def test_https_pull_without_the_ca_fails_naming_tls_host_and_proxy(nursery, store, model_bytes):
+async def test_https_pull_without_the_ca_fails_naming_tls_host_and_proxy(
+    nursery, store, model_bytes
+):
     ca = trustme.CA()
     registry = RegistryPeer("registry.test", ssl_context=server_tls(ca, "registry.test"))
     registry.add_model("library/tiny", "latest", model_bytes)
@@ -127,17 +136,25 @@ async def test_https_pull_without_the_ca_fails_naming_tls_host_and_proxy(nursery
     assert "TLS certificate verification failed" in message and "SSL_CERT_FILE" in message
 
 
-async def test_pull_through_https_proxy_with_basic_auth(nursery, store, registry, model_bytes, tmp_path):
+async def test_pull_through_https_proxy_with_basic_auth(
+    nursery, store, registry, model_bytes, tmp_path
+):
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    proxy = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)},
-                      auth=("alice", "s3cret"), ssl_context=server_tls(ca, "127.0.0.1"))
+    proxy = ProxyPeer(
+        names={"registry.test": ("127.0.0.1", registry.port)},
+        auth=("alice", "s3cret"),
+        ssl_context=server_tls(ca, "127.0.0.1"),
+    )
     await nursery.start(proxy.serve)
 
-    await pull(store, "registry.test/library/tiny",
-               {"HTTP_PROXY": proxy.url_with_auth("alice", "s3cret"), "SSL_CERT_FILE": str(ca_file)},
-               insecure=True)
+    await pull(
+        store,
+        "registry.test/library/tiny",
+        {"HTTP_PROXY": proxy.url_with_auth("alice", "s3cret"), "SSL_CERT_FILE": str(ca_file)},
+        insecure=True,
+    )
 
     assert store.resolve("registry.test/library/tiny").model_path.read_bytes() == model_bytes
     assert proxy.forwards and not proxy.rejected
@@ -146,12 +163,17 @@ async def test_pull_through_https_proxy_with_basic_auth(nursery, store, registry
 async def test_proxy_rejecting_credentials_fails_without_showing_the_password(
     nursery, store, registry
 ):
-    proxy = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)}, auth=("alice", "right"))
+    proxy = ProxyPeer(
+        names={"registry.test": ("127.0.0.1", registry.port)}, auth=("alice", "right")
+    )
     await nursery.start(proxy.serve)
 
     with pytest.raises(ApplianceError) as info:
-        await pull(store, "registry.test/library/tiny",
-                   {"HTTPS_PROXY": proxy.url_with_auth("alice", "wrong")})
+        await pull(
+            store,
+            "registry.test/library/tiny",
+            {"HTTPS_PROXY": proxy.url_with_auth("alice", "wrong")},
+        )
 
     message = str(info.value)
     assert "proxy answered 407" in message
@@ -194,7 +216,9 @@ async def test_registry_404_is_ollamas_file_does_not_exist(store, registry, prox
     assert store.list_models() == []
 
 
-async def test_wrong_digest_fails_and_leaves_no_blob_and_no_model(store, registry, proxy, model_bytes):
+async def test_wrong_digest_fails_and_leaves_no_blob_and_no_model(
+    store, registry, proxy, model_bytes
+):
     registry.wrong_bytes.add(sha256(model_bytes))
 
     with pytest.raises(ApplianceError) as info:
@@ -227,8 +251,12 @@ async def test_blob_redirect_to_another_host_is_followed_without_credentials(
     await nursery.start(blob_host.serve)
     registry.redirect_blobs_to = blob_host
     registry.token = "tok-123"
-    proxy = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port),
-                             "blobs.test": ("127.0.0.1", blob_host.port)})
+    proxy = ProxyPeer(
+        names={
+            "registry.test": ("127.0.0.1", registry.port),
+            "blobs.test": ("127.0.0.1", blob_host.port),
+        }
+    )
     await nursery.start(proxy.serve)
 
     await pull(store, "registry.test/library/tiny", {"HTTP_PROXY": proxy.url}, insecure=True)
@@ -240,7 +268,9 @@ async def test_blob_redirect_to_another_host_is_followed_without_credentials(
 
 
 async def test_progress_lines_match_ollama(store, registry, proxy, model_bytes):
-    lines = await pull(store, "registry.test/library/tiny", {"HTTP_PROXY": proxy.url}, insecure=True)
+    lines = await pull(
+        store, "registry.test/library/tiny", {"HTTP_PROXY": proxy.url}, insecure=True
+    )
 
     manifest = json.loads(registry.manifests[("library/tiny", "latest")])
     model_digest = manifest["layers"][0]["digest"]
@@ -254,8 +284,12 @@ async def test_progress_lines_match_ollama(store, registry, proxy, model_bytes):
         "success",
     ]
     last_model_line = [x for x in lines.items if x.get("digest") == model_digest][-1]
-    assert last_model_line == {"status": f"pulling {model_digest[7:19]}", "digest": model_digest,
-                               "total": len(model_bytes), "completed": len(model_bytes)}
+    assert last_model_line == {
+        "status": f"pulling {model_digest[7:19]}",
+        "digest": model_digest,
+        "total": len(model_bytes),
+        "completed": len(model_bytes),
+    }
     for item in lines.items:
         assert "completed" not in item or item["completed"] > 0  # Go's omitempty
 
@@ -292,8 +326,13 @@ async def test_noprune_keeps_layers_of_the_previous_manifest(store, registry, pr
     await pull(store, "registry.test/library/tiny", env, insecure=True)
     registry.add_model("library/tiny", "latest", model_bytes + b"v2")
 
-    lines = await pull(store, "registry.test/library/tiny", env, insecure=True,
-                       settings=SimpleNamespace(noprune=True))
+    lines = await pull(
+        store,
+        "registry.test/library/tiny",
+        env,
+        insecure=True,
+        settings=SimpleNamespace(noprune=True),
+    )
 
     assert "removing unused layers" not in lines.statuses()
     assert store.has_blob(sha256(model_bytes))

@@ -19,14 +19,14 @@ import pytest
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from peers.proxy import ProxyPeer
+from peers.registry import RegistryPeer, sha256
 
 from appliance.api.app import create_app
 from appliance.api.context import Services
 from appliance.config import Settings
 from appliance.store.download import DownloadPolicy, Downloads
 from appliance.store.store import Store
-from peers.proxy import ProxyPeer
-from peers.registry import RegistryPeer, sha256
 
 TIMEOUT = 30
 
@@ -59,25 +59,32 @@ async def running_app(services: Services) -> AsyncIterator[str]:
     config.accesslog = None
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(lambda task_status: serve(
-            app, config, shutdown_trigger=shutdown.wait, task_status=task_status))
+        binds = await nursery.start(
+            lambda task_status: serve(
+                app, config, shutdown_trigger=shutdown.wait, task_status=task_status
+            )
+        )
         yield binds[0]
         shutdown.set()
 
 
 @pytest.fixture
 async def server(nursery: trio.Nursery, tmp_path: Path, proxy: ProxyPeer) -> AsyncIterator[Any]:
-    settings = Settings.for_tests(models_dir=tmp_path / "models", http_proxy=proxy.url,
-                                  https_proxy=proxy.url)
+    settings = Settings.for_tests(
+        models_dir=tmp_path / "models", http_proxy=proxy.url, https_proxy=proxy.url
+    )
     store = Store(settings.models_dir)
-    downloads = Downloads(DownloadPolicy(min_part_size=16 * 1024, max_part_size=16 * 1024,
-                                         retries=0))
+    downloads = Downloads(
+        DownloadPolicy(min_part_size=16 * 1024, max_part_size=16 * 1024, retries=0)
+    )
     services = Services(settings, store, None, {"downloads": downloads})  # type: ignore[arg-type]
     async with running_app(services) as url:
         yield type("Server", (), {"url": url, "store": store, "downloads": downloads})
 
 
-async def post_lines(url: str, path: str, body: dict[str, Any]) -> tuple[httpx.Response, list[dict]]:
+async def post_lines(
+    url: str, path: str, body: dict[str, Any]
+) -> tuple[httpx.Response, list[dict]]:
     async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
         response = await client.post(path, json=body)
     lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
@@ -86,8 +93,9 @@ async def post_lines(url: str, path: str, body: dict[str, Any]) -> tuple[httpx.R
 
 async def test_streamed_pull_sends_ndjson_progress_ending_in_success(server, registry):
     with trio.fail_after(TIMEOUT):
-        response, lines = await post_lines(server.url, "/api/pull",
-                                           {"model": "registry.test/library/tiny", "insecure": True})
+        response, lines = await post_lines(
+            server.url, "/api/pull", {"model": "registry.test/library/tiny", "insecure": True}
+        )
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/x-ndjson"
@@ -99,8 +107,10 @@ async def test_streamed_pull_sends_ndjson_progress_ending_in_success(server, reg
 async def test_pull_with_stream_false_answers_only_the_last_status(server, registry):
     with trio.fail_after(TIMEOUT):
         response, lines = await post_lines(
-            server.url, "/api/pull",
-            {"name": "registry.test/library/tiny", "insecure": True, "stream": False})
+            server.url,
+            "/api/pull",
+            {"name": "registry.test/library/tiny", "insecure": True, "stream": False},
+        )
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
@@ -109,19 +119,24 @@ async def test_pull_with_stream_false_answers_only_the_last_status(server, regis
 
 async def test_streamed_pull_error_is_a_final_error_line(server, registry):
     with trio.fail_after(TIMEOUT):
-        response, lines = await post_lines(server.url, "/api/pull",
-                                           {"model": "registry.test/library/absent", "insecure": True})
+        response, lines = await post_lines(
+            server.url, "/api/pull", {"model": "registry.test/library/absent", "insecure": True}
+        )
 
     assert response.status_code == 200
-    assert lines == [{"status": "pulling manifest"},
-                     {"error": "pull model manifest: file does not exist"}]
+    assert lines == [
+        {"status": "pulling manifest"},
+        {"error": "pull model manifest: file does not exist"},
+    ]
 
 
 async def test_pull_error_with_stream_false_is_a_500(server, registry):
     with trio.fail_after(TIMEOUT):
         response, lines = await post_lines(
-            server.url, "/api/pull",
-            {"model": "registry.test/library/absent", "insecure": True, "stream": False})
+            server.url,
+            "/api/pull",
+            {"model": "registry.test/library/absent", "insecure": True, "stream": False},
+        )
 
     assert response.status_code == 500
     assert lines == [{"error": "pull model manifest: file does not exist"}]

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 import trio
+from peers.proxy import ProxyPeer
+from peers.registry import HFPeer, sha256
 
 from appliance.errors import ApplianceError
 from appliance.store.download import DownloadPolicy, Downloads
 from appliance.store.hf import choose_file
 from appliance.store.pull import pull_model
 from appliance.store.store import Store
-from peers.proxy import ProxyPeer
-from peers.registry import HFPeer, sha256
 
 TIMEOUT = 30
 
@@ -54,8 +54,13 @@ async def pull(store: Store, name: str, env: dict[str, str]) -> list[dict[str, A
         lines.append(line)
 
     with trio.fail_after(TIMEOUT):
-        await pull_model(store, name, environ=env, progress=progress,
-                         downloads=Downloads(DownloadPolicy(min_part_size=64 * 1024)))
+        await pull_model(
+            store,
+            name,
+            environ=env,
+            progress=progress,
+            downloads=Downloads(DownloadPolicy(min_part_size=64 * 1024)),
+        )
     return lines
 
 
@@ -67,15 +72,20 @@ async def test_hf_pull_picks_the_file_of_the_quant_tag(store, hf, env, tiny_gguf
     assert model.config["model_format"] == "gguf"
     assert model.config["model_family"] == "llama"
     assert lines[0] == {"status": "pulling manifest"}
-    assert [x["status"] for x in lines[-3:]] == ["verifying sha256 digest", "writing manifest",
-                                                  "success"]
+    assert [x["status"] for x in lines[-3:]] == [
+        "verifying sha256 digest",
+        "writing manifest",
+        "success",
+    ]
     assert "tiny-Q4_K_M.gguf" not in hf.served
 
 
 async def test_hf_pull_without_tag_prefers_q4_k_m(store, hf, env, tiny_gguf):
     await pull(store, "hf.co/someone/tiny-GGUF", env)
 
-    assert store.resolve("hf.co/someone/tiny-GGUF").model_path.read_bytes() == tiny_gguf.read_bytes()
+    assert (
+        store.resolve("hf.co/someone/tiny-GGUF").model_path.read_bytes() == tiny_gguf.read_bytes()
+    )
     assert set(hf.served) == {"tiny-Q4_K_M.gguf"}
 
 
@@ -115,4 +125,3 @@ def test_choose_file_refuses_split_gguf():
     siblings = [{"rfilename": "big-Q8_0-00001-of-00002.gguf"}]
     with pytest.raises(ApplianceError, match="split"):
         choose_file(siblings, "Q8_0", "r")
-

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 import trio
+from peers.proxy import ProxyPeer
+from peers.registry import RegistryPeer, sha256
 
 from appliance.errors import ApplianceError
 from appliance.store.download import DownloadPolicy, Downloads, state_path
 from appliance.store.pull import pull_model
 from appliance.store.store import Store
-from peers.proxy import ProxyPeer
-from peers.registry import RegistryPeer, sha256
 
 TIMEOUT = 30
 ONE_PART = DownloadPolicy(min_part_size=1 << 30, retries=0)
@@ -59,11 +59,23 @@ async def env(nursery: trio.Nursery, registry: RegistryPeer) -> dict[str, str]:
     return {"HTTP_PROXY": proxy.url}
 
 
-async def pull(store: Store, env: dict[str, str], policy: DownloadPolicy, name: str = "tiny",
-               progress: Any = ignore, downloads: Downloads | None = None) -> None:
+async def pull(
+    store: Store,
+    env: dict[str, str],
+    policy: DownloadPolicy,
+    name: str = "tiny",
+    progress: Any = ignore,
+    downloads: Downloads | None = None,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        await pull_model(store, f"registry.test/library/{name}", insecure=True, environ=env,
-                         progress=progress, downloads=downloads or Downloads(policy))
+        await pull_model(
+            store,
+            f"registry.test/library/{name}",
+            insecure=True,
+            environ=env,
+            progress=progress,
+            downloads=downloads or Downloads(policy),
+        )
 
 
 async def test_pull_cut_halfway_then_restarted_fetches_only_the_missing_bytes(
@@ -75,7 +87,9 @@ async def test_pull_cut_halfway_then_restarted_fetches_only_the_missing_bytes(
 
     with pytest.raises(ApplianceError) as info:
         await pull(store, env, ONE_PART)
-    assert str(info.value).startswith(f"pulling {digest[7:19]}: reading from registry.test via proxy")
+    assert str(info.value).startswith(
+        f"pulling {digest[7:19]}: reading from registry.test via proxy"
+    )
     assert not store.has_blob(digest) and store.list_models() == []
     state = json.loads(state_path(store.partial_path(digest), 0).read_text())
     assert state == {"N": 0, "Offset": 0, "Size": len(model_bytes), "Completed": half}
@@ -88,7 +102,9 @@ async def test_pull_cut_halfway_then_restarted_fetches_only_the_missing_bytes(
     assert not state_path(store.partial_path(digest), 0).exists()
 
 
-async def test_multi_part_pull_resumes_each_part_where_it_stopped(store, registry, env, model_bytes):
+async def test_multi_part_pull_resumes_each_part_where_it_stopped(
+    store, registry, env, model_bytes
+):
     digest = sha256(model_bytes)
     registry.drop_blob_after[digest] = 1000  # whichever part asks first is cut after 1000 bytes
 
@@ -104,8 +120,11 @@ async def test_multi_part_pull_resumes_each_part_where_it_stopped(store, registr
     await pull(store, env, SMALL_PARTS)
 
     second = sorted(registry.served[digest][served_before:])
-    missing = sorted((p["Offset"] + p["Completed"], p["Offset"] + p["Size"])
-                     for p in parts if p["Completed"] < p["Size"])
+    missing = sorted(
+        (p["Offset"] + p["Completed"], p["Offset"] + p["Size"])
+        for p in parts
+        if p["Completed"] < p["Size"]
+    )
     assert second == missing
     assert store.blob_path(digest).read_bytes() == model_bytes
 
@@ -116,8 +135,13 @@ async def test_dropped_part_is_retried_within_one_pull_without_refetching(
     digest = sha256(model_bytes)
     registry.drop_blob_after[digest] = 5000
 
-    await pull(store, env, DownloadPolicy(min_part_size=16 * 1024, max_part_size=16 * 1024,
-                                          retries=2, retry_backoff=0))
+    await pull(
+        store,
+        env,
+        DownloadPolicy(
+            min_part_size=16 * 1024, max_part_size=16 * 1024, retries=2, retry_backoff=0
+        ),
+    )
 
     assert registry.bytes_served(digest) == len(model_bytes)
     assert store.has_blob(digest)
@@ -142,7 +166,9 @@ async def test_partial_state_for_another_size_is_discarded(store, registry, env,
     partial = store.partial_path(digest)
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"junk" * 10)
-    state_path(partial, 0).write_text(json.dumps({"N": 0, "Offset": 0, "Size": 40, "Completed": 40}))
+    state_path(partial, 0).write_text(
+        json.dumps({"N": 0, "Offset": 0, "Size": 40, "Completed": 40})
+    )
 
     await pull(store, env, ONE_PART)
 
@@ -150,9 +176,15 @@ async def test_partial_state_for_another_size_is_discarded(store, registry, env,
     assert store.blob_path(digest).read_bytes() == model_bytes
 
 
-async def test_two_concurrent_pulls_of_one_blob_share_one_download(store, registry, env, model_bytes):
-    registry.add_model("library/tiny2", "latest", model_bytes, extra_layers=(
-        ("application/vnd.ollama.image.system", b"be brief"),))
+async def test_two_concurrent_pulls_of_one_blob_share_one_download(
+    store, registry, env, model_bytes
+):
+    registry.add_model(
+        "library/tiny2",
+        "latest",
+        model_bytes,
+        extra_layers=(("application/vnd.ollama.image.system", b"be brief"),),
+    )
     digest = sha256(model_bytes)
     downloads = Downloads(SMALL_PARTS)  # one per server, shared by its pulls
     registry.blob_gate = trio.Event()

@@ -13,14 +13,20 @@ from typing import Any
 
 import pytest
 import trio
+from peers.proxy import ProxyPeer
+from peers.registry import RegistryPeer, sha256
 
 from appliance.errors import ApplianceError
-from appliance.store.manifest import CONFIG_MEDIA_TYPE, MEDIA_MODEL, Layer, build_config, build_manifest
+from appliance.store.manifest import (
+    CONFIG_MEDIA_TYPE,
+    MEDIA_MODEL,
+    Layer,
+    build_config,
+    build_manifest,
+)
 from appliance.store.names import parse_model_name
 from appliance.store.push import push_model
 from appliance.store.store import Store
-from peers.proxy import ProxyPeer
-from peers.registry import RegistryPeer, sha256
 
 TIMEOUT = 30
 NAME = "registry.test/alice/tiny:v1"
@@ -32,8 +38,10 @@ def store(tmp_path: Path, tiny_gguf: Path) -> Store:
     model = store.write_blob_from_file(tiny_gguf)
     config = build_config(model_family="llama")
     config_digest = store.write_blob_bytes(config)
-    manifest = build_manifest(Layer(CONFIG_MEDIA_TYPE, config_digest, len(config)),
-                              [Layer(MEDIA_MODEL, model, tiny_gguf.stat().st_size)])
+    manifest = build_manifest(
+        Layer(CONFIG_MEDIA_TYPE, config_digest, len(config)),
+        [Layer(MEDIA_MODEL, model, tiny_gguf.stat().st_size)],
+    )
     store.write_manifest(parse_model_name(NAME), manifest.raw)
     return store
 
@@ -52,7 +60,9 @@ async def env(nursery: trio.Nursery, registry: RegistryPeer) -> dict[str, str]:
     return {"HTTP_PROXY": proxy.url}
 
 
-async def push(store: Store, env: dict[str, str], name: str = NAME, **kw: Any) -> list[dict[str, Any]]:
+async def push(
+    store: Store, env: dict[str, str], name: str = NAME, **kw: Any
+) -> list[dict[str, Any]]:
     lines: list[dict[str, Any]] = []
 
     async def progress(line: dict[str, Any]) -> None:
@@ -71,7 +81,9 @@ def statuses(lines: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-async def test_push_uploads_blobs_then_manifest_with_ollamas_statuses(store, registry, env, tiny_gguf):
+async def test_push_uploads_blobs_then_manifest_with_ollamas_statuses(
+    store, registry, env, tiny_gguf
+):
     lines = await push(store, env)
 
     local = store.read_manifest(parse_model_name(NAME))

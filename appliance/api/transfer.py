@@ -61,8 +61,14 @@ async def pull() -> Response:
     downloads = downloads_of(svc.extras)
 
     async def job(progress: Progress) -> Any:
-        return await pull_model(svc.store, name, insecure=insecure, settings=svc.settings,
-                                progress=progress, downloads=downloads)
+        return await pull_model(
+            svc.store,
+            name,
+            insecure=insecure,
+            settings=svc.settings,
+            progress=progress,
+            downloads=downloads,
+        )
 
     return await _respond(job, stream)
 
@@ -79,8 +85,9 @@ async def push() -> Response:
     svc = services()
 
     async def job(progress: Progress) -> Any:
-        return await push_model(svc.store, name, insecure=insecure, settings=svc.settings,
-                                progress=progress)
+        return await push_model(
+            svc.store, name, insecure=insecure, settings=svc.settings, progress=progress
+        )
 
     return await _respond(job, stream)
 
@@ -123,7 +130,7 @@ async def _run_streamed(
                 await _send_quietly(send, exc)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.info("transfer abandoned: the client went away")
-            except Exception as exc:  # noqa: BLE001 - the error goes to the client's stream
+            except Exception as exc:
                 if _only_broken_channel(exc):
                     log.info("transfer abandoned: the client went away")
                 else:

@@ -151,7 +151,9 @@ class Downloads:
             limiter = trio.CapacityLimiter(self.policy.max_concurrent_parts)
             async with trio.open_nursery() as nursery:
                 for part in todo:
-                    nursery.start_soon(self._fetch_part, fd, partial, part, open_range, shared, limiter)
+                    nursery.start_soon(
+                        self._fetch_part, fd, partial, part, open_range, shared, limiter
+                    )
         finally:
             os.close(fd)
             for part in parts:
@@ -177,8 +179,14 @@ class Downloads:
                     raise
                 delay = self.policy.retry_backoff * 2**attempt
                 attempt += 1
-                log.info("part %d of %s failed (%s); retry %d in %.1fs",
-                         part.n, partial.name, exc, attempt, delay)
+                log.info(
+                    "part %d of %s failed (%s); retry %d in %.1fs",
+                    part.n,
+                    partial.name,
+                    exc,
+                    attempt,
+                    delay,
+                )
                 await trio.sleep(delay)
 
     async def _stream_part(
@@ -235,8 +243,9 @@ def _load_parts(partial: Path, total: int) -> list[Part] | None:
     while (path := state_path(partial, n)).is_file():
         try:
             value = json.loads(path.read_text())
-            part = Part(int(value["N"]), int(value["Offset"]), int(value["Size"]),
-                        int(value["Completed"]))
+            part = Part(
+                int(value["N"]), int(value["Offset"]), int(value["Size"]), int(value["Completed"])
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if part.n != n or not 0 <= part.completed <= part.size:

@@ -36,7 +36,12 @@ from appliance.store.manifest import (
     human_number,
 )
 from appliance.store.names import ModelName
-from appliance.store.pull import Progress, fetch_with_progress, progress_line, write_manifest_and_prune
+from appliance.store.pull import (
+    Progress,
+    fetch_with_progress,
+    progress_line,
+    write_manifest_and_prune,
+)
 from appliance.store.registry import MANIFEST_NOT_FOUND, RegistryError, failed_url
 from appliance.store.store import Store
 
@@ -71,8 +76,10 @@ def hf_token(environ: Mapping[str, str]) -> str | None:
 def choose_file(siblings: list[dict[str, Any]], tag: str, repo: str) -> dict[str, Any]:
     """The GGUF sibling for quantization `tag` (`latest` = the preferred default)."""
     ggufs = [
-        s for s in siblings
-        if isinstance(s.get("rfilename"), str) and s["rfilename"].lower().endswith(".gguf")
+        s
+        for s in siblings
+        if isinstance(s.get("rfilename"), str)
+        and s["rfilename"].lower().endswith(".gguf")
         and "mmproj" not in s["rfilename"].lower()
     ]
     if not ggufs:
@@ -82,7 +89,7 @@ def choose_file(siblings: list[dict[str, Any]], tag: str, repo: str) -> dict[str
             found = [s for s in ggufs if _has_quant(s["rfilename"], quant)]
             if found:
                 return _single_file(found[0], repo)
-        return _single_file(sorted(ggufs, key=lambda s: s["rfilename"])[0], repo)
+        return _single_file(min(ggufs, key=lambda s: s["rfilename"]), repo)
     found = [s for s in ggufs if _has_quant(s["rfilename"], tag)]
     if not found:
         names = ", ".join(sorted(s["rfilename"] for s in ggufs))
@@ -130,14 +137,21 @@ async def pull_hf(
         try:
             response = await client.get(info_url, params={"blobs": "true"})
         except httpx.HTTPError as exc:
-            raise RegistryError(f"pull model manifest: {describe_failure(exc, info_url, net)}") from exc
+            raise RegistryError(
+                f"pull model manifest: {describe_failure(exc, info_url, net)}"
+            ) from exc
         if response.status_code == 404:
             raise RegistryError(MANIFEST_NOT_FOUND)
         if response.status_code != 200:
-            hint = "; set HF_TOKEN for a gated or private repository" if response.status_code in (
-                401, 403) else ""
-            raise RegistryError(f"pull model manifest: {response.request.url.host} answered "
-                                f"{response.status_code} {response.reason_phrase}{hint}")
+            hint = (
+                "; set HF_TOKEN for a gated or private repository"
+                if response.status_code in (401, 403)
+                else ""
+            )
+            raise RegistryError(
+                f"pull model manifest: {response.request.url.host} answered "
+                f"{response.status_code} {response.reason_phrase}{hint}"
+            )
         try:
             siblings = response.json().get("siblings") or []
         except (ValueError, AttributeError):
@@ -145,17 +159,23 @@ async def pull_hf(
         chosen = choose_file(siblings, name.tag, repo)
         lfs = chosen.get("lfs") or {}
         if not lfs.get("sha256"):
-            raise RegistryError(f"pull model manifest: {chosen['rfilename']} has no sha256 in {repo}")
+            raise RegistryError(
+                f"pull model manifest: {chosen['rfilename']} has no sha256 in {repo}"
+            )
         digest = "sha256:" + lfs["sha256"].lower()
         size = int(lfs.get("size") or chosen.get("size") or 0)
         file_url = f"{endpoint}/{repo}/resolve/main/{quote(chosen['rfilename'])}"
 
         @asynccontextmanager
         async def open_range(start: int, end: int):  # type: ignore[no-untyped-def]
-            async with client.stream("GET", file_url, headers={"Range": f"bytes={start}-{end}"}) as r:
+            async with client.stream(
+                "GET", file_url, headers={"Range": f"bytes={start}-{end}"}
+            ) as r:
                 if r.status_code not in (200, 206):
-                    raise RegistryError(f"pulling {digest[7:19]}: {r.request.url.host} answered "
-                                        f"{r.status_code} {r.reason_phrase}")
+                    raise RegistryError(
+                        f"pulling {digest[7:19]}: {r.request.url.host} answered "
+                        f"{r.status_code} {r.reason_phrase}"
+                    )
                 yield r
 
         def transport_error(exc: httpx.HTTPError) -> RegistryError:
@@ -163,8 +183,9 @@ async def pull_hf(
             return RegistryError(f"pulling {digest[7:19]}: {describe_failure(exc, url, net)}")
 
         log.info("%s -> %s (%s)", name.full(), chosen["rfilename"], digest)
-        if await fetch_with_progress(store, digest, size, downloads, progress, open_range,
-                                     on_transport_error=transport_error):
+        if await fetch_with_progress(
+            store, digest, size, downloads, progress, open_range, on_transport_error=transport_error
+        ):
             await progress(progress_line("verifying sha256 digest"))
             await downloads.commit(store, digest)
     config = await trio.to_thread.run_sync(_config_for, store, digest)

@@ -31,7 +31,9 @@ PROGRESS_INTERVAL = 0.06  # Ollama reports download progress every 60 ms
 HF_HOSTS = ("hf.co", "huggingface.co")
 
 
-def progress_line(status: str, digest: str = "", total: int = 0, completed: int = 0) -> dict[str, Any]:
+def progress_line(
+    status: str, digest: str = "", total: int = 0, completed: int = 0
+) -> dict[str, Any]:
     """A ProgressResponse as Go encodes it: zero-valued fields are omitted (`omitempty`)."""
     line: dict[str, Any] = {"status": status}
     if digest:
@@ -60,8 +62,15 @@ async def pull_model(
     if name.host.lower() in HF_HOSTS:
         from appliance.store.hf import pull_hf
 
-        return await pull_hf(store, name, net=net, settings=settings, progress=progress,
-                             downloads=downloads, environ=environ)
+        return await pull_hf(
+            store,
+            name,
+            net=net,
+            settings=settings,
+            progress=progress,
+            downloads=downloads,
+            environ=environ,
+        )
     await progress(progress_line("pulling manifest"))
     async with open_client(net, auth=BearerChallengeAuth()) as client:
         registry = Registry(client, net, name, insecure=insecure)
@@ -88,7 +97,11 @@ async def pull_layer(
 ) -> bool:
     """Download one layer's bytes (not yet verified); False when the blob was already here."""
     return await fetch_with_progress(
-        store, layer.digest, layer.size, downloads, progress,
+        store,
+        layer.digest,
+        layer.size,
+        downloads,
+        progress,
         lambda start, end: registry.open_blob(layer.digest, start, end),
         on_transport_error=lambda exc: registry.failure(f"pulling {layer.digest[7:19]}", exc),
     )

@@ -84,8 +84,9 @@ async def push_layer(
 
     await progress(progress_line(status, digest, size, 0))
     if size <= chunk_size:
-        await registry.send_chunk(location, digest, _read_range(path, 0, size, on_bytes), 0, size,
-                                  final=True)
+        await registry.send_chunk(
+            location, digest, _read_range(path, 0, size, on_bytes), 0, size, final=True
+        )
     else:
         for start in range(0, size, chunk_size):
             length = min(chunk_size, size - start)

@@ -35,8 +35,10 @@ class RegistryError(ApplianceError):
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """`Bearer realm="..",service=".."` -> ("bearer", {"realm": .., "service": ..})."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _CHALLENGE_PARAM.finditer(rest)}
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _CHALLENGE_PARAM.finditer(rest)
+    }
     return scheme.lower(), params
 
 
@@ -109,10 +111,14 @@ class Registry:
         proxy = self.net.proxy_for(url)
         reason = f"{response.status_code} {response.reason_phrase}".strip()
         if proxy and url.scheme == "http" and response.status_code in (407, 502, 503, 504):
-            return RegistryError(f"{context}: connecting to {via(self.net, url)}: proxy answered {reason}")
+            return RegistryError(
+                f"{context}: connecting to {via(self.net, url)}: proxy answered {reason}"
+            )
         detail = _registry_message(response)
         host = url.host if url.port is None else f"{url.host}:{url.port}"
-        return RegistryError(f"{context}: {host} answered {reason}{': ' + detail if detail else ''}")
+        return RegistryError(
+            f"{context}: {host} answered {reason}{': ' + detail if detail else ''}"
+        )
 
     async def get_manifest(self) -> bytes:
         """The manifest bytes for the name's tag, exactly as served (their hash is the digest)."""

@@ -69,7 +69,9 @@ class ProxyPeer:
         head, _, rest = buffer.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         method, target, _version = lines[0].split(" ", 2)
-        headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:] if ":" in line]
+        headers = [
+            tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:] if ":" in line
+        ]
         if not self._authorized(headers):
             self.rejected.append(target)
             await stream.send_all(
@@ -79,7 +81,7 @@ class ProxyPeer:
             )
             return
         if method == "CONNECT":
-            host, _, port = target.rpartition(":")
+            host = target.rpartition(":")[0]
             self.connects.append(target)
             upstream = await self._open(stream, host)
             if upstream is None:

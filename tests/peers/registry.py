@@ -91,7 +91,12 @@ class H11Peer:
                 stream = trio.SSLStream(raw, self.ssl_context, server_side=True)
                 await stream.do_handshake()
             await self._serve_connection(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, ssl.SSLError):
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            h11.ProtocolError,
+            ssl.SSLError,
+        ):
             pass
         finally:
             await trio.aclose_forcefully(stream)
@@ -132,7 +137,9 @@ class H11Peer:
             headers = list(reply.headers)
             if not any(k.lower() == "content-length" for k, _ in headers):
                 headers.append(("Content-Length", str(len(reply.body))))
-            await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+            await stream.send_all(
+                conn.send(h11.Response(status_code=reply.status, headers=headers))
+            )
             if request.method != "HEAD" and not reply.head_only:
                 if reply.gate is not None:
                     await reply.gate.wait()
@@ -148,15 +155,25 @@ class H11Peer:
             conn.start_next_cycle()
 
 
-def serve_bytes(request: Request, data: bytes, served: list[tuple[int, int]], *,
-                cut: int | None = None, headers: list[tuple[str, str]] | None = None,
-                ignore_range: bool = False) -> Reply:
+def serve_bytes(
+    request: Request,
+    data: bytes,
+    served: list[tuple[int, int]],
+    *,
+    cut: int | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    ignore_range: bool = False,
+) -> Reply:
     """200 or 206 for `data` honouring `Range: bytes=a-b`; records the byte range sent."""
     headers = list(headers or [])
     headers.append(("Accept-Ranges", "bytes"))
     start, end = 0, len(data)
     status = 200
-    m = None if ignore_range else re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
+    m = (
+        None
+        if ignore_range
+        else re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
+    )
     if m:
         start = int(m.group(1))
         end = min(len(data), int(m.group(2)) + 1) if m.group(2) else len(data)
@@ -206,18 +223,36 @@ class RegistryPeer(H11Peer):
         self.blobs[digest] = data
         return digest
 
-    def add_model(self, repo: str, tag: str, model_bytes: bytes, *, extra_layers: tuple[tuple[str, bytes], ...] = ()) -> bytes:
+    def add_model(
+        self,
+        repo: str,
+        tag: str,
+        model_bytes: bytes,
+        *,
+        extra_layers: tuple[tuple[str, bytes], ...] = (),
+    ) -> bytes:
         """Publish a model (config + GGUF layer + extra layers); returns the manifest bytes."""
-        config = json.dumps({"model_format": "gguf", "model_family": "llama",
-                             "architecture": "amd64", "os": "linux"}).encode()
+        config = json.dumps(
+            {
+                "model_format": "gguf",
+                "model_family": "llama",
+                "architecture": "amd64",
+                "os": "linux",
+            }
+        ).encode()
         layers = [("application/vnd.ollama.image.model", model_bytes), *extra_layers]
         manifest = {
             "schemaVersion": 2,
             "mediaType": MANIFEST_MEDIA_TYPE,
-            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                       "digest": self.add_blob(config), "size": len(config)},
-            "layers": [{"mediaType": mt, "digest": self.add_blob(data), "size": len(data)}
-                       for mt, data in layers],
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": self.add_blob(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": mt, "digest": self.add_blob(data), "size": len(data)}
+                for mt, data in layers
+            ],
         }
         raw = json.dumps(manifest).encode()
         self.manifests[(repo, tag)] = raw
@@ -234,22 +269,31 @@ class RegistryPeer(H11Peer):
             return None
         action = "pull" if request.method in ("GET", "HEAD") else "push,pull"
         auth = request.headers.get("authorization", "")
-        if auth in (f"Bearer {self.token}|repository:{repo}:{action}",
-                    f"Bearer {self.token}|repository:{repo}:push,pull"):
+        if auth in (
+            f"Bearer {self.token}|repository:{repo}:{action}",
+            f"Bearer {self.token}|repository:{repo}:push,pull",
+        ):
             return None
         if repo is None and auth.startswith(f"Bearer {self.token}|"):
             return None
         scope = f',scope="repository:{repo}:{action}"' if repo else ""
         value = f'Bearer realm="{self.base_url}/token",service="{self.public_host}"{scope}'
-        body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
-        return Reply(401, [("WWW-Authenticate", value), ("Content-Type", "application/json")], body.encode())
+        body = json.dumps(
+            {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+        )
+        return Reply(
+            401, [("WWW-Authenticate", value), ("Content-Type", "application/json")], body.encode()
+        )
 
     def route(self, request: Request) -> Reply:
         if request.path == "/token":
             self.token_requests.append(request.query)
             scope = request.query.get("scope", [""])[0]
-            return Reply(200, [("Content-Type", "application/json")],
-                         json.dumps({"token": f"{self.token}|{scope}", "expires_in": 300}).encode())
+            return Reply(
+                200,
+                [("Content-Type", "application/json")],
+                json.dumps({"token": f"{self.token}|{scope}", "expires_in": 300}).encode(),
+            )
         m = re.fullmatch(r"/v2/(.+)/(manifests|blobs)/(.+)", request.path)
         m_upload = re.fullmatch(r"/v2/(.+)/blobs/uploads/(.*)", request.path)
         repo = (m_upload or m).group(1) if (m_upload or m) else None
@@ -270,19 +314,25 @@ class RegistryPeer(H11Peer):
             raw = self.manifests.get((repo, ref))
             if raw is None:
                 return _not_found("MANIFEST_UNKNOWN")
-            return Reply(200, [("Content-Type", MANIFEST_MEDIA_TYPE),
-                               ("Docker-Content-Digest", sha256(raw))], raw,
-                         head_only=request.method == "HEAD")
+            return Reply(
+                200,
+                [("Content-Type", MANIFEST_MEDIA_TYPE), ("Docker-Content-Digest", sha256(raw))],
+                raw,
+                head_only=request.method == "HEAD",
+            )
         data = self.blobs.get(ref)
         if data is None:
             return _not_found("BLOB_UNKNOWN")
         if self.redirect_blobs_to is not None and request.method == "GET":
-            return Reply(307, [("Location", f"{self.redirect_blobs_to.base_url}{request.path}?sig=x")])
+            return Reply(
+                307, [("Location", f"{self.redirect_blobs_to.base_url}{request.path}?sig=x")]
+            )
         if ref in self.wrong_bytes:
             data = bytes(b ^ 0xFF for b in data)
         cut = self.drop_blob_after.pop(ref, None) if request.method == "GET" else None
-        reply = serve_bytes(request, data, self.served.setdefault(ref, []), cut=cut,
-                            ignore_range=self.ignore_range)
+        reply = serve_bytes(
+            request, data, self.served.setdefault(ref, []), cut=cut, ignore_range=self.ignore_range
+        )
         reply.gate = self.blob_gate
         return reply
 
@@ -290,30 +340,50 @@ class RegistryPeer(H11Peer):
         if request.method == "POST" and not session:
             session = uuid.uuid4().hex
             self.uploads[session] = bytearray()
-            return Reply(202, [("Location", f"/v2/{repo}/blobs/uploads/{session}"),
-                               ("Docker-Upload-UUID", session)])
+            return Reply(
+                202,
+                [
+                    ("Location", f"/v2/{repo}/blobs/uploads/{session}"),
+                    ("Docker-Upload-UUID", session),
+                ],
+            )
         if session not in self.uploads:
             return _not_found("BLOB_UPLOAD_UNKNOWN")
         self.uploads[session] += request.body
         if request.method == "PATCH":
-            return Reply(202, [("Location", f"/v2/{repo}/blobs/uploads/{session}"),
-                               ("Range", f"0-{len(self.uploads[session]) - 1}")])
+            return Reply(
+                202,
+                [
+                    ("Location", f"/v2/{repo}/blobs/uploads/{session}"),
+                    ("Range", f"0-{len(self.uploads[session]) - 1}"),
+                ],
+            )
         if request.method == "PUT":
             data = bytes(self.uploads.pop(session))
             want = request.query.get("digest", [""])[0]
             if sha256(data) != want:
-                return Reply(400, [("Content-Type", "application/json")],
-                             json.dumps({"errors": [{"code": "DIGEST_INVALID"}]}).encode())
+                return Reply(
+                    400,
+                    [("Content-Type", "application/json")],
+                    json.dumps({"errors": [{"code": "DIGEST_INVALID"}]}).encode(),
+                )
             self.blobs[want] = data
-            return Reply(201, [("Location", f"/v2/{repo}/blobs/{want}"), ("Docker-Content-Digest", want)])
+            return Reply(
+                201, [("Location", f"/v2/{repo}/blobs/{want}"), ("Docker-Content-Digest", want)]
+            )
         return Reply(405)
 
 
 class BlobHost(H11Peer):
     """The CDN a registry redirects blobs to; it refuses requests that still carry credentials."""
 
-    def __init__(self, registry: RegistryPeer, public_host: str = "blobs.test", *,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        registry: RegistryPeer,
+        public_host: str = "blobs.test",
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(ssl_context=ssl_context)
         self.public_host = public_host
         self.registry = registry
@@ -332,7 +402,9 @@ class BlobHost(H11Peer):
 class HFPeer(H11Peer):
     """Hugging Face Hub's model-info and resolve endpoints (as HF_ENDPOINT)."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, token: str | None = None) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, token: str | None = None
+    ) -> None:
         super().__init__(ssl_context=ssl_context)
         self.public_host = "hf.test"
         self.repos: dict[str, dict[str, bytes]] = {}
@@ -344,18 +416,30 @@ class HFPeer(H11Peer):
         return sha256(data)
 
     def route(self, request: Request) -> Reply:
-        if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
-            return Reply(401, [("Content-Type", "application/json")], b'{"error":"Invalid credentials"}')
+        if (
+            self.token is not None
+            and request.headers.get("authorization") != f"Bearer {self.token}"
+        ):
+            return Reply(
+                401, [("Content-Type", "application/json")], b'{"error":"Invalid credentials"}'
+            )
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", request.path)
         if m:
             files = self.repos.get(m.group(1))
             if files is None:
-                return Reply(404, [("Content-Type", "application/json")],
-                             b'{"error":"Repository not found"}')
+                return Reply(
+                    404, [("Content-Type", "application/json")], b'{"error":"Repository not found"}'
+                )
             siblings = [
-                {"rfilename": name, "size": len(data),
-                 **({"lfs": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}}
-                    if name.endswith(".gguf") else {})}
+                {
+                    "rfilename": name,
+                    "size": len(data),
+                    **(
+                        {"lfs": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}}
+                        if name.endswith(".gguf")
+                        else {}
+                    ),
+                }
                 for name, data in files.items()
             ]
             body = {"id": m.group(1), "sha": "0" * 40, "siblings": siblings}
@@ -365,8 +449,12 @@ class HFPeer(H11Peer):
             data = self.repos.get(m.group(1), {}).get(m.group(3))
             if data is None:
                 return Reply(404, body=b"Entry not found")
-            return serve_bytes(request, data, self.served.setdefault(m.group(3), []),
-                               headers=[("ETag", f'"{hashlib.sha256(data).hexdigest()}"')])
+            return serve_bytes(
+                request,
+                data,
+                self.served.setdefault(m.group(3), []),
+                headers=[("ETag", f'"{hashlib.sha256(data).hexdigest()}"')],
+            )
         return Reply(404, body=b"not found")
 
 
