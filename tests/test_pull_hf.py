@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 from peers.proxy import ProxyPeer
-from peers.registry import HFPeer, sha256
+from peers.registry import CDNPeer, HFPeer, sha256
 
 from appliance.errors import ApplianceError
 from appliance.store.download import DownloadPolicy, Downloads
@@ -114,6 +114,22 @@ async def test_hf_token_is_sent_as_bearer(store, hf, env, tiny_gguf):
 
     assert store.has_blob(sha256(tiny_gguf.read_bytes()))
     assert all(r.headers.get("authorization") == "Bearer hf_secret" for r in hf.requests[1:])
+
+
+async def test_hf_token_is_not_sent_to_the_cdn_it_redirects_to(nursery, store, hf, tiny_gguf):
+    hf.token = "hf_secret"
+    hf.cdn = CDNPeer("cdn.test")
+    await nursery.start(hf.cdn.serve)
+    proxy = ProxyPeer(
+        names={"hf.test": ("127.0.0.1", hf.port), "cdn.test": ("127.0.0.1", hf.cdn.port)}
+    )
+    await nursery.start(proxy.serve)
+    env = {"HF_ENDPOINT": "http://hf.test", "HTTP_PROXY": proxy.url, "HF_TOKEN": "hf_secret"}
+
+    await pull(store, "hf.co/someone/tiny-GGUF", env)
+
+    assert store.blob_path(sha256(tiny_gguf.read_bytes())).read_bytes() == tiny_gguf.read_bytes()
+    assert hf.cdn.served  # the bytes came from the CDN, which refuses credentials
 
 
 def test_choose_file_does_not_take_iq4_for_q4_or_mmproj_files():

@@ -410,6 +410,7 @@ class HFPeer(H11Peer):
         self.repos: dict[str, dict[str, bytes]] = {}
         self.token = token
         self.served: dict[str, list[tuple[int, int]]] = {}
+        self.cdn: CDNPeer | None = None  # when set, resolve answers 302 to the CDN, as hf.co does
 
     def add_file(self, repo: str, filename: str, data: bytes) -> str:
         self.repos.setdefault(repo, {})[filename] = data
@@ -449,6 +450,10 @@ class HFPeer(H11Peer):
             data = self.repos.get(m.group(1), {}).get(m.group(3))
             if data is None:
                 return Reply(404, body=b"Entry not found")
+            if self.cdn is not None:
+                sha = hashlib.sha256(data).hexdigest()
+                self.cdn.files[f"/repos/{sha}"] = data
+                return Reply(302, [("Location", f"{self.cdn.base_url}/repos/{sha}?X-Amz=sig")])
             return serve_bytes(
                 request,
                 data,
@@ -456,6 +461,24 @@ class HFPeer(H11Peer):
                 headers=[("ETag", f'"{hashlib.sha256(data).hexdigest()}"')],
             )
         return Reply(404, body=b"not found")
+
+
+class CDNPeer(H11Peer):
+    """A file CDN behind a redirect; it refuses requests that still carry credentials."""
+
+    def __init__(self, public_host: str = "cdn.test") -> None:
+        super().__init__()
+        self.public_host = public_host
+        self.files: dict[str, bytes] = {}
+        self.served: dict[str, list[tuple[int, int]]] = {}
+
+    def route(self, request: Request) -> Reply:
+        if "authorization" in request.headers:
+            return Reply(400, body=b"credentials must not follow a redirect to another host")
+        data = self.files.get(request.path)
+        if data is None:
+            return Reply(404)
+        return serve_bytes(request, data, self.served.setdefault(request.path, []))
 
 
 def _not_found(code: str) -> Reply:
