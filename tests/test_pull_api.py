@@ -176,3 +176,23 @@ async def test_client_leaving_mid_pull_stops_the_download_and_keeps_it_resumable
     assert not server.store.has_blob(digest)
     assert server.store.partial_path(digest).exists()
     assert server.store.list_models() == []
+
+
+async def test_transfer_whose_response_is_never_sent_is_cancelled(autojump_clock):
+    # The client can vanish between the handler's return and hypercorn's first byte; then no
+    # generator `finally` runs, so a watchdog must end the job (virtual time: autojump clock).
+    from appliance.api import transfer
+
+    ended = trio.Event()
+
+    async def job(progress: Any) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.set()
+
+    send, _receive = trio.open_memory_channel[Any](1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transfer._run_streamed, job, send, trio.Event())
+        with trio.fail_after(transfer.RELAY_START_TIMEOUT * 2):
+            await ended.wait()

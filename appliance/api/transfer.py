@@ -33,6 +33,7 @@ bp = Blueprint("transfer", __name__)
 
 Job = Callable[[Progress], Awaitable[Any]]
 CHANNEL_SIZE = 64
+RELAY_START_TIMEOUT = 30.0  # seconds for hypercorn to start sending a streamed body
 
 
 def downloads_of(extras: dict[str, Any]) -> Downloads:
@@ -96,8 +97,9 @@ async def _respond(job: Job, stream: bool) -> Response:
     if not stream:
         return await _wait_for_last(job)
     send, receive = trio.open_memory_channel[Any](CHANNEL_SIZE)
-    scope = await current_app.nursery.start(_run_streamed, job, send)
-    return ndjson_response(_relay(receive, scope))
+    relaying = trio.Event()
+    scope = await current_app.nursery.start(_run_streamed, job, send, relaying)
+    return ndjson_response(_relay(receive, scope, relaying))
 
 
 async def _wait_for_last(job: Job) -> Response:
@@ -117,25 +119,46 @@ async def _wait_for_last(job: Job) -> Response:
 async def _run_streamed(
     job: Job,
     send: trio.MemorySendChannel[Any],
+    relaying: trio.Event,
     *,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run `job` sending its progress to `send`; never lets an error escape into the app nursery."""
+    """Run `job` sending its progress to `send`; never lets an error escape into the app nursery.
+
+    If the response body is never iterated (the client left between the handler's return and
+    the first byte), nothing would ever cancel the job: a watchdog does, after a while.
+    """
     with trio.CancelScope() as scope:
         task_status.started(scope)
-        async with send:
-            try:
-                await job(send.send)
-            except ApplianceError as exc:
-                await _send_quietly(send, exc)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_unless_relayed, relaying, scope)
+            await _run_job(job, send)
+            nursery.cancel_scope.cancel()
+
+
+async def _cancel_unless_relayed(relaying: trio.Event, scope: trio.CancelScope) -> None:
+    with trio.move_on_after(RELAY_START_TIMEOUT):
+        await relaying.wait()
+        return
+    log.info("transfer abandoned: its response was never sent")
+    scope.cancel()
+
+
+async def _run_job(job: Job, send: trio.MemorySendChannel[Any]) -> None:
+    """Run the job, sending its error (if any) as the last item; never raises."""
+    async with send:
+        try:
+            await job(send.send)
+        except ApplianceError as exc:
+            await _send_quietly(send, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.info("transfer abandoned: the client went away")
+        except Exception as exc:
+            if _only_broken_channel(exc):
                 log.info("transfer abandoned: the client went away")
-            except Exception as exc:
-                if _only_broken_channel(exc):
-                    log.info("transfer abandoned: the client went away")
-                else:
-                    log.exception("transfer failed")
-                    await _send_quietly(send, exc)
+            else:
+                log.exception("transfer failed")
+                await _send_quietly(send, exc)
 
 
 async def _send_quietly(send: trio.MemorySendChannel[Any], exc: BaseException) -> None:
@@ -158,9 +181,10 @@ def _only_broken_channel(exc: BaseException) -> bool:
 
 
 async def _relay(
-    receive: trio.MemoryReceiveChannel[Any], scope: trio.CancelScope
+    receive: trio.MemoryReceiveChannel[Any], scope: trio.CancelScope, relaying: trio.Event
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield progress lines; re-raise the transfer's error so the stream ends with it."""
+    relaying.set()
     try:
         async for item in receive:
             if isinstance(item, BaseException):
