@@ -66,6 +66,8 @@ LimitNOFILE=65536
 # needs ReadWritePaths= (and ProtectHome=tmpfs + BindPaths= under /home): see
 # `llm-appliance systemd install --models DIR`.
 NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
@@ -82,11 +84,15 @@ RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
+RemoveIPC=yes
+PrivateMounts=yes
 # AF_NETLINK lets the allowed-hosts check list this machine's interface addresses.
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
-# MemoryDenyWriteExecute= is left off: ctypes callbacks (llama.cpp's log hook) need it off.
+# MemoryDenyWriteExecute= is left off: ctypes callbacks (llama.cpp's log hook) may need W+X
+# memory for libffi trampolines. SystemCallFilter=~@resources is left off too: OpenMP threads
+# set their affinity, and a denied call kills the process.
 UMask=0027
 
 [Install]

@@ -9,6 +9,7 @@ existing executable (verify checks it). verify exits 0 on unknown keys, so its s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -174,3 +175,21 @@ def test_install_script_stages_binary_and_unit(tmp_path: Path):
     assert (root / "usr/local/bin/llm-appliance").stat().st_mode & 0o111
     unit = (root / UNIT_DIR / "llm-appliance.service").read_text()
     assert "ExecStart=/usr/local/bin/llm-appliance serve" in unit
+
+
+@needs_systemd_analyze
+def test_unit_sandbox_exposure_stays_low(tmp_path: Path):
+    """`systemd-analyze security` scores the sandbox (0 best, 10 worst); 1.7 when written."""
+    install_unit(tmp_path)
+    unit_dir = tmp_path / UNIT_DIR
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", f"--root={tmp_path}",
+         "llm-appliance.service"],
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"},
+        capture_output=True, text=True, timeout=60,
+    )
+    found = re.search(r"Overall exposure level for llm-appliance\.service: ([\d.]+)",
+                      result.stdout + result.stderr)
+    if found is None:
+        pytest.skip(f"this systemd-analyze has no offline security scoring: {result.stderr[:200]}")
+    assert float(found.group(1)) <= 2.5
