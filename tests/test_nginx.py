@@ -23,7 +23,14 @@ import httpx
 import pytest
 import trio
 
-from serverproc import clean_env, free_port, register_tiny_model, run_server, wait_until_answers
+from serverproc import (
+    clean_env,
+    free_port,
+    hide_reference_model,
+    register_tiny_model,
+    run_server,
+    wait_until_answers,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = REPO / "packaging/nginx.conf"
@@ -172,7 +179,8 @@ async def test_generate_streams_through_nginx_from_the_real_server(tmp_path: Pat
     models = tmp_path / "models"
     register_tiny_model(models)
     port = free_port()
-    env = clean_env(port, models, {"PYTHONPATH": str(REPO)})
+    pythonpath = f"{hide_reference_model(tmp_path / 'shim')}:{REPO}"
+    env = clean_env(port, models, {"PYTHONPATH": pythonpath})
     with trio.fail_after(120):
         async with run_server([sys.executable, "-m", "appliance", "serve"], env, tmp_path,
                               tmp_path / "server.log") as server:
