@@ -146,7 +146,9 @@ def render_proxy_dropin(
         lines.append(quote_environment("HTTPS_PROXY", https_proxy))
     if http_proxy:
         lines.append(quote_environment("HTTP_PROXY", http_proxy))
-    lines.append(quote_environment("NO_PROXY", no_proxy if no_proxy is not None else DEFAULT_NO_PROXY))
+    if no_proxy is None:
+        no_proxy = DEFAULT_NO_PROXY
+    lines.append(quote_environment("NO_PROXY", no_proxy))
     if ca_file:
         lines.append(quote_environment("SSL_CERT_FILE", ca_file))
         lines.append(quote_environment("LLM_APPLIANCE_CA_FILE", ca_file))

@@ -53,7 +53,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def clean_env(port: int, models_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def clean_env(
+    port: int, models_dir: Path, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """A minimal environment: no venv on PATH, no PYTHONPATH, no proxies, HOME in the test dir."""
     env = {
         "PATH": "/usr/bin:/bin",

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow
 def binary() -> Path:
     if not BINARY.is_file():
         if os.environ.get("LLM_APPLIANCE_TEST_BINARY") != "1":
-            pytest.skip("dist/llm-appliance not built (make binary, or LLM_APPLIANCE_TEST_BINARY=1)")
+            pytest.skip("dist/llm-appliance is not built (make binary; or set "
+                        "LLM_APPLIANCE_TEST_BINARY=1 to build it here)")
         subprocess.run(["make", "binary"], cwd=REPO, check=True, timeout=1800)
     return BINARY
 

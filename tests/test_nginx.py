@@ -1,10 +1,12 @@
-"""packaging/nginx.conf in a real nginx on loopback: streams pass through unbuffered, Host rewritten.
+"""packaging/nginx.conf in a real nginx on loopback: streams relayed line by line, Host rewritten.
 
 Conventions: nginx (Debian's nginx-light; `make test` installs it when missing) runs in the
 foreground with `master_process off`, its prefix, temp paths, pid and logs in tmp_path, on a free
 127.0.0.1 port, with the shipped file included after replacing only its listen and upstream ports.
-"Unbuffered" is proven by order, not by time: the upstream sends the next chunk only after the client
-has received the previous one through nginx, so any buffering deadlocks into the `fail_after`.
+Line by line is proven by order, not by time: the upstream sends the next chunk only after the
+client has received the previous one through nginx, so holding a chunk back deadlocks into the
+`fail_after`. (nginx 1.22 relays that even with proxy_buffering on, so the directives that keep
+it so under load are pinned by a separate test.)
 Skipped, with the reason, when nginx is not installed.
 """
 
@@ -101,7 +103,7 @@ async def running_nginx(tmp: Path, upstream_port: int) -> AsyncIterator[str]:
 
 
 class LockstepUpstream:
-    """An HTTP/1.1 upstream that streams chunks only as fast as the client confirms receiving them."""
+    """An HTTP/1.1 upstream that streams each chunk only once the client got the one before."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = chunks

