@@ -52,8 +52,9 @@ async def post_streaming(client: Client, path: str, body: dict[str, Any]) -> byt
     """POST and read the body as it streams (the test client's plain `post` buffers only 10
     chunks before the app blocks, too few for a pull's progress lines)."""
     data = bytearray()
-    async with client.request(path, method="POST",
-                              headers={"Content-Type": "application/json"}) as conn:
+    async with client.request(
+        path, method="POST", headers={"Content-Type": "application/json"}
+    ) as conn:
         await conn.send(json.dumps(body).encode())
         await conn.send_complete()
         while True:
@@ -177,8 +178,14 @@ async def test_large_upload_streams_to_disk(client_store: tuple[Client, Store]) 
     ("body", "message"),
     [
         ({"model": "m"}, "neither 'from' or 'files' was specified"),
-        ({"model": "m", "files": {"../x.gguf": "sha256:" + "a" * 64}}, "file path must be relative"),
-        ({"model": "m", "files": {"/abs.gguf": "sha256:" + "a" * 64}}, "file path must be relative"),
+        (
+            {"model": "m", "files": {"../x.gguf": "sha256:" + "a" * 64}},
+            "file path must be relative",
+        ),
+        (
+            {"model": "m", "files": {"/abs.gguf": "sha256:" + "a" * 64}},
+            "file path must be relative",
+        ),
         ({"model": "m", "files": {"x.gguf": ""}}, "invalid digest format"),
         ({"model": "bad/name/x/y", "from": "tiny"}, "invalid model name"),
         ({"model": "", "from": "tiny"}, "invalid model name"),
@@ -203,7 +210,9 @@ async def test_create_rejects_a_file_that_is_not_gguf(client_store: tuple[Client
         )
         assert resp.status_code == 400
         assert await resp.get_json() == {"error": "supplied file was not in GGUF format"}
-        streamed = await client.post("/api/create", json={"model": "m", "files": {"m.gguf": digest}})
+        streamed = await client.post(
+            "/api/create", json={"model": "m", "files": {"m.gguf": digest}}
+        )
         assert lines(await streamed.get_data()) == [
             {"status": "parsing GGUF"},
             {"error": "supplied file was not in GGUF format"},
@@ -233,15 +242,21 @@ async def test_create_from_a_model_replaces_and_merges_layers(
         await create_tiny(
             client, tiny_gguf, system="base system", parameters={"temperature": 0.5, "top_k": 10}
         )
-        resp = await client.post("/api/create", json={
-            "model": "child",
-            "from": "TINY",
-            "template": "{{ if .Tools }}tools{{ end }}{{ .Prompt }}",
-            "system": "child system",
-            "license": ["MIT text"],
-            "parameters": {"temperature": 1.0, "stop": ["<end>", "###"]},
-            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-        })
+        resp = await client.post(
+            "/api/create",
+            json={
+                "model": "child",
+                "from": "TINY",
+                "template": "{{ if .Tools }}tools{{ end }}{{ .Prompt }}",
+                "system": "child system",
+                "license": ["MIT text"],
+                "parameters": {"temperature": 1.0, "stop": ["<end>", "###"]},
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "yo"},
+                ],
+            },
+        )
         progress = lines(await resp.get_data())
     assert progress[-1] == {"status": "success"}
     assert any(p["status"].startswith("creating new layer sha256:") for p in progress)
@@ -251,8 +266,10 @@ async def test_create_from_a_model_replaces_and_merges_layers(
     assert child.template == "{{ if .Tools }}tools{{ end }}{{ .Prompt }}"
     assert child.params == {"stop": ["<end>", "###"], "temperature": 1, "top_k": 10}
     assert child.license == ["MIT text"]
-    assert child.messages == [{"role": "user", "content": "hi"},
-                              {"role": "assistant", "content": "yo"}]
+    assert child.messages == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+    ]
     assert "tools" in store.capabilities(child)
     assert store.resolve("tiny").system == "base system"
 
@@ -270,8 +287,11 @@ async def test_create_from_a_model_not_present_pulls_it_first(
     await nursery.start(proxy.serve)
     client, store = make_client(tmp_path, https_proxy=proxy.url, http_proxy=proxy.url)
     with trio.fail_after(60):
-        body = await post_streaming(client, "/api/create", {
-            "model": "mine", "from": "http://registry.test/library/tiny", "system": "hi"})
+        body = await post_streaming(
+            client,
+            "/api/create",
+            {"model": "mine", "from": "http://registry.test/library/tiny", "system": "hi"},
+        )
         progress = [p["status"] for p in lines(body)]
     assert progress[0] == "pulling manifest"
     assert progress[-2:] == ["writing manifest", "success"]
@@ -302,7 +322,11 @@ async def test_recreating_a_model_prunes_layers_it_no_longer_uses(
         await create_tiny(client, tiny_gguf, system="first")
         first = store.resolve("tiny")
         await create_tiny(client, tiny_gguf, system="second")
-    gone = [d for d in first.manifest.all_digests() if d not in store.resolve("tiny").manifest.all_digests()]
+    gone = [
+        d
+        for d in first.manifest.all_digests()
+        if d not in store.resolve("tiny").manifest.all_digests()
+    ]
     assert gone and not any(store.has_blob(d) for d in gone)
 
 
@@ -320,14 +344,21 @@ async def test_show_returns_ollama_fields(
 ) -> None:
     client, store = client_store
     with trio.fail_after(30):
-        await create_tiny(client, tiny_gguf, system="be brief",
-                          parameters={"temperature": 0.7, "stop": ["<end>"]},
-                          license="Some license", messages=[{"role": "user", "content": "x"}])
+        await create_tiny(
+            client,
+            tiny_gguf,
+            system="be brief",
+            parameters={"temperature": 0.7, "stop": ["<end>"]},
+            license="Some license",
+            messages=[{"role": "user", "content": "x"}],
+        )
         await client.post("/api/copy", json={"source": "tiny", "destination": "tiny2"})
         await client.post("/api/create", json={"model": "kid", "from": "tiny2"})
         resp = await client.post("/api/show", json={"model": "kid"})
         body = await resp.get_json()
-        verbose = await (await client.post("/api/show", json={"name": "kid", "verbose": True})).get_json()
+        verbose = await (
+            await client.post("/api/show", json={"name": "kid", "verbose": True})
+        ).get_json()
     kid = store.resolve("kid")
     assert resp.status_code == 200
     assert body["license"] == "Some license"
@@ -340,7 +371,7 @@ async def test_show_returns_ollama_fields(
     assert "SYSTEM be brief\n" in body["modelfile"]
     assert "MESSAGE user x\n" in body["modelfile"]
     assert sorted(body["parameters"].split("\n")) == [
-        "stop                           \"<end>\"",
+        'stop                           "<end>"',
         "temperature                    0.7",
     ]
     assert body["template"] == store.gguf_info(kid.model_path).chat_template

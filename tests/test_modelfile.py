@@ -27,7 +27,7 @@ def test_parse_instructions_case_insensitively_with_comments_and_quotes() -> Non
         'SYSTEM """You are\n  a pirate."""\n'
         "PARAMETER temperature 0.7\n"
         "parameter stop <|eot_id|>\n"
-        "PARAMETER stop \"###\"\n"
+        'PARAMETER stop "###"\n'
         'TEMPLATE "{{ .Prompt }} # not a comment"\n'
         "MESSAGE user hello there\n"
         "LICENSE  MIT  \n"
@@ -50,10 +50,15 @@ def test_parse_instructions_case_insensitively_with_comments_and_quotes() -> Non
     ("text", "message"),
     [
         ("SYSTEM hi\n", "no FROM line"),
-        ("FROM x\nFOO bar\n", '(line 2): command must be one of "from", "license", "template", '
-         '"system", "adapter", "renderer", "parser", "parameter", "message", or "requires"'),
-        ("FROM x\nMESSAGE tool hi\n", '(line 2): message role must be one of "system", "user", '
-         'or "assistant"'),
+        (
+            "FROM x\nFOO bar\n",
+            '(line 2): command must be one of "from", "license", "template", '
+            '"system", "adapter", "renderer", "parser", "parameter", "message", or "requires"',
+        ),
+        (
+            "FROM x\nMESSAGE tool hi\n",
+            '(line 2): message role must be one of "system", "user", or "assistant"',
+        ),
         ('FROM x\nSYSTEM """never closed\n', "(line 2): unterminated quote"),
     ],
 )

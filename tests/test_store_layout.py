@@ -94,19 +94,32 @@ def test_go_json_escapes_html_like_go() -> None:
 
 @pytest.mark.parametrize(
     ("n", "text"),
-    [(8_000_000_000, "8B"), (3_212_749_888, "3.2B"), (137_000_000, "137M"),
-     (268_098_176, "268.10M"), (12_345, "12K"), (999, "999")],
+    [
+        (8_000_000_000, "8B"),
+        (3_212_749_888, "3.2B"),
+        (137_000_000, "137M"),
+        (268_098_176, "268.10M"),
+        (12_345, "12K"),
+        (999, "999"),
+    ],
 )
 def test_human_number_like_ollama(n: int, text: str) -> None:
     assert human_number(n) == text
 
 
 def test_config_blob_field_order_and_omitempty() -> None:
-    raw = build_config(model_family="llama", model_families=["llama"], model_type="8B",
-                       file_type="Q4_K_M")
+    raw = build_config(
+        model_family="llama", model_families=["llama"], model_type="8B", file_type="Q4_K_M"
+    )
     assert list(json.loads(raw)) == [
-        "model_format", "model_family", "model_families", "model_type", "file_type",
-        "architecture", "os", "rootfs",
+        "model_format",
+        "model_family",
+        "model_families",
+        "model_type",
+        "file_type",
+        "architecture",
+        "os",
+        "rootfs",
     ]
 
 
@@ -123,7 +136,11 @@ def test_store_written_by_ollama_lists_and_resolves_as_is(tmp_path: Path) -> Non
     assert m.size == sum(x.size for x in m.manifest.layers) + m.manifest.config.size
     assert store.resolve("LLAMA3.2:LATEST").name.model == "llama3.2"
     assert store.resolve("example.com/TEAM/mixed:V1").name.parts() == (
-        "example.com", "team", "Mixed", "v1")
+        "example.com",
+        "team",
+        "Mixed",
+        "v1",
+    )
 
 
 def test_resolve_missing_is_not_found_with_ollama_wording(tmp_path: Path) -> None:

@@ -19,7 +19,10 @@ from appliance.store.names import InvalidName, ModelName, parse_model_name
         ("host.io/ns/m:t", ("host.io", "ns", "m", "t")),
         ("host:5000/ns/m", ("host:5000", "ns", "m", "latest")),
         ("  llama3.2  ", ("registry.ollama.ai", "library", "llama3.2", "latest")),
-        ("hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M", ("hf.co", "bartowski", "Llama-3.2-1B-GGUF", "Q4_K_M")),
+        (
+            "hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M",
+            ("hf.co", "bartowski", "Llama-3.2-1B-GGUF", "Q4_K_M"),
+        ),
     ],
 )
 def test_parse_fills_ollama_defaults(text: str, parts: tuple[str, ...]) -> None:

@@ -26,7 +26,9 @@ def imported(tmp_path_factory: pytest.TempPathFactory, reference_gguf: Path) -> 
     return store
 
 
-def test_reference_model_is_imported_once_as_one_blob(imported: Store, reference_gguf: Path) -> None:
+def test_reference_model_is_imported_once_as_one_blob(
+    imported: Store, reference_gguf: Path
+) -> None:
     store = imported
     model = store.resolve(MODEL_NAME)
     assert model.model_path is not None

@@ -74,8 +74,10 @@ def _str_field(body: dict[str, Any], key: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise BadRequest(f"json: cannot unmarshal {type(value).__name__} into Go struct field "
-                         f"CreateRequest.{key} of type string")
+        raise BadRequest(
+            f"json: cannot unmarshal {type(value).__name__} into Go struct field "
+            f"CreateRequest.{key} of type string"
+        )
     return value
 
 
@@ -84,8 +86,10 @@ def _files_field(body: dict[str, Any], key: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise BadRequest(f"json: cannot unmarshal into Go struct field CreateRequest.{key} "
-                         "of type map[string]string")
+        raise BadRequest(
+            f"json: cannot unmarshal into Go struct field CreateRequest.{key} "
+            "of type map[string]string"
+        )
     for rel, digest in value.items():
         if not _valid_fs_path(rel):
             raise BadRequest("file path must be relative")
@@ -102,9 +106,10 @@ def _valid_fs_path(rel: str) -> bool:
         return True
     if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
         return False
-    return all(part not in ("", ".", "..") for part in rel.split("/")) and posixpath.normpath(
-        rel
-    ) == rel
+    return (
+        all(part not in ("", ".", "..") for part in rel.split("/"))
+        and posixpath.normpath(rel) == rel
+    )
 
 
 def parse_create_request(body: dict[str, Any]) -> CreateRequest:
@@ -114,8 +119,10 @@ def parse_create_request(body: dict[str, Any]) -> CreateRequest:
     name_text = _str_field(body, "model") or _str_field(body, "name")
     name = parse_model_name(name_text)
     if body.get("quantize") or body.get("quantization"):
-        raise BadRequest("quantization is not supported by this server; quantize the GGUF "
-                         "before creating the model (llama-quantize)")
+        raise BadRequest(
+            "quantization is not supported by this server; quantize the GGUF "
+            "before creating the model (llama-quantize)"
+        )
     from_text = _str_field(body, "from")
     from_ = parse_model_name(from_text) if from_text else None
     if from_ is None and not files:
@@ -131,12 +138,16 @@ def parse_create_request(body: dict[str, Any]) -> CreateRequest:
         raise BadRequest("license must be a string or a list of strings")
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
-        raise BadRequest("json: cannot unmarshal into Go struct field CreateRequest.parameters "
-                         "of type map[string]interface {}")
+        raise BadRequest(
+            "json: cannot unmarshal into Go struct field CreateRequest.parameters "
+            "of type map[string]interface {}"
+        )
     messages = body.get("messages") or []
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise BadRequest("json: cannot unmarshal into Go struct field CreateRequest.messages "
-                         "of type []api.Message")
+        raise BadRequest(
+            "json: cannot unmarshal into Go struct field CreateRequest.messages "
+            "of type []api.Message"
+        )
     clean_messages = []
     for m in messages:
         role = m.get("role", "")
@@ -167,7 +178,7 @@ def parse_create_request(body: dict[str, Any]) -> CreateRequest:
 
 
 def _go_numbers(value: Any) -> Any:
-    """Whole floats become ints, so JSON re-encoding matches Go's float64 output (`1`, not `1.0`)."""
+    """Whole floats become ints, so re-encoded JSON matches Go's float64 output (`1`, not `1.0`)."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
         return int(value)
     if isinstance(value, dict):
@@ -220,8 +231,10 @@ def _gguf_or_400(store: Store, digest: str) -> Any:
 def _layers_from_files(store: Store, files: dict[str, str], built: _Built, adapter: bool) -> None:
     for rel, digest in files.items():
         if rel.endswith(".safetensors"):
-            raise BadRequest("safetensors import is not supported by this server; convert the "
-                             "model to GGUF first (llama.cpp convert_hf_to_gguf.py)")
+            raise BadRequest(
+                "safetensors import is not supported by this server; convert the "
+                "model to GGUF first (llama.cpp convert_hf_to_gguf.py)"
+            )
         info = _gguf_or_400(store, digest)
         kind = str(info.metadata.get("general.type", "") or "")
         if adapter or kind == "adapter":
@@ -233,8 +246,10 @@ def _layers_from_files(store: Store, files: dict[str, str], built: _Built, adapt
         else:
             media = MEDIA_MODEL
         path = store.blob_path(digest)
-        built.add(Layer(media, digest, path.stat().st_size, from_=str(path)),
-                  "using existing layer " + digest)
+        built.add(
+            Layer(media, digest, path.stat().st_size, from_=str(path)),
+            "using existing layer " + digest,
+        )
         built.ggufs.append((media, info))
 
 
@@ -242,11 +257,15 @@ def _layers_from_model(store: Store, name: ModelName, built: _Built) -> None:
     local = store.load(store.existing_name(name))
     source = local.name.display_shortest()
     for layer in local.manifest.layers:
-        built.add(Layer(layer.media_type, layer.digest, layer.size, from_=source, name=layer.name),
-                  "using existing layer " + layer.digest)
+        built.add(
+            Layer(layer.media_type, layer.digest, layer.size, from_=source, name=layer.name),
+            "using existing layer " + layer.digest,
+        )
         if layer.media_type in GGUF_MEDIA:
             try:
-                built.ggufs.append((layer.media_type, store.gguf_info(store.blob_path(layer.digest))))
+                built.ggufs.append(
+                    (layer.media_type, store.gguf_info(store.blob_path(layer.digest)))
+                )
             except (OSError, ValueError) as exc:
                 log.warning("layer %s of %s unreadable as GGUF: %s", layer.digest, source, exc)
 

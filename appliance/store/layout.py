@@ -1,4 +1,4 @@
-"""Where things live under OLLAMA_MODELS, what a digest looks like, and how a file is written safely.
+"""Where things live under OLLAMA_MODELS, what a digest looks like, how to write a file safely.
 
 Ollama's layout (manifest/paths.go): `manifests/<host>/<ns>/<model>/<tag>` and
 `blobs/sha256-<hex>`. Every path built here is checked to resolve under the store root, so no name

@@ -27,7 +27,13 @@ MEDIA_PARAMS = MEDIA_PREFIX + "params"
 MEDIA_MESSAGES = MEDIA_PREFIX + "messages"
 MEDIA_LICENSE = MEDIA_PREFIX + "license"
 
-_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
 
 
 def go_json(value: Any) -> bytes:
@@ -53,7 +59,11 @@ class Layer:
     name: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
         if self.from_:
             out["from"] = self.from_
         if self.name:
@@ -72,7 +82,9 @@ class Layer:
             raise ManifestError(f"bad layer: {exc}") from None
         if not isinstance(media_type, str) or not isinstance(size, int) or isinstance(size, bool):
             raise ManifestError("bad layer fields")
-        return cls(media_type, digest, size, str(value.get("from") or ""), str(value.get("name") or ""))
+        return cls(
+            media_type, digest, size, str(value.get("from") or ""), str(value.get("name") or "")
+        )
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,9 @@ def parse_manifest(raw: bytes) -> Manifest:
     layers = value.get("layers") or []
     if not isinstance(layers, list):
         raise ManifestError("manifest layers is not a list")
-    return Manifest(Layer.from_json(value["config"]), tuple(Layer.from_json(x) for x in layers), raw)
+    return Manifest(
+        Layer.from_json(value["config"]), tuple(Layer.from_json(x) for x in layers), raw
+    )
 
 
 def human_number(n: int) -> str:

@@ -19,8 +19,16 @@ from appliance.errors import BadRequest
 from appliance.options import format_params
 
 INSTRUCTIONS = (
-    "from", "license", "template", "system", "adapter", "renderer", "parser", "parameter",
-    "message", "requires",
+    "from",
+    "license",
+    "template",
+    "system",
+    "adapter",
+    "renderer",
+    "parser",
+    "parameter",
+    "message",
+    "requires",
 )
 MESSAGE_ROLES = ("system", "user", "assistant")
 
@@ -74,9 +82,12 @@ def parse_modelfile(text: str) -> Modelfile:
             end += 1
         word = text[pos:end].lower()
         if word not in INSTRUCTIONS or end >= n or text[end] not in " \t":
-            raise _error(start_line, 'command must be one of "from", "license", "template", '
-                         '"system", "adapter", "renderer", "parser", "parameter", "message", '
-                         'or "requires"')
+            raise _error(
+                start_line,
+                'command must be one of "from", "license", "template", '
+                '"system", "adapter", "renderer", "parser", "parameter", "message", '
+                'or "requires"',
+            )
         pos = end
         key = role = ""
         if word in ("parameter", "message"):
@@ -91,8 +102,9 @@ def parse_modelfile(text: str) -> Modelfile:
             if word == "message":
                 role = key.lower()
                 if role not in MESSAGE_ROLES:
-                    raise _error(start_line, 'message role must be one of "system", "user", or '
-                                 '"assistant"')
+                    raise _error(
+                        start_line, 'message role must be one of "system", "user", or "assistant"'
+                    )
         value, pos, line = _read_value(text, _skip_blanks(text, pos), line, start_line)
         if not value and word not in ("system", "template", "license", "message"):
             raise _error(start_line, f"missing value for [{word}]")
@@ -140,7 +152,9 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def create_request(mf: Modelfile, base_dir: Path, model: str) -> tuple[dict[str, Any], dict[str, Path]]:
+def create_request(
+    mf: Modelfile, base_dir: Path, model: str
+) -> tuple[dict[str, Any], dict[str, Path]]:
     """The `/api/create` body for `mf`, and {digest: local file} to POST to /api/blobs first.
 
     FROM/ADAPTER naming an existing file (relative to `base_dir`) become `files`/`adapters`;
@@ -159,7 +173,9 @@ def create_request(mf: Modelfile, base_dir: Path, model: str) -> tuple[dict[str,
             if path.is_file():
                 digest = sha256_file(path)
                 uploads[digest] = path
-                body.setdefault("files" if cmd.name == "from" else "adapters", {})[path.name] = digest
+                body.setdefault("files" if cmd.name == "from" else "adapters", {})[path.name] = (
+                    digest
+                )
             elif cmd.name == "from":
                 body["from"] = cmd.args
             else:

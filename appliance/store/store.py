@@ -144,7 +144,7 @@ class Store:
         return layout.manifests_dir(self.root)
 
     def blob_path(self, digest: str) -> Path:
-        """Where blob `sha256:<hex>` (or `sha256-<hex>`) lives; `InvalidDigest` (400) if malformed."""
+        """Where blob `sha256:<hex>` (or `sha256-<hex>`) lives; `InvalidDigest` (400) if bad."""
         return layout.blob_path(self.root, digest)
 
     def partial_path(self, digest: str) -> Path:
@@ -244,7 +244,7 @@ class Store:
                 entries = []
             if part not in entries:
                 for entry in sorted(entries):
-                    if entry.lower() == part.lower():
+                    if entry.isascii() and entry.lower() == part.lower():
                         chosen = entry
                         break
             parts.append(chosen)
@@ -252,7 +252,7 @@ class Store:
         return ModelName(*parts, scheme=name.scheme)
 
     def read_manifest(self, name: ModelName) -> Manifest:
-        """The manifest of `name` exactly as spelled; FileNotFoundError / ManifestError otherwise."""
+        """The manifest of `name` as spelled; FileNotFoundError or ManifestError otherwise."""
         return parse_manifest(self.manifest_path(name).read_bytes())
 
     def write_manifest(self, name: ModelName, data: bytes) -> Manifest:
@@ -268,7 +268,7 @@ class Store:
         return manifest
 
     def resolve(self, name_text: str | ModelName, *, not_found: str | None = None) -> LocalModel:
-        """The local model named `name_text` (case-insensitive); NotFound `model '<text>' not found`."""
+        """The model named `name_text` (case-insensitive); NotFound `model '<text>' not found`."""
         if isinstance(name_text, ModelName):
             name, text = name_text, name_text.display_shortest()
         else:
@@ -289,7 +289,9 @@ class Store:
         modified_ns = os.stat(path).st_mtime_ns
         return self._local_model(name, path, parse_manifest(raw), modified_ns)
 
-    def _local_model(self, name: ModelName, path: Path, m: Manifest, modified_ns: int) -> LocalModel:
+    def _local_model(
+        self, name: ModelName, path: Path, m: Manifest, modified_ns: int
+    ) -> LocalModel:
         model_path = None
         parent = ""
         adapters: list[Path] = []
@@ -601,9 +603,7 @@ class BlobWriter:
         actual = "sha256:" + self._hash.hexdigest()
         if self._expected is not None and digest_hex(self._expected) != actual[7:]:
             self.abort()
-            raise DigestMismatch(
-                f'digest mismatch, expected "{self._expected}", got "{actual}"'
-            )
+            raise DigestMismatch(f'digest mismatch, expected "{self._expected}", got "{actual}"')
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -633,4 +633,3 @@ class BlobWriter:
 def parse_digest_param(value: str) -> str:
     """Validate a digest from a URL or request: `sha256:<hex>` back, `InvalidDigest` otherwise."""
     return api_digest(value)
-
