@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
