@@ -484,3 +484,4 @@ async def test_delete_does_not_break_an_open_model_file(
             await client.delete("/api/delete", json={"model": "tiny"})
             assert not path.exists()
             assert held.read(4) == b"GGUF"
+

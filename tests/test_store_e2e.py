@@ -1,13 +1,17 @@
 """End to end: the official `ollama` Python client manages models on the real server.
 
 Conventions: the real app (`create_app` with a real Store in `tmp_path`, no scheduler: these routes
-need none) is served by hypercorn's trio worker in this process on 127.0.0.1 port 0; the
-synchronous `ollama` client runs in a worker thread. Bounded by `trio.fail_after`; nothing asserts
-a duration.
+need none) is served by hypercorn's trio worker in this process on 127.0.0.1 port 0 (`serving`);
+the synchronous `ollama` client runs in a worker thread; raw sockets where a test must misbehave
+as a client. Bounded by `trio.fail_after`; nothing asserts a duration.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -25,9 +29,9 @@ ollama = pytest.importorskip("ollama")
 TIMEOUT = 120
 
 
-async def test_ollama_client_creates_lists_shows_copies_and_deletes(
-    tmp_path: Path, tiny_gguf: Path
-) -> None:
+@asynccontextmanager
+async def serving(tmp_path: Path) -> AsyncIterator[tuple[str, Store]]:
+    """The model routes on a real loopback HTTP server; yields (base URL, store)."""
     settings = Settings.for_tests(models_dir=tmp_path / "models", host="127.0.0.1")
     store = Store(settings.models_dir)
     store.startup(noprune=False)
@@ -36,6 +40,21 @@ async def test_ollama_client_creates_lists_shows_copies_and_deletes(
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            lambda task_status: serve(
+                app, config, shutdown_trigger=stop.wait, task_status=task_status
+            )
+        )
+        try:
+            yield binds[0], store
+        finally:
+            stop.set()
+
+
+async def test_ollama_client_creates_lists_shows_copies_and_deletes(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
 
     def session(host: str) -> dict[str, object]:
         client = ollama.Client(host=host, trust_env=False)
@@ -72,16 +91,8 @@ async def test_ollama_client_creates_lists_shows_copies_and_deletes(
         return seen
 
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as server_nursery:
-            binds = await server_nursery.start(
-                lambda task_status: serve(
-                    app, config, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
-            try:
-                seen = await trio.to_thread.run_sync(session, binds[0])
-            finally:
-                stop.set()
+        async with serving(tmp_path) as (url, _):
+            seen = await trio.to_thread.run_sync(session, url)
 
     assert seen["create"][0] == "parsing GGUF" and seen["create"][-1] == "success"
     assert seen["create_from"] == "success"
@@ -99,3 +110,23 @@ async def test_ollama_client_creates_lists_shows_copies_and_deletes(
     assert seen["copy"] == "success" and seen["delete"] == "success"
     assert seen["after"] == ["me/copied:v1", "tiny:latest"]
     assert seen["missing"] == (404, "model 'tiny-chat' not found")
+
+
+async def test_upload_cut_off_mid_body_leaves_no_blob(tmp_path: Path) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with trio.fail_after(TIMEOUT):
+        async with serving(tmp_path) as (url, store):
+            port = int(url.rsplit(":", 1)[1])
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            head = (
+                f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n"
+            )
+            await stream.send_all(head.encode() + data[: len(data) // 2])
+            while not any(n.startswith(".tmp-") for n in os.listdir(store.blobs_dir)):
+                await trio.sleep(0.01)  # the server is writing the upload to its temp file
+            await stream.aclose()
+            while os.listdir(store.blobs_dir):
+                await trio.sleep(0.01)  # ...and removes it once it sees the client is gone
+            assert not store.has_blob(digest)
