@@ -267,3 +267,47 @@ def test_unwritable_store_gives_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ApplianceError) as info:
         Store(root).check_writable()
     assert str(root) in info.value.message and "not writable by user" in info.value.message
+
+
+WRITER = """
+import os, sys
+from appliance.store.manifest import Layer, build_config, build_manifest, MEDIA_MODEL
+from appliance.store.names import parse_model_name
+from appliance.store.store import Store
+store = Store(sys.argv[1])
+for i in range(10_000):
+    data = os.urandom(256 * 1024)
+    digest = store.write_blob_bytes(data)
+    config = build_config(model_family="llama")
+    config_digest = store.write_blob_bytes(config)
+    manifest = build_manifest(
+        Layer("application/vnd.docker.container.image.v1+json", config_digest, len(config)),
+        [Layer(MEDIA_MODEL, digest, len(data))],
+    )
+    store.write_manifest(parse_model_name(f"m{i}"), manifest.raw)
+    print(i, flush=True)
+"""
+
+
+def test_a_killed_writer_leaves_only_complete_models(tmp_path: Path) -> None:
+    """SIGKILL at an arbitrary point of a create loop: every listed model is whole."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        for _ in range(5):
+            proc.stdout.readline()  # a few models are complete, the next one is under way
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    models = Store(tmp_path).list_models()
+    assert len(models) >= 5
+    for model in models:
+        for digest in model.manifest.all_digests():
+            blob = Store(tmp_path).blob_path(digest)
+            assert "sha256:" + sha(blob.read_bytes()) == digest
