@@ -75,6 +75,7 @@ async def create_tiny(client: Client, tiny_gguf: Path, name: str = "tiny", **ext
         "/api/create", json={"model": name, "files": {"tiny.gguf": digest}, **extra}
     )
     assert resp.status_code == 200, await resp.get_data()
+    assert resp.content_type == "application/x-ndjson"
     return lines(await resp.get_data())
 
 
@@ -109,6 +110,7 @@ async def test_create_with_stream_false_returns_only_the_last_object(
             "/api/create", json={"model": "t", "files": {"a.gguf": digest}, "stream": False}
         )
         assert resp.status_code == 200
+        assert resp.content_type == "application/json"
         assert await resp.get_json() == {"status": "success"}
 
 
@@ -484,4 +486,3 @@ async def test_delete_does_not_break_an_open_model_file(
             await client.delete("/api/delete", json={"model": "tiny"})
             assert not path.exists()
             assert held.read(4) == b"GGUF"
-

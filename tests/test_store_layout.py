@@ -311,3 +311,17 @@ def test_a_killed_writer_leaves_only_complete_models(tmp_path: Path) -> None:
         for digest in model.manifest.all_digests():
             blob = Store(tmp_path).blob_path(digest)
             assert "sha256:" + sha(blob.read_bytes()) == digest
+
+
+def test_startup_fixes_names_and_prunes_unless_noprune(tmp_path: Path) -> None:
+    lay_out_ollama_model(tmp_path, "registry.ollama.ai/library/kept/latest", b"model")
+    orphan = tmp_path / "blobs" / f"sha256-{put_blob(tmp_path, b'orphan')}"
+    _age(orphan, 7200)
+    colon = tmp_path / "blobs" / f"sha256:{'e' * 64}"
+    colon.write_bytes(b"x")
+    Store(tmp_path).startup(noprune=True)
+    assert orphan.exists() and not colon.exists()
+    assert (tmp_path / "blobs" / f"sha256-{'e' * 64}").exists()
+    Store(tmp_path).startup(noprune=False)
+    assert not orphan.exists()
+    assert Store(tmp_path).resolve("kept").model_path.exists()  # type: ignore[union-attr]
