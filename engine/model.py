@@ -137,10 +137,14 @@ class Model:
         return buf[:n]
 
     def token_to_piece(self, token: int) -> bytes:
-        """The bytes a token stands for (special tokens render as nothing). Cached per token."""
+        """The bytes a token stands for, cached per token.
+
+        Control tokens render as their text ("<start_of_turn>", "<think>"), as in Ollama's runner,
+        so downstream parsers (thinking, tool calls) see them; the engine never emits EOG text.
+        """
         piece = self._pieces[token]
         if piece is None:
-            piece = self._piece(token, special=False)
+            piece = self._piece(token, special=True)
             self._pieces[token] = piece
         return piece
 
@@ -159,7 +163,7 @@ class Model:
         return self._piece(token, special=True).decode("utf-8", "replace")
 
     def detokenize(self, tokens: list[int]) -> str:
-        """Text of a token list (special tokens omitted); invalid UTF-8 becomes U+FFFD."""
+        """Text of a token list (control tokens included); invalid UTF-8 becomes U+FFFD."""
         return b"".join(self.token_to_piece(t) for t in tokens).decode("utf-8", "replace")
 
     def is_eog(self, token: int) -> bool:

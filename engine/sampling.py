@@ -2,6 +2,11 @@
 
 Every token is sampled in C (`llama_sampler_sample`), so the per-token Python cost is one call.
 Samplers whose settings make them a no-op (top_p 1, min_p 0, penalty 1...) are left out.
+
+A grammar (for `format`) is not part of the chain: checking every one of a 262k-token vocabulary
+against a grammar costs tens of milliseconds. As llama.cpp's own common sampler does, the chain
+picks a token first and the grammar only vets that one; the whole vocabulary goes through the
+grammar only when the pick is rejected.
 """
 
 from __future__ import annotations
@@ -10,8 +15,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import ctypes
+
 import llama_cpp
+import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+
+# llama_token_data {id, logit, p}, laid out as the C struct.
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,8 @@ class SamplerChain:
     """An owned `llama_sampler` chain; `sample(ctx, idx)` samples and accepts one token."""
 
     def __init__(self, params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_ctx: int) -> None:
+        self._grammar: llama_cpp.llama_sampler_p | None = None
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain: llama_cpp.llama_sampler_p | None = llama_cpp.llama_sampler_chain_init(
@@ -65,7 +79,7 @@ class SamplerChain:
             grammar = llama_cpp.llama_sampler_init_grammar(vocab, p.grammar.encode(), b"root")
             if not grammar:
                 raise ValueError("invalid grammar for format")
-            self._add(grammar)
+            self._grammar = grammar
         if p.temperature <= 0:
             self._add(llama_cpp.llama_sampler_init_greedy())
             return
@@ -82,13 +96,52 @@ class SamplerChain:
         self._add(llama_cpp.llama_sampler_init_dist(seed))
 
     def sample(self, ctx: llama_cpp.llama_context_p, idx: int) -> int:
-        """Sample from the `idx`-th output row of the last decode; the chain accepts the token."""
-        return llama_cpp.llama_sampler_sample(self._chain, ctx, idx)
+        """Sample for batch position `idx` of the last decode; the samplers accept the token."""
+        if self._grammar is None:
+            return llama_cpp.llama_sampler_sample(self._chain, ctx, idx)
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self._n_vocab,)
+        )
+        token = self._pick(logits, with_grammar=False)
+        if not self._grammar_allows(token, float(logits[token])):
+            token = self._pick(logits, with_grammar=True)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _pick(self, logits: np.ndarray, *, with_grammar: bool) -> int:
+        cur = np.empty(self._n_vocab, dtype=TOKEN_DATA)
+        cur["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        cur["logit"] = logits
+        cur["p"] = 0.0
+        arr = llama_cpp.llama_token_data_array(
+            data=cur.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=self._n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+        if with_grammar:
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(arr))
+        if arr.selected < 0:
+            raise RuntimeError("sampler chain selected no token")
+        return int(arr.data[arr.selected].id)
+
+    def _grammar_allows(self, token: int, logit: float) -> bool:
+        one = np.array([(token, logit, 0.0)], dtype=TOKEN_DATA)
+        arr = llama_cpp.llama_token_data_array(
+            data=one.ctypes.data_as(llama_cpp.llama_token_data_p), size=1, selected=-1, sorted=False
+        )
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        return bool(np.isfinite(one["logit"][0]))
 
     def close(self) -> None:
         chain, self._chain = self._chain, None
         if chain:
             llama_cpp.llama_sampler_free(chain)
+        grammar, self._grammar = self._grammar, None
+        if grammar:
+            llama_cpp.llama_sampler_free(grammar)
 
 
 def format_grammar(fmt: Any) -> str | None:
@@ -105,8 +158,12 @@ def format_grammar(fmt: Any) -> str | None:
     if isinstance(fmt, dict):
         props = fmt.get("properties")
         order = list(props) if isinstance(props, dict) else []
+        # The converter reports unsupported schemas with assert statements, hence AssertionError.
         try:
             return json_schema_to_gbnf(json.dumps(fmt), order)
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        except (
+            AssertionError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+            RecursionError,
+        ) as exc:
             raise ValueError(f"invalid JSON schema in format: {exc}") from exc
     raise ValueError("invalid format: expected \"json\" or a JSON schema object")
