@@ -215,3 +215,26 @@ def test_platform_defaults_are_listed_with_their_rule():
     assert all(item["rule"] for item in defaults.values() if item["value"] is not None)
     assert f"num_parallel={defaults['num_parallel']['value']}," in check.summary
     assert "max_loaded_models:" in check.hint
+
+
+def test_doctor_command_prints_json_for_the_configured_port_and_store(tmp_path, monkeypatch,
+                                                                        capsys):
+    import argparse
+
+    from serverproc import free_port
+
+    port = free_port()
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{port}")
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://bob:hunter2@proxy.example:8080")
+    parser = argparse.ArgumentParser()
+    doctor.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["doctor", "--json"])
+    code = args.func(args)
+    out = capsys.readouterr().out
+    checks = {check["name"]: check for check in json.loads(out)}
+    assert checks["models"]["detail"]["path"] == str(tmp_path / "models")
+    assert checks["server"]["detail"]["port"] == port
+    assert checks["proxy"]["detail"]["https_proxy"] == "http://bob:***@proxy.example:8080"
+    assert "hunter2" not in out
+    assert code == (1 if any(c["status"] == "fail" for c in checks.values()) else 0)
