@@ -193,3 +193,25 @@ def test_unit_sandbox_exposure_stays_low(tmp_path: Path):
     if found is None:
         pytest.skip(f"this systemd-analyze has no offline security scoring: {result.stderr[:200]}")
     assert float(found.group(1)) <= 2.5
+
+
+def test_install_script_stages_a_one_directory_build(tmp_path: Path):
+    """A directory (make binary-onedir) goes to lib/llm-appliance, linked from bin."""
+    onedir = tmp_path / "llm-appliance-onedir"
+    (onedir / "_internal").mkdir(parents=True)
+    (onedir / "_internal" / "marker").write_text("bundle")
+    launcher = onedir / "llm-appliance"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m appliance.systemd_cli "$@"\n')
+    launcher.chmod(0o755)
+    root = tmp_path / "root"
+    result = subprocess.run(
+        ["sh", str(REPO / "systemd/install.sh"), str(onedir)],
+        env={**os.environ, "ROOT": str(root), "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (root / "usr/local/lib/llm-appliance/_internal/marker").read_text() == "bundle"
+    link = root / "usr/local/bin/llm-appliance"
+    assert os.readlink(link) == "/usr/local/lib/llm-appliance/llm-appliance"
+    unit = (root / UNIT_DIR / "llm-appliance.service").read_text()
+    assert "ExecStart=/usr/local/bin/llm-appliance serve" in unit
