@@ -24,6 +24,7 @@ ollama = pytest.importorskip("ollama")
 TIMEOUT = 120
 
 
+@pytest.mark.slow
 async def test_ollama_client_pulls_through_proxy_then_generates(nursery, tmp_path: Path, tiny_gguf):
     registry = RegistryPeer("registry.test")
     registry.add_model("library/tiny", "latest", tiny_gguf.read_bytes())
