@@ -64,7 +64,9 @@ def bench_engine(
     }
 
 
-def bench_llama_class(model_path: Path | str, n_tokens: int, n_threads: int = 2) -> dict[str, float]:
+def bench_llama_class(
+    model_path: Path | str, n_tokens: int, n_threads: int = 2
+) -> dict[str, float]:
     """Tokens/s of `Llama.create_completion(stream=True)` for the same prompt, greedy."""
     from llama_cpp import Llama
 

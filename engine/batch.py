@@ -93,7 +93,9 @@ class _Slot:
         self.out_row = -1
 
 
-def fit_prompt(tokens: list[int], n_ctx: int, num_keep: int, num_predict: int, truncate: bool) -> list[int]:
+def fit_prompt(
+    tokens: list[int], n_ctx: int, num_keep: int, num_predict: int, truncate: bool
+) -> list[int]:
     """The prompt as it will be decoded: unchanged when it fits, else truncated like Ollama.
 
     Truncation keeps the first `num_keep` tokens and the most recent ones, leaving room to

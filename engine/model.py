@@ -118,7 +118,9 @@ class Model:
                 return buf.value.decode("utf-8", "replace")
             size = n + 1
 
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         """Tokens of `text`; `add_special` adds BOS/EOS as the model's tokenizer says."""
         data = text.encode("utf-8")
         capacity = len(data) + 8

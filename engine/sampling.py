@@ -49,6 +49,11 @@ class SamplerChain:
     def __init__(self, params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_ctx: int) -> None:
         self._grammar: llama_cpp.llama_sampler_p | None = None
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        # Plain greedy is an argmax: numpy does it in a tenth of the time the native greedy
+        # sampler needs to build its 262k-entry candidate array.
+        self._argmax = (
+            params.temperature <= 0 and not params.grammar and not _penalised(params, n_ctx)
+        )
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain: llama_cpp.llama_sampler_p | None = llama_cpp.llama_sampler_chain_init(
@@ -67,12 +72,14 @@ class SamplerChain:
 
     def _build(self, p: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_ctx: int) -> None:
         last_n = n_ctx if p.repeat_last_n < 0 else p.repeat_last_n
-        if last_n != 0 and (
-            p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
-        ):
+        if _penalised(p, n_ctx):
             self._add(
                 llama_cpp.llama_sampler_init_penalties(
-                    llama_cpp.llama_vocab_n_tokens(vocab), last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+                    llama_cpp.llama_vocab_n_tokens(vocab),
+                    last_n,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
                 )
             )
         if p.grammar:
@@ -97,6 +104,9 @@ class SamplerChain:
 
     def sample(self, ctx: llama_cpp.llama_context_p, idx: int) -> int:
         """Sample for batch position `idx` of the last decode; the samplers accept the token."""
+        if self._argmax:
+            logits = llama_cpp.llama_get_logits_ith(ctx, idx)
+            return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
         if self._grammar is None:
             return llama_cpp.llama_sampler_sample(self._chain, ctx, idx)
         logits = np.ctypeslib.as_array(
@@ -142,6 +152,13 @@ class SamplerChain:
         grammar, self._grammar = self._grammar, None
         if grammar:
             llama_cpp.llama_sampler_free(grammar)
+
+
+def _penalised(p: SamplingParams, n_ctx: int) -> bool:
+    last_n = n_ctx if p.repeat_last_n < 0 else p.repeat_last_n
+    return last_n != 0 and (
+        p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+    )
 
 
 def format_grammar(fmt: Any) -> str | None:

@@ -178,7 +178,9 @@ def test_multibyte_character_over_byte_tokens_is_emitted_whole(tiny_model: Model
 def test_seed_makes_sampling_reproducible(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("the")
     seeded = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=42)
-    runs = [generate_alone(tiny_model, prompt, sampling=seeded, num_predict=24)[0] for _ in range(2)]
+    runs = [
+        generate_alone(tiny_model, prompt, sampling=seeded, num_predict=24)[0] for _ in range(2)
+    ]
     other = generate_alone(
         tiny_model, prompt, sampling=SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=7),
         num_predict=24,
