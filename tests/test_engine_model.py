@@ -5,6 +5,7 @@ Uses the session tiny model from tests/conftest.py; load failures use real bad f
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,20 @@ def test_truncated_gguf_fails_to_load(tiny_gguf: Path, tmp_path: Path) -> None:
     cut.write_bytes(tiny_gguf.read_bytes()[:20_000])
     with pytest.raises(ModelLoadFailed):
         Model.load(cut)
+
+
+def test_llama_cpp_log_goes_to_python_logging(tiny_gguf: Path, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="llama.cpp")
+    with Model.load(tiny_gguf):
+        pass
+    records = [r for r in caplog.records if r.name == "llama.cpp"]
+    assert any("llama_model_loader" in r.getMessage() for r in records)
+    assert all(not r.getMessage().endswith("\n") for r in records)
+
+
+def test_load_errors_are_logged_at_error_level(tmp_path: Path, caplog) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"nope" * 100)
+    with pytest.raises(ModelLoadFailed):
+        Model.load(bogus)
+    assert any(r.name == "llama.cpp" and r.levelno == logging.ERROR for r in caplog.records)
