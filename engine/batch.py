@@ -229,7 +229,7 @@ class BatchEngine:
         )
         n = 0
         outputs: list[tuple[int, _Slot]] = []
-        prefilling: list[_Slot] = []
+        prefilling: list[tuple[_Slot, int]] = []
         generating: list[_Slot] = []
         for seq, slot in enumerate(self._slots):
             if slot is None or slot.pending is None:
@@ -255,10 +255,8 @@ class BatchEngine:
                 seq_ids[n][0] = seq
                 logits[n] = 0
                 n += 1
-            slot.fed += take
-            slot.prompt_eval_count += take
-            prefilling.append(slot)
-            if slot.fed == len(slot.prompt):
+            prefilling.append((slot, take))
+            if start + take == len(slot.prompt):
                 logits[n - 1] = 1
                 slot.out_row = n - 1
                 outputs.append((seq, slot))
@@ -267,10 +265,12 @@ class BatchEngine:
         batch.n_tokens = n
         started = time.perf_counter_ns()
         rc = llama_cpp.llama_decode(self._ctx, batch)
-        if rc != 0:
+        if rc != 0:  # slots are untouched: the caller may release them and carry on
             raise RuntimeError(f"llama_decode failed ({rc})")
         elapsed = time.perf_counter_ns() - started
-        for slot in prefilling:
+        for slot, take in prefilling:
+            slot.fed += take
+            slot.prompt_eval_count += take
             slot.prompt_eval_ns += elapsed
             slot.n_past = slot.fed
         for slot in generating:
