@@ -116,6 +116,17 @@ def wsl_script_path() -> Path:
     return Path(WSL_SCRIPT)
 
 
+def save_wsl_script(directory: Path) -> Path:
+    """Copy the LSO script (bundled in the binary) to `directory`, e.g. /mnt/c/Users/Public."""
+    source = wsl_script_path()
+    if not source.is_file():
+        raise FileNotFoundError(f"{WSL_SCRIPT} is not in this build")
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / source.name
+    target.write_bytes(source.read_bytes())
+    return target
+
+
 def check_wsl(facts: HostFacts, environ: Mapping[str, str]) -> Check:
     wsl = detect_wsl(facts, environ)
     if wsl is None:
@@ -126,7 +137,9 @@ def check_wsl(facts: HostFacts, environ: Mapping[str, str]) -> Check:
         "If model pulls or client traffic are slow, disable 'Large Send Offload Version 2' (IPv4 "
         "and IPv6) on the 'vEthernet (WSL)' adapter: in an administrator PowerShell on Windows run "
         f"`powershell -ExecutionPolicy Bypass -File {script} -DryRun`, then without -DryRun "
-        "(-Restore undoes it). Windows updates may reset the setting. See wsl/README.md."
+        "(-Restore undoes it). Windows updates may reset the setting. Without the sources, "
+        "`llm-appliance doctor --save-wsl-script /mnt/c/Users/Public` writes it where Windows "
+        "sees it. See wsl/README.md."
     )
     return Check("wsl", Status.INFO, f"running under WSL{wsl}" + (f" ({distro})" if distro else ""),
                  {"wsl": wsl, "distro": distro, "script": str(script)}, hint)
@@ -399,6 +412,14 @@ def exit_code(checks: Sequence[Check]) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.save_wsl_script:
+        try:
+            target = save_wsl_script(Path(args.save_wsl_script))
+        except OSError as exc:
+            print(f"llm-appliance doctor: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {target}")
+        return 0
     environ = dict(os.environ)
     try:
         target = target_from_settings(environ)
@@ -417,6 +438,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `doctor`."""
     parser = subparsers.add_parser("doctor", help="check this host and the server's settings")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--save-wsl-script", metavar="DIR",
+                        help="write Tune-WslNetwork.ps1 into DIR (e.g. /mnt/c/Users/Public)")
     parser.set_defaults(func=command)
 
 

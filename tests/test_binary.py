@@ -136,3 +136,12 @@ def test_binary_contains_llama_libraries_and_not_the_reference_model(binary: Pat
     assert "llama_cpp/lib/libllama.so" in names
     assert any(name.startswith("llama_cpp/lib/libggml-cpu") for name in names)
     assert not any("gemma3_270m" in name for name in names)
+
+
+def test_binary_carries_the_wsl_script_for_doctor(binary: Path, tmp_path: Path):
+    result = subprocess.run([str(binary), "doctor", "--save-wsl-script", str(tmp_path / "out")],
+                            env=clean_env(free_port(), tmp_path / "models"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    saved = (tmp_path / "out" / "Tune-WslNetwork.ps1").read_bytes()
+    assert saved == (REPO / "wsl" / "Tune-WslNetwork.ps1").read_bytes()

@@ -238,3 +238,9 @@ def test_doctor_command_prints_json_for_the_configured_port_and_store(tmp_path, 
     assert checks["proxy"]["detail"]["https_proxy"] == "http://bob:***@proxy.example:8080"
     assert "hunter2" not in out
     assert code == (1 if any(c["status"] == "fail" for c in checks.values()) else 0)
+
+
+def test_save_wsl_script_copies_the_shipped_script(tmp_path: Path):
+    target = doctor.save_wsl_script(tmp_path / "public")
+    repo_script = Path(__file__).resolve().parents[1] / "wsl" / "Tune-WslNetwork.ps1"
+    assert target.read_bytes() == repo_script.read_bytes()
