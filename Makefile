@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Extras installed with the project; the Docker build asks for `binary` only (no test tools, no
+# reference model), still through this rule so llama.cpp gets the CMAKE_ARGS below.
+EXTRAS ?= dev,reference
 
 # llama.cpp is built from source for a portable x86-64-v3 baseline (AVX2/FMA/F16C), never
 # -march=native, so the same build serves the tests, the benchmarks and the shipped binary.
@@ -18,7 +21,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev,reference]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)

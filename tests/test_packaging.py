@@ -125,3 +125,12 @@ def test_wsl_readme_explains_systemd_in_wsl():
     text = (REPO / "wsl/README.md").read_text()
     assert "/etc/wsl.conf" in text and "systemd=true" in text
     assert "Tune-WslNetwork.ps1" in text
+
+
+def test_docker_build_compiles_llama_cpp_through_make_for_portable_cpu_flags():
+    """A bare `pip install` would build llama.cpp with GGML_NATIVE for the build machine's CPU."""
+    text = DOCKERFILE.read_text()
+    assert "make binary-onedir PYTHON=python3 EXTRAS=binary" in text
+    assert "pip install" not in text
+    makefile = (REPO / "Makefile").read_text()
+    assert "-DGGML_NATIVE=OFF" in makefile and '-e ".[$(EXTRAS)]"' in makefile
