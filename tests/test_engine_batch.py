@@ -1,7 +1,9 @@
 """Continuous batching (engine/batch.py) on the tiny generated model, plus reference checks.
 
 Conventions: every engine is created in the test and closed by its `with` block; greedy
-sampling (temperature 0) makes outputs comparable across runs and batch compositions. The
+sampling (temperature 0) makes outputs comparable across runs and batch compositions. Tiny-model
+engines use one thread: ggml's worker threads spin at barriers, so on a busy 2-core machine two
+threads can make a millisecond step take hundreds of milliseconds. The
 `reference` tests use gemma3 270M for behaviour a random tiny model cannot show (JSON).
 """
 
@@ -39,7 +41,7 @@ def final(chunks: list[Chunk]) -> Chunk:
 
 
 def generate_alone(model: Model, tokens: list[int], **kw) -> tuple[str, Chunk]:
-    with BatchEngine(model, n_seq=1, n_ctx=256, n_batch=64) as engine:
+    with BatchEngine(model, n_seq=1, n_ctx=256, n_batch=64, n_threads=1) as engine:
         engine.admit(0, SequenceRequest(tokens, kw.pop("sampling", GREEDY), **kw))
         chunks = drain(engine)[0]
     return text_of(chunks), final(chunks)
@@ -47,7 +49,7 @@ def generate_alone(model: Model, tokens: list[int], **kw) -> tuple[str, Chunk]:
 
 def test_one_sequence_generates_and_reports_counts(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("the cat")
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=256) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=256) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=12))
         chunks = drain(engine)[0]
     done = final(chunks)
@@ -69,7 +71,7 @@ def test_greedy_is_deterministic(tiny_model: Model) -> None:
 def test_greedy_beside_other_sequences_equals_greedy_alone(tiny_model: Model) -> None:
     prompts = [tiny_model.tokenize(p) for p in ("the cat", "is it on", "a b c d e f g")]
     alone = [generate_alone(tiny_model, p, num_predict=16)[0] for p in prompts]
-    with BatchEngine(tiny_model, n_seq=3, n_ctx=256) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=3, n_ctx=256) as engine:
         for seq, prompt in enumerate(prompts):
             engine.admit(seq, SequenceRequest(prompt, GREEDY, num_predict=16))
         out = drain(engine)
@@ -80,7 +82,7 @@ def test_sequence_admitted_mid_way_joins_without_disturbing_others(tiny_model: M
     first, second = tiny_model.tokenize("the cat"), tiny_model.tokenize("on the mat")
     alone_first = generate_alone(tiny_model, first, num_predict=20)[0]
     alone_second = generate_alone(tiny_model, second, num_predict=8)[0]
-    with BatchEngine(tiny_model, n_seq=2, n_ctx=256) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=2, n_ctx=256) as engine:
         engine.admit(0, SequenceRequest(first, GREEDY, num_predict=20))
         out = drain(engine, steps=6)
         engine.admit(1, SequenceRequest(second, GREEDY, num_predict=8))
@@ -92,7 +94,7 @@ def test_sequence_admitted_mid_way_joins_without_disturbing_others(tiny_model: M
 
 def test_long_prompt_is_fed_over_several_steps(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("x" * 100)
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=256, n_batch=16) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=256, n_batch=16) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=1))
         steps = 0
         while engine.has_work():
@@ -104,7 +106,7 @@ def test_long_prompt_is_fed_over_several_steps(tiny_model: Model) -> None:
 def test_release_mid_prompt_frees_the_slot(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("y" * 100)
     expected = generate_alone(tiny_model, prompt, num_predict=5)[0]
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=256, n_batch=16) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=256, n_batch=16) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=5))
         assert engine.step() == []  # still prefilling
         engine.release(0)
@@ -116,7 +118,7 @@ def test_release_mid_prompt_frees_the_slot(tiny_model: Model) -> None:
 
 
 def test_release_is_safe_when_done_or_free(tiny_model: Model) -> None:
-    with BatchEngine(tiny_model, n_seq=2, n_ctx=64) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=2, n_ctx=64) as engine:
         engine.release(1)
         engine.admit(0, SequenceRequest(tiny_model.tokenize("a"), GREEDY, num_predict=2))
         drain(engine)
@@ -127,7 +129,7 @@ def test_release_is_safe_when_done_or_free(tiny_model: Model) -> None:
 
 def test_busy_or_out_of_range_slot_is_refused(tiny_model: Model) -> None:
     req = SequenceRequest(tiny_model.tokenize("a"), GREEDY, num_predict=2)
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=64) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=64) as engine:
         engine.admit(0, req)
         with pytest.raises(ValueError):
             engine.admit(0, req)
@@ -142,7 +144,7 @@ def test_num_predict_ends_with_length(tiny_model: Model) -> None:
 
 def test_full_context_ends_with_length(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("the cat")
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=32) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=32) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY))
         done = final(drain(engine)[0])
     assert done.done_reason == "length"
@@ -168,7 +170,7 @@ def test_end_of_generation_token_stops_and_is_not_emitted(tiny_model: Model) -> 
 
 def test_multibyte_character_over_byte_tokens_is_emitted_whole(tiny_model: Model) -> None:
     sampling = SamplingParams(temperature=0.0, grammar='root ::= "€😀"')
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=64) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=64) as engine:
         engine.admit(0, SequenceRequest(tiny_model.tokenize("x"), sampling))
         chunks = drain(engine)[0]
     assert [c.text for c in chunks if c.text] == ["€", "😀"]
@@ -190,7 +192,7 @@ def test_seed_makes_sampling_reproducible(tiny_model: Model) -> None:
 
 
 def test_prompt_longer_than_context_without_truncation_is_refused(tiny_model: Model) -> None:
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=32) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=32) as engine:
         with pytest.raises(PromptTooLong) as info:
             engine.admit(0, SequenceRequest(tiny_model.tokenize("z" * 40), GREEDY, truncate=False))
         assert not engine.has_work()
@@ -199,7 +201,7 @@ def test_prompt_longer_than_context_without_truncation_is_refused(tiny_model: Mo
 
 def test_long_prompt_is_truncated_keeping_its_start_and_end(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("z" * 80)
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=32) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=32) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=4, num_keep=4))
         done = final(drain(engine)[0])
     assert done.done_reason == "length" and done.eval_count == 4
@@ -208,7 +210,7 @@ def test_long_prompt_is_truncated_keeping_its_start_and_end(tiny_model: Model) -
 
 def test_same_prompt_on_the_same_slot_reuses_its_prefix(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("the cat is on the mat")
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=128) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=8))
         first = drain(engine)[0]
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=8))
@@ -219,7 +221,7 @@ def test_same_prompt_on_the_same_slot_reuses_its_prefix(tiny_model: Model) -> No
 
 def test_continuing_a_conversation_reuses_prompt_and_reply(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("the cat")
-    with BatchEngine(tiny_model, n_seq=1, n_ctx=128) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=6))
         reply = final(drain(engine)[0]).tokens
         follow_up = prompt + reply + tiny_model.tokenize(" is", add_special=False)

@@ -23,7 +23,7 @@ def dot(a: list[float], b: list[float]) -> float:
 
 
 def test_completion_model_embeds_with_unit_norm(tiny_model: Model) -> None:
-    with Embedder(tiny_model, n_ctx=128) as embedder:
+    with Embedder(tiny_model, n_threads=1, n_ctx=128) as embedder:
         vectors, count = embedder.embed(["the cat", "is on the mat"])
     assert len(vectors) == 2 and len(vectors[0]) == tiny_model.n_embd
     assert all(abs(norm(v) - 1.0) < 1e-6 for v in vectors)
@@ -31,19 +31,20 @@ def test_completion_model_embeds_with_unit_norm(tiny_model: Model) -> None:
 
 
 def test_embedding_model_with_declared_pooling_embeds(tiny_gguf_factory) -> None:
-    with Model.load(tiny_gguf_factory(pooling=1)) as model, Embedder(model, n_ctx=64) as embedder:
-        vectors, _ = embedder.embed(["hello"])
+    with Model.load(tiny_gguf_factory(pooling=1)) as model:
+        with Embedder(model, n_ctx=64, n_threads=1) as embedder:
+            vectors, _ = embedder.embed(["hello"])
     assert abs(norm(vectors[0]) - 1.0) < 1e-6
 
 
 def test_same_text_gives_the_same_vector(tiny_model: Model) -> None:
-    with Embedder(tiny_model, n_ctx=128) as embedder:
+    with Embedder(tiny_model, n_threads=1, n_ctx=128) as embedder:
         (first, second), _ = embedder.embed(["the cat", "the cat"])
     assert first == pytest.approx(second, abs=1e-6)
 
 
 def test_dimensions_keeps_a_renormalised_prefix(tiny_model: Model) -> None:
-    with Embedder(tiny_model, n_ctx=128) as embedder:
+    with Embedder(tiny_model, n_threads=1, n_ctx=128) as embedder:
         (full,), _ = embedder.embed(["the cat"])
         (short,), _ = embedder.embed(["the cat"], dimensions=8)
     assert len(short) == 8
@@ -53,19 +54,19 @@ def test_dimensions_keeps_a_renormalised_prefix(tiny_model: Model) -> None:
 
 
 def test_long_input_is_truncated_to_the_context(tiny_model: Model) -> None:
-    with Embedder(tiny_model, n_ctx=32) as embedder:
+    with Embedder(tiny_model, n_threads=1, n_ctx=32) as embedder:
         _, count = embedder.embed(["abc " * 100])
     assert count == 32
 
 
 def test_long_input_without_truncation_is_refused(tiny_model: Model) -> None:
-    with Embedder(tiny_model, n_ctx=32) as embedder:
+    with Embedder(tiny_model, n_threads=1, n_ctx=32) as embedder:
         with pytest.raises(InputTooLong, match="the input length exceeds the context length"):
             embedder.embed(["abc " * 100], truncate=False)
 
 
 def test_context_is_capped_at_the_training_length(tiny_model: Model) -> None:
-    with Embedder(tiny_model, n_ctx=100_000) as embedder:
+    with Embedder(tiny_model, n_threads=1, n_ctx=100_000) as embedder:
         assert embedder.n_ctx == tiny_model.n_ctx_train
 
 

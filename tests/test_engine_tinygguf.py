@@ -14,7 +14,7 @@ from tinygguf import DEFAULT_CHAT_TEMPLATE, write_tiny_gguf
 
 
 def greedy_text(path: Path) -> str:
-    with Model.load(path) as model, BatchEngine(model, n_seq=1, n_ctx=64) as engine:
+    with Model.load(path) as model, BatchEngine(model, n_seq=1, n_ctx=64, n_threads=1) as engine:
         engine.admit(
             0, SequenceRequest(model.tokenize("the"), SamplingParams(temperature=0), num_predict=8)
         )
