@@ -85,11 +85,12 @@ def bench_llama_class(
         kwargs = dict(max_tokens=n_tokens, temperature=0.0, top_k=1, stream=True)
         for _ in llm.create_completion(PROMPT, **{**kwargs, "max_tokens": 4}):
             pass
-        generated = 0
+        chunks = 0
         started = time.perf_counter()
         for _ in llm.create_completion(PROMPT + " (0)", **kwargs):
-            generated += 1
+            chunks += 1
         wall = time.perf_counter() - started
+        generated = min(chunks, n_tokens)  # the stream ends with a chunk carrying no new token
     finally:
         llm.close()
     return {
