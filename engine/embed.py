@@ -1,8 +1,14 @@
 """Embeddings: one pooled, L2-normalised vector per input text, on a context of its own.
 
-Ollama lets completion models embed too, so when the model declares no pooling the context
-mean-pools the last hidden states. Each text is decoded alone as sequence 0 (the whole input in
-one ubatch, which non-causal embedding models require).
+Two ways, chosen by what the model declares:
+
+- An embedding model (`<arch>.pooling_type` set) pools in llama.cpp with its own pooling; the whole
+  input goes in one ubatch, which non-causal encoders require.
+- A completion model (Ollama lets them embed too) has no pooling and an LM head. Pooling in
+  llama.cpp would make every token an output of the LM head: the context would reserve
+  `n_ctx x n_vocab` floats (4 GiB for gemma3 at 4096 tokens). Instead the input is decoded causally
+  in chunks of CHUNK tokens with pooling NONE, and the per-token hidden states (after the final
+  norm, what llama.cpp's MEAN pooling averages) are averaged here.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import numpy as np
 
 from engine.batch import _default_threads
 from engine.model import Model
+
+CHUNK = 64  # tokens per decode for completion models: bounds the logits scratch to 64 rows
 
 
 class InputTooLong(ValueError):
@@ -29,27 +37,31 @@ class Embedder:
     def __init__(self, model: Model, *, n_ctx: int, n_threads: int | None = None) -> None:
         self.model = model
         self.n_ctx = max(8, min(n_ctx, model.n_ctx_train) if model.n_ctx_train > 0 else n_ctx)
+        declared = model.pooling_type
+        self.pools_natively = declared is not None and declared != llama_cpp.LLAMA_POOLING_TYPE_NONE
+        self._n_batch = self.n_ctx if self.pools_natively else min(CHUNK, self.n_ctx)
         threads = n_threads or _default_threads()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx
-        params.n_batch = self.n_ctx
-        params.n_ubatch = self.n_ctx
+        params.n_batch = self._n_batch
+        params.n_ubatch = self._n_batch
         params.n_seq_max = 1
         params.n_threads = threads
         params.n_threads_batch = threads
         params.embeddings = True
         params.no_perf = True
-        declared = model.pooling_type
-        if declared is None or declared == llama_cpp.LLAMA_POOLING_TYPE_NONE:
-            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-        else:
-            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model's own
+        params.pooling_type = (
+            llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model's own
+            if self.pools_natively
+            else llama_cpp.LLAMA_POOLING_TYPE_NONE
+        )
         ctx = llama_cpp.llama_init_from_model(model.handle, params)
         if not ctx:
             raise MemoryError("llama.cpp could not create the embedding context")
         self._ctx: llama_cpp.llama_context_p | None = ctx
         self._mem = llama_cpp.llama_get_memory(ctx)
-        self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
+        self._n_embd = llama_cpp.llama_model_n_embd_out(model.handle) or model.n_embd
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._batch_live = True
 
     def _fit(self, text: str, truncate: bool) -> list[int]:
@@ -67,26 +79,39 @@ class Embedder:
             tokens = [*tokens, model.eos]
         return tokens
 
-    def _embed_tokens(self, tokens: list[int]) -> np.ndarray:
-        if self._ctx is None:
-            raise RuntimeError("embedder is closed")
+    def _decode(self, tokens: list[int], start: int) -> None:
         batch = self._batch
         for i, tok in enumerate(tokens):
             batch.token[i] = tok
-            batch.pos[i] = i
+            batch.pos[i] = start + i
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = 0
             batch.logits[i] = 1
         batch.n_tokens = len(tokens)
-        llama_cpp.llama_memory_clear(self._mem, True)
         rc = llama_cpp.llama_decode(self._ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
-        ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)
-        if not ptr:
-            raise RuntimeError("llama.cpp returned no pooled embedding")
-        n_embd = llama_cpp.llama_model_n_embd_out(self.model.handle) or self.model.n_embd
-        return np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float64)
+
+    def _embed_tokens(self, tokens: list[int]) -> np.ndarray:
+        if self._ctx is None:
+            raise RuntimeError("embedder is closed")
+        llama_cpp.llama_memory_clear(self._mem, True)
+        if self.pools_natively:
+            self._decode(tokens, 0)
+            ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)
+            if not ptr:
+                raise RuntimeError("llama.cpp returned no pooled embedding")
+            return np.ctypeslib.as_array(ptr, shape=(self._n_embd,)).astype(np.float64)
+        total = np.zeros(self._n_embd, dtype=np.float64)
+        for start in range(0, len(tokens), self._n_batch):
+            chunk = tokens[start : start + self._n_batch]
+            self._decode(chunk, start)
+            ptr = llama_cpp.llama_get_embeddings(self._ctx)
+            if not ptr:
+                raise RuntimeError("llama.cpp returned no embeddings")
+            rows = np.ctypeslib.as_array(ptr, shape=(len(chunk), self._n_embd))
+            total += rows.sum(axis=0, dtype=np.float64)
+        return total / len(tokens)
 
     def embed(
         self,
@@ -108,8 +133,7 @@ class Embedder:
             if not np.all(np.isfinite(vec)):
                 raise ValueError("embedding contains NaN or Inf values")
             if dimensions is not None and 0 < dimensions < len(vec):
-                vec = vec[:dimensions]
-                vec = _l2(vec)
+                vec = _l2(vec[:dimensions])
             elif normalize:
                 vec = _l2(vec)
             vectors.append(vec.tolist())

@@ -82,3 +82,19 @@ def test_similar_texts_are_closer_than_unrelated_ones(reference_gguf) -> None:
         )
     assert abs(norm(cat) - 1.0) < 1e-6
     assert dot(cat, kitten) > dot(cat, finance)
+
+
+def test_chunked_mean_of_a_completion_model_matches_llama_cpp_mean_pooling(
+    tiny_gguf_factory,
+) -> None:
+    # Same seed, same weights; one file declares MEAN pooling, so llama.cpp pools it natively.
+    text = "the cat is on the mat " * 20  # longer than one chunk
+    vectors = []
+    for pooling in (None, 1):
+        with Model.load(tiny_gguf_factory(pooling=pooling)) as model:
+            with Embedder(model, n_ctx=256, n_threads=1) as embedder:
+                assert embedder.pools_natively == (pooling is not None)
+                (vec,), count = embedder.embed([text])
+                vectors.append(vec)
+    assert count > 64
+    assert vectors[0] == pytest.approx(vectors[1], abs=1e-4)
