@@ -1,0 +1,512 @@
+"""Ollama's native inference routes: /, version, generate, chat, embed, embeddings, ps.
+
+Checks run in the order Ollama runs them (reference §2.2-§2.7), so the first error a client sees is
+the one Ollama would answer with.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import trio
+from quart import Blueprint, Response
+
+from appliance import OLLAMA_COMPAT_VERSION
+from appliance.api.context import services
+from appliance.api.requests import field_of_type, read_json_object
+from appliance.api.streaming import json_response, ndjson_response
+from appliance.durations import parse_keep_alive
+from appliance.errors import ApplianceError, BadRequest, NotFound
+from appliance.generation import (
+    Timing,
+    grammar_for,
+    nonzero,
+    primed,
+    run_sequence,
+    sequence_request,
+)
+from appliance.options import resolve_options
+from appliance.prompts import PromptTemplate, truncate_messages
+from appliance.store.names import parse_model_name
+from appliance.timefmt import go_time, utc_now_go
+
+bp = Blueprint("native", __name__)
+
+MAX_INT64_SECONDS = (2**63 - 1) / 1e9
+
+
+@bp.route("/", methods=["GET", "HEAD"])
+async def root() -> Response:
+    return Response("Ollama is running", content_type="text/plain; charset=utf-8")
+
+
+@bp.route("/api/version", methods=["GET", "HEAD"])
+async def version() -> Response:
+    return json_response({"version": OLLAMA_COMPAT_VERSION})
+
+
+# ---- request pieces -------------------------------------------------------------------------------
+
+
+def _common_checks(body: dict[str, Any]) -> float | None:
+    """Decode-time checks shared by generate and chat: top_logprobs and keep_alive."""
+    top = body.get("top_logprobs")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20):
+        raise BadRequest("top_logprobs must be between 0 and 20")
+    return parse_keep_alive(body.get("keep_alive"))
+
+
+def _model_field(body: dict[str, Any], *names: str) -> str:
+    for name in names:
+        value = field_of_type(body, name, str, "")
+        if value.strip():
+            return value.strip()
+    return ""
+
+
+async def _resolve(model_text: str, *, missing: str = "single"):  # type: ignore[no-untyped-def]
+    parse_model_name(model_text)  # 400 invalid model name
+    store = services().store
+    try:
+        return await trio.to_thread.run_sync(store.resolve, model_text)
+    except NotFound:
+        if missing == "pull":
+            raise NotFound(f'model "{model_text}" not found, try pulling it first') from None
+        raise NotFound(f"model '{model_text}' not found") from None
+
+
+def _options(model: Any, body: dict[str, Any]) -> Any:
+    raw = body.get("options")
+    if raw is not None and not isinstance(raw, dict):
+        raise BadRequest("json: cannot unmarshal options into Go struct field of type map[string]any")
+    settings = services().settings
+    return resolve_options(model.params or {}, raw or {}, default_num_ctx=settings.default_num_ctx)
+
+
+def _think_requested(body: dict[str, Any]) -> bool:
+    think = body.get("think")
+    if think is None or think is False:
+        return False
+    if think is True or think in ("low", "medium", "high", "max"):
+        return True
+    raise BadRequest(f"invalid think value: {think!r} (must be a boolean or low, medium, high, max)")
+
+
+async def _template_for(model: Any, lease: Any, override: str | None = None) -> PromptTemplate:
+    """The model's prompt template, parsed once per runner (a request's `template` is not cached)."""
+    runner = lease.runner
+    if not override and runner.prompt_template is not None:
+        return runner.prompt_template
+    backend = runner.backend
+    info = await services().extras["catalog"].info(model.model_path)
+    template = PromptTemplate(
+        go_template=override or model.template,
+        chat_template=backend.chat_template,
+        bos_token=backend.bos_text or "",
+        eos_token=backend.eos_text or "",
+        architecture=info.architecture,
+    )
+    if not override:
+        runner.prompt_template = template
+    return template
+
+
+async def _tokenize_prompt(lease: Any, text: str, *, raw: bool) -> list[int]:
+    backend = lease.runner.backend
+    bos = backend.bos_text or ""
+    # A rendered chat template usually writes BOS itself; never add a second one.
+    add_special = raw or not (bos and text.startswith(bos))
+    return await lease.runner.tokenize(text, add_special=add_special)
+
+
+def _final_metrics(chunk: Any, timing: Timing) -> dict[str, int]:
+    return nonzero(
+        total_duration=timing.total_duration(),
+        load_duration=timing.load_duration(),
+        prompt_eval_count=chunk.prompt_eval_count,
+        prompt_eval_duration=chunk.prompt_eval_ns,
+        eval_count=chunk.eval_count,
+        eval_duration=chunk.eval_ns,
+    )
+
+
+# ---- generate -------------------------------------------------------------------------------------
+
+
+@bp.route("/api/generate", methods=["POST"])
+async def generate() -> Response:
+    timing = Timing()
+    body = await read_json_object()
+    keep_alive = _common_checks(body)
+    model_text = _model_field(body, "model")
+    if not model_text:
+        raise NotFound("model '' not found")
+    model = await _resolve(model_text)
+    prompt = field_of_type(body, "prompt", str, "")
+    suffix = field_of_type(body, "suffix", str, "")
+    system = field_of_type(body, "system", str, None)
+    template = field_of_type(body, "template", str, None)
+    context = field_of_type(body, "context", list, None)
+    raw = field_of_type(body, "raw", bool, False)
+    stream = field_of_type(body, "stream", bool, True)
+    svc = services()
+
+    if prompt == "" and keep_alive == 0 and "keep_alive" in body:
+        if model.model_path is not None:
+            svc.scheduler.unload(str(model.model_path))
+        return json_response(_generate_obj(model_text, "", done=True, done_reason="unload"))
+
+    if raw and (template or system or context):
+        raise BadRequest("raw mode does not support template, system, or context")
+    caps = await svc.extras["catalog"].capabilities(model)
+    if "completion" not in caps:
+        raise BadRequest(f'"{model_text}" does not support generate')
+    if suffix and "insert" not in caps:
+        raise BadRequest(f"{model.name.full()} does not support insert")
+    if _think_requested(body) and "thinking" not in caps:
+        raise BadRequest(f'"{model_text}" does not support thinking')
+    if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
+        raise BadRequest("json: cannot unmarshal context into Go struct field of type []int")
+    options = _options(model, body)
+    grammar = grammar_for(body.get("format"))
+
+    lease = await svc.scheduler.acquire(model, options, keep_alive)
+    timing.mark_loaded()
+    if prompt == "" and not suffix:
+        lease.release()
+        return json_response(_generate_obj(model_text, "", done=True, done_reason="load"))
+    try:
+        if raw:
+            text = prompt
+        else:
+            tmpl = await _template_for(model, lease, template)
+            text = tmpl.render_generate(
+                prompt,
+                system=system if system is not None else model.system,
+                suffix=suffix or None,
+                messages_before=() if context else list(model.messages or ()),
+            )
+            if context:
+                text = await lease.runner.backend.detokenize(list(context)) + text
+        tokens = await _tokenize_prompt(lease, text, raw=raw)
+        seq = sequence_request(
+            tokens, options, grammar=grammar, num_ctx=lease.runner.spec.num_ctx,
+            truncate=field_of_type(body, "truncate", bool, True),
+        )
+    except BaseException:
+        lease.release()
+        raise
+    chunks = await primed(run_sequence(lease, seq))
+    want_context = not raw
+    if stream:
+        return ndjson_response(_generate_stream(chunks, model_text, timing, tokens, want_context))
+    return json_response(await _generate_whole(chunks, model_text, timing, tokens, want_context))
+
+
+def _generate_obj(model: str, response: str, *, done: bool, **extra: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "model": model,
+        "created_at": utc_now_go(),
+        "response": response,
+        "done": done,
+    }
+    obj.update(extra)
+    return obj
+
+
+def _generate_final(
+    chunk: Any, model: str, timing: Timing, prompt_tokens: list[int], want_context: bool, text: str
+) -> dict[str, Any]:
+    final = _generate_obj(model, text, done=True)
+    if chunk.done_reason:
+        final["done_reason"] = chunk.done_reason
+    if want_context:
+        final["context"] = list(prompt_tokens) + list(chunk.tokens or [])
+    final.update(_final_metrics(chunk, timing))
+    return final
+
+
+async def _generate_stream(
+    chunks: AsyncIterator[Any], model: str, timing: Timing, prompt_tokens: list[int],
+    want_context: bool,
+) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in chunks:
+        if chunk.text:
+            yield _generate_obj(model, chunk.text, done=False)
+        if chunk.done:
+            yield _generate_final(chunk, model, timing, prompt_tokens, want_context, "")
+
+
+async def _generate_whole(
+    chunks: AsyncIterator[Any], model: str, timing: Timing, prompt_tokens: list[int],
+    want_context: bool,
+) -> dict[str, Any]:
+    parts: list[str] = []
+    async for chunk in chunks:
+        parts.append(chunk.text)
+        if chunk.done:
+            return _generate_final(chunk, model, timing, prompt_tokens, want_context, "".join(parts))
+    raise ApplianceError("generation ended without a final chunk")
+
+
+# ---- chat -----------------------------------------------------------------------------------------
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    raw = body.get("messages")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise BadRequest("json: cannot unmarshal messages into Go struct field ChatRequest.messages of type []api.Message")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise BadRequest("json: cannot unmarshal message into Go value of type api.Message")
+        role = item.get("role", "")
+        content = item.get("content", "")
+        if not isinstance(role, str) or (content is not None and not isinstance(content, str)):
+            raise BadRequest("json: cannot unmarshal message field into Go struct field of type string")
+        message = dict(item)
+        message["role"] = role.lower()
+        message["content"] = content or ""
+        out.append(message)
+    return out
+
+
+@bp.route("/api/chat", methods=["POST"])
+async def chat() -> Response:
+    timing = Timing()
+    body = await read_json_object()
+    keep_alive = _common_checks(body)
+    model_text = _model_field(body, "model")
+    if not model_text:
+        raise BadRequest("model is required")
+    messages = _messages(body)
+    model = await _resolve(model_text)
+    stream = field_of_type(body, "stream", bool, True)
+    tools = field_of_type(body, "tools", list, None)
+    svc = services()
+
+    if not messages and keep_alive == 0 and "keep_alive" in body:
+        if model.model_path is not None:
+            svc.scheduler.unload(str(model.model_path))
+        return json_response(_chat_obj(model_text, "", done=True, done_reason="unload"))
+
+    caps = await svc.extras["catalog"].capabilities(model)
+    if "completion" not in caps:
+        raise BadRequest(f'"{model_text}" does not support chat')
+    if tools and "tools" not in caps:
+        raise BadRequest(f"{model.name.full()} does not support tools")
+    if _think_requested(body) and "thinking" not in caps:
+        raise BadRequest(f'"{model_text}" does not support thinking')
+    options = _options(model, body)
+    grammar = grammar_for(body.get("format"))
+
+    lease = await svc.scheduler.acquire(model, options, keep_alive)
+    timing.mark_loaded()
+    if not messages:
+        lease.release()
+        return json_response(_chat_obj(model_text, "", done=True, done_reason="load"))
+    try:
+        tmpl = await _template_for(model, lease)
+        history = list(model.messages or []) + messages
+        if model.system and messages[0]["role"] != "system":
+            history.insert(0, {"role": "system", "content": model.system})
+        text, tokens = await _fit_chat(lease, tmpl, history, tools, body)
+        seq = sequence_request(
+            tokens, options, grammar=grammar, num_ctx=lease.runner.spec.num_ctx,
+            truncate=field_of_type(body, "truncate", bool, True),
+        )
+    except BaseException:
+        lease.release()
+        raise
+    chunks = await primed(run_sequence(lease, seq))
+    if stream:
+        return ndjson_response(_chat_stream(chunks, model_text, timing))
+    return json_response(await _chat_whole(chunks, model_text, timing))
+
+
+async def _fit_chat(
+    lease: Any, tmpl: PromptTemplate, history: list[dict[str, Any]], tools: Any, body: dict[str, Any]
+) -> tuple[str, list[int]]:
+    """Render and tokenize; drop the oldest messages while the prompt exceeds the context.
+
+    Runs in a worker thread: rendering and tokenizing a long history can take milliseconds, and
+    tokenizing reads only the vocabulary, which is safe beside a running decode.
+    """
+    num_ctx = lease.runner.spec.num_ctx
+    backend = lease.runner.backend
+    truncate = field_of_type(body, "truncate", bool, True)
+
+    def tokens_of(text: str) -> list[int]:
+        bos = backend.bos_text or ""
+        return backend.tokenize_blocking(text, add_special=not (bos and text.startswith(bos)))
+
+    def fit() -> tuple[str, list[int]]:
+        text = tmpl.render_chat(history, tools=tools)
+        tokens = tokens_of(text)
+        if len(tokens) <= num_ctx or not truncate:
+            return text, tokens
+        kept = truncate_messages(
+            history, lambda c: len(tokens_of(tmpl.render_chat(c, tools=tools))) <= num_ctx
+        )
+        text = tmpl.render_chat(kept, tools=tools)
+        return text, tokens_of(text)
+
+    return await trio.to_thread.run_sync(fit)
+
+
+def _chat_obj(model: str, content: str, *, done: bool, **extra: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "model": model,
+        "created_at": utc_now_go(),
+        "message": {"role": "assistant", "content": content},
+        "done": done,
+    }
+    obj.update(extra)
+    return obj
+
+
+def _chat_final(chunk: Any, model: str, timing: Timing, text: str) -> dict[str, Any]:
+    final = _chat_obj(model, text, done=True)
+    if chunk.done_reason:
+        final["done_reason"] = chunk.done_reason
+    final.update(_final_metrics(chunk, timing))
+    return final
+
+
+async def _chat_stream(
+    chunks: AsyncIterator[Any], model: str, timing: Timing
+) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in chunks:
+        if chunk.text:
+            yield _chat_obj(model, chunk.text, done=False)
+        if chunk.done:
+            yield _chat_final(chunk, model, timing, "")
+
+
+async def _chat_whole(chunks: AsyncIterator[Any], model: str, timing: Timing) -> dict[str, Any]:
+    parts: list[str] = []
+    async for chunk in chunks:
+        parts.append(chunk.text)
+        if chunk.done:
+            return _chat_final(chunk, model, timing, "".join(parts))
+    raise ApplianceError("generation ended without a final chunk")
+
+
+# ---- embeddings -----------------------------------------------------------------------------------
+
+
+@bp.route("/api/embed", methods=["POST"])
+async def embed() -> Response:
+    timing = Timing()
+    body = await read_json_object()
+    keep_alive = parse_keep_alive(body.get("keep_alive"))
+    model_text = _model_field(body, "model")
+    raw_input = body.get("input")
+    if raw_input is None or isinstance(raw_input, str):
+        inputs = [raw_input] if raw_input else []
+    elif isinstance(raw_input, list) and all(isinstance(x, str) for x in raw_input):
+        inputs = list(raw_input)
+    else:
+        raise BadRequest("invalid input type")
+    if not model_text:
+        raise NotFound("model '' not found")
+    model = await _resolve(model_text, missing="pull")
+    truncate = field_of_type(body, "truncate", bool, True)
+    dimensions = field_of_type(body, "dimensions", int, None)
+    options = _options(model, body)
+    svc = services()
+    lease = await svc.scheduler.acquire(model, options, keep_alive)
+    timing.mark_loaded()
+    try:
+        if not inputs:
+            return json_response({"model": model_text, "embeddings": []})
+        try:
+            vectors, count = await lease.runner.embed(
+                inputs, truncate=truncate, normalize=True, dimensions=dimensions or None
+            )
+        except ApplianceError as exc:
+            raise ApplianceError(exc.message, status=exc.status if exc.status != 500 else 400) from None
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    finally:
+        lease.release()
+    return json_response(
+        {
+            "model": model_text,
+            "embeddings": vectors,
+            **nonzero(
+                total_duration=timing.total_duration(),
+                load_duration=timing.load_duration(),
+                prompt_eval_count=count,
+            ),
+        }
+    )
+
+
+@bp.route("/api/embeddings", methods=["POST"])
+async def embeddings() -> Response:
+    body = await read_json_object()
+    keep_alive = parse_keep_alive(body.get("keep_alive"))
+    model_text = _model_field(body, "model")
+    if not model_text:
+        raise BadRequest("model is required")
+    model = await _resolve(model_text, missing="pull")
+    prompt = field_of_type(body, "prompt", str, "")
+    options = _options(model, body)
+    lease = await services().scheduler.acquire(model, options, keep_alive)
+    try:
+        if not prompt:
+            return json_response({"embedding": []})
+        vectors, _ = await lease.runner.embed(
+            [prompt], truncate=True, normalize=False, dimensions=None
+        )
+    finally:
+        lease.release()
+    return json_response({"embedding": vectors[0]})
+
+
+# ---- ps -------------------------------------------------------------------------------------------
+
+
+@bp.route("/api/ps", methods=["GET"])
+async def ps() -> Response:
+    svc = services()
+    now = time.time()
+    entries = []
+    for runner in svc.scheduler.runners:
+        model = runner.model
+        if runner.state == "loading" or runner.ref_count:
+            expires = now + runner.keep_alive if math.isfinite(runner.keep_alive) else math.inf
+            if runner.expires_at != math.inf and runner.ref_count:
+                expires = runner.expires_at
+        else:
+            expires = runner.expires_at
+        expires_seconds = min(expires, now + MAX_INT64_SECONDS) if expires != math.inf else now + MAX_INT64_SECONDS
+        entries.append(
+            (
+                expires_seconds,
+                {
+                    "name": model.name.display_shortest(),
+                    "model": model.name.display_shortest(),
+                    "size": runner.spec.memory_bytes,
+                    "digest": model.digest,
+                    "details": model.details(),
+                    "expires_at": _expires_text(expires_seconds),
+                    "size_vram": 0,
+                    "context_length": runner.spec.num_ctx,
+                },
+            )
+        )
+    entries.sort(key=lambda e: e[0], reverse=True)
+    return json_response({"models": [e[1] for e in entries]})
+
+
+def _expires_text(epoch_seconds: float) -> str:
+    base = datetime.fromtimestamp(0, tz=timezone.utc)
+    return go_time((base + timedelta(seconds=epoch_seconds)).astimezone())

@@ -1,0 +1,79 @@
+"""NDJSON and SSE framing for streamed answers.
+
+The generators here only relay: they never open a cancel scope or nursery around a `yield` (trio's
+rule for async generators). Whatever produces the items owns its own cleanup in the iterable's
+`finally`, which runs synchronously when the client goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+from quart import Response
+
+from appliance.api.errors import error_status_and_message
+
+log = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON like Go's encoder: no spaces, non-ASCII kept as is."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+async def _ndjson_lines(items: AsyncIterable[dict[str, Any]]) -> AsyncIterator[bytes]:
+    try:
+        async for item in items:
+            yield (dumps(item) + "\n").encode()
+    except Exception as exc:  # after the first byte the status is sent: report in-band
+        status, message = error_status_and_message(exc)
+        if status >= 500:
+            log.warning("stream ended with error: %s", message)
+        yield (dumps({"error": message}) + "\n").encode()
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def ndjson_response(items: AsyncIterable[dict[str, Any]], *, status: int = 200) -> Response:
+    """Stream dicts as NDJSON, one object a line, flushed per item, never cut by a timeout."""
+    response = Response(_ndjson_lines(items), status=status, content_type=NDJSON)
+    response.timeout = None
+    return response
+
+
+async def _sse_events(items: AsyncIterable[dict[str, Any] | str]) -> AsyncIterator[bytes]:
+    try:
+        async for item in items:
+            data = item if isinstance(item, str) else dumps(item)
+            yield f"data: {data}\n\n".encode()
+    except Exception as exc:
+        status, message = error_status_and_message(exc)
+        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+        err = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        yield f"data: {dumps(err)}\n\n".encode()
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def sse_response(items: AsyncIterable[dict[str, Any] | str]) -> Response:
+    """Server-sent events for OpenAI clients; a str item is sent verbatim (e.g. `[DONE]`)."""
+    response = Response(_sse_events(items), status=200, content_type=SSE)
+    response.headers["Cache-Control"] = "no-cache"
+    response.timeout = None
+    return response
+
+
+def json_response(obj: Any, *, status: int = 200, content_type: str | None = None) -> Response:
+    return Response(
+        dumps(obj), status=status, content_type=content_type or "application/json; charset=utf-8"
+    )

@@ -1,0 +1,97 @@
+"""What the service knows about a stored model before (and without) loading it.
+
+Reading a GGUF header parses the whole vocabulary (seconds for 262k tokens), so it happens in a worker
+thread, once per blob: blobs are content-addressed, so a path's header never changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from appliance.backend import LoadSpec
+from appliance.errors import ApplianceError, NotFound
+from engine.gguf import GGUFInfo, read_gguf_info
+
+if TYPE_CHECKING:
+    from appliance.options import Options
+    from appliance.store.store import LocalModel
+
+
+@dataclass(frozen=True)
+class SlotPolicy:
+    """How many parallel slots a model gets and the context each one has by default."""
+
+    num_parallel: int  # >= 1
+    default_num_ctx: int
+
+
+class Catalog:
+    def __init__(self, policy: SlotPolicy) -> None:
+        self.policy = policy
+        self._infos: dict[Path, GGUFInfo] = {}
+        self._lock = trio.Lock()
+
+    async def info(self, path: Path) -> GGUFInfo:
+        cached = self._infos.get(path)
+        if cached is not None:
+            return cached
+        async with self._lock:
+            cached = self._infos.get(path)
+            if cached is None:
+                try:
+                    cached = await trio.to_thread.run_sync(read_gguf_info, path)
+                except FileNotFoundError:
+                    raise NotFound(f'model "{path.name}" not found, try pulling it first') from None
+                except ValueError as exc:
+                    raise ApplianceError(f"unable to read model file: {exc}") from None
+                self._infos[path] = cached
+        return cached
+
+    def forget(self, path: Path) -> None:
+        self._infos.pop(path, None)
+
+    async def capabilities(self, model: LocalModel) -> set[str]:
+        caps: set[str] = set()
+        if model.model_path is not None:
+            caps.update((await self.info(model.model_path)).capabilities())
+        if model.template:
+            text = model.template
+            if ".Tools" in text:
+                caps.add("tools")
+            if ".Suffix" in text:
+                caps.add("insert")
+            if ".Think" in text or "<think>" in text:
+                caps.add("thinking")
+        if model.projector_path is not None:
+            caps.add("vision")
+        return caps
+
+    async def plan(self, model: LocalModel, options: Options) -> LoadSpec:
+        """The load spec a request for `model` with `options` needs (reference §4.6, §4.7)."""
+        if model.model_path is None:
+            raise ApplianceError(f"{model.name.full()} has no model weights", status=400)
+        info = await self.info(model.model_path)
+        embedding_only = "completion" not in info.capabilities()
+        n_seq = 1 if embedding_only else self.policy.num_parallel
+        num_ctx = options.num_ctx or self.policy.default_num_ctx
+        if info.context_length:
+            num_ctx = min(num_ctx, info.context_length)
+        num_ctx = max(num_ctx, 4)
+        num_batch = options.num_batch or 512
+        return LoadSpec(
+            key=str(model.model_path),
+            model_path=model.model_path,
+            num_ctx=num_ctx,
+            n_seq=n_seq,
+            num_batch=num_batch,
+            num_thread=options.num_thread or 0,
+            use_mmap=options.use_mmap,
+            num_gpu=options.num_gpu,
+            adapters=tuple(str(a) for a in model.adapters),
+            embedding_only=embedding_only,
+            memory_bytes=info.estimate_memory(num_ctx, n_seq),
+        )

@@ -1,0 +1,167 @@
+"""A pure-trio backend double for scheduler and runner tests under `trio.testing.MockClock`.
+
+Real threads and a mock clock do not mix (a task waiting on a worker thread looks blocked, so the
+clock jumps mid-decode); this double "decodes" by sleeping `step_seconds` of trio time, so keep_alive
+and queue rules run in milliseconds and deterministically. The real engine has its own tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from appliance.backend import LoadSpec, Rejected
+from appliance.errors import BadRequest, ModelLoadError
+from appliance.store.names import parse_model_name
+from engine.batch import Chunk, SequenceRequest
+
+
+@dataclass
+class _Seq:
+    request: SequenceRequest
+    prompt_left: int
+    generated: int = 0
+
+
+@dataclass
+class FakeBackend:
+    spec: LoadSpec
+    step_seconds: float = 0.01
+    prompt_chunk: int = 4  # prompt tokens fed per step, like n_batch
+    default_tokens: int = 5  # tokens to generate when num_predict is -1
+    chat_template: str | None = None
+    bos_text: str = ""
+    eos_text: str = ""
+    closed: bool = False
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    _seqs: dict[int, _Seq] = field(default_factory=dict)
+
+    @property
+    def n_seq(self) -> int:
+        return self.spec.n_seq
+
+    @property
+    def n_ctx(self) -> int:
+        return self.spec.num_ctx
+
+    @property
+    def size(self) -> int:
+        return self.spec.memory_bytes
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+    def tokenize_blocking(self, text: str, *, add_special: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return "".join(chr(t) for t in tokens)
+
+    async def step(
+        self, admits: list[tuple[int, SequenceRequest]], releases: list[int]
+    ) -> list[Chunk | Rejected]:
+        out: list[Chunk | Rejected] = []
+        for seq in releases:
+            self._seqs.pop(seq, None)
+        for seq, request in admits:
+            if len(request.tokens) > self.spec.num_ctx and not request.truncate:
+                out.append(Rejected(seq, BadRequest("the prompt is longer than the context")))
+                continue
+            self._seqs[seq] = _Seq(request, prompt_left=len(request.tokens))
+        self.steps.append(
+            {"releases": list(releases), "admits": [a[0] for a in admits], "active": sorted(self._seqs)}
+        )
+        await trio.sleep(self.step_seconds)
+        budget = self.prompt_chunk
+        for seq, state in list(self._seqs.items()):
+            if state.prompt_left:
+                fed = min(budget, state.prompt_left)
+                budget -= fed
+                state.prompt_left -= fed
+                if state.prompt_left:
+                    continue
+            state.generated += 1
+            limit = state.request.num_predict if state.request.num_predict > 0 else self.default_tokens
+            done = state.generated >= limit
+            out.append(Chunk(seq, "t", done=False))
+            if done:
+                del self._seqs[seq]
+                out.append(
+                    Chunk(
+                        seq, "", done=True, done_reason="length",
+                        prompt_eval_count=len(state.request.tokens), eval_count=state.generated,
+                        tokens=[116] * state.generated,
+                    )
+                )
+        return out
+
+    async def embed(
+        self, texts: list[str], *, truncate: bool, normalize: bool, dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        await trio.sleep(self.step_seconds)
+        return [[1.0, 0.0] for _ in texts], sum(len(t) for t in texts)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeLoader:
+    """Loads FakeBackends after `load_seconds`; paths listed in `failing` fail to load."""
+
+    load_seconds: float = 1.0
+    failing: set[str] = field(default_factory=set)
+    loads: list[str] = field(default_factory=list)
+    backends: list[FakeBackend] = field(default_factory=list)
+    concurrent: int = 0
+    max_concurrent: int = 0
+
+    async def __call__(self, spec: LoadSpec) -> FakeBackend:
+        self.loads.append(spec.key)
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            await trio.sleep(self.load_seconds)
+        finally:
+            self.concurrent -= 1
+        if spec.key in self.failing:
+            raise ModelLoadError("llama runner process has terminated: error loading model")
+        backend = FakeBackend(spec)
+        self.backends.append(backend)
+        return backend
+
+
+@dataclass
+class FakeModel:
+    """Just what the scheduler and runner read of a store's LocalModel."""
+
+    name_text: str
+    size: int = 100
+    model_path: Path | None = None
+    digest: str = "0" * 64
+    adapters: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.name = parse_model_name(self.name_text)
+        if self.model_path is None:
+            self.model_path = Path("/models") / self.name_text
+
+
+class FakePlanner:
+    """Plans a LoadSpec from a FakeModel and an options dict (num_ctx, num_batch)."""
+
+    def __init__(self, n_seq: int = 1) -> None:
+        self.n_seq = n_seq
+
+    async def __call__(self, model: FakeModel, options: dict[str, Any]) -> LoadSpec:
+        return LoadSpec(
+            key=str(model.model_path),
+            model_path=model.model_path,
+            num_ctx=options.get("num_ctx", 2048),
+            n_seq=self.n_seq,
+            num_batch=options.get("num_batch", 512),
+            memory_bytes=model.size,
+        )
