@@ -185,17 +185,32 @@ class BatchEngine:
 
     def _reuse_prefix(self, seq: int, prompt: list[int]) -> int:
         """Keep the KV of the longest prefix this sequence already holds; return its length."""
-        cached = self._cached[seq]
-        common = 0
-        limit = min(len(cached), len(prompt) - 1)  # at least one token must be decoded
-        while common < limit and cached[common] == prompt[common]:
-            common += 1
+        common = min(self.cached_prefix(seq, prompt), len(prompt) - 1)  # decode at least one
         # A sliding-window cache may have dropped old cells: reuse only an intact sequence.
         if common > 0 and llama_cpp.llama_memory_seq_pos_min(self._mem, seq) == 0:
             if llama_cpp.llama_memory_seq_rm(self._mem, seq, common, -1):
                 return common
         llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
         return 0
+
+    def cached_prefix(self, seq: int, tokens: list[int]) -> int:
+        """How many leading `tokens` sequence `seq` already holds in its KV cache."""
+        cached = self._cached[seq]
+        n = 0
+        limit = min(len(cached), len(tokens))
+        while n < limit and cached[n] == tokens[n]:
+            n += 1
+        return n
+
+    def pick_slot(self, tokens: list[int], free: list[int]) -> int:
+        """The free sequence id whose cache shares the longest prefix with `tokens`.
+
+        Ties go to the first id in `free`. Lets a runner send a follow-up turn to the slot that
+        already holds the conversation so far.
+        """
+        if not free:
+            raise ValueError("no free sequence")
+        return max(free, key=lambda seq: (self.cached_prefix(seq, tokens), -free.index(seq)))
 
     def release(self, seq: int) -> None:
         """Stop sequence `seq` now and free its slot; safe if it is already done or free.
