@@ -244,7 +244,7 @@ def test_json_schema_format_produces_valid_json(reference_gguf) -> None:
             "required": ["name", "age"],
         }
         sampling = SamplingParams(temperature=0.0, grammar=format_grammar(schema))
-        with BatchEngine(model, n_seq=2, n_ctx=512, n_threads=2) as engine:
+        with BatchEngine(model, n_seq=2, n_ctx=512, n_threads=1) as engine:
             engine.admit(0, SequenceRequest(prompt, sampling, num_predict=100))
             chunks = drain(engine)[0]
     done = final(chunks)
@@ -261,7 +261,7 @@ def test_reference_model_batched_greedy_is_repeatable(reference_gguf) -> None:
         prompts = [model.tokenize("The capital of France is"), model.tokenize("Once upon a time")]
         runs = []
         for _ in range(2):
-            with BatchEngine(model, n_seq=2, n_ctx=256, n_threads=2) as engine:
+            with BatchEngine(model, n_seq=2, n_ctx=256, n_threads=1) as engine:
                 for seq, prompt in enumerate(prompts):
                     engine.admit(seq, SequenceRequest(prompt, GREEDY, num_predict=12))
                 out = drain(engine)

@@ -72,7 +72,7 @@ def test_context_is_capped_at_the_training_length(tiny_model: Model) -> None:
 
 @pytest.mark.reference
 def test_similar_texts_are_closer_than_unrelated_ones(reference_gguf) -> None:
-    with Model.load(reference_gguf) as model, Embedder(model, n_ctx=512, n_threads=2) as embedder:
+    with Model.load(reference_gguf) as model, Embedder(model, n_ctx=512, n_threads=1) as embedder:
         (cat, kitten, finance), _ = embedder.embed(
             [
                 "The cat sat on the mat.",
