@@ -84,6 +84,7 @@ FILE_KEYS: dict[str, str] = {
     "memory_budget": "LLM_APPLIANCE_MEMORY_BUDGET",
     "num_threads": "LLM_APPLIANCE_NUM_THREADS",
     "ca_file": "LLM_APPLIANCE_CA_FILE",
+    "import_reference": "LLM_APPLIANCE_IMPORT_REFERENCE",
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
@@ -141,6 +142,7 @@ class Settings:
     no_proxy: str | None = None
     ca_file: str | None = None
     config_file: Path | None = None
+    import_reference: bool = True  # import the reference model into an empty store at start
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -497,6 +499,9 @@ class _Loader:
             no_proxy=self.proxy("no_proxy", "NO_PROXY", "no_proxy"),
             ca_file=self.ca_file(),
             config_file=self.path,
+            import_reference=self.flag(
+                "LLM_APPLIANCE_IMPORT_REFERENCE", "import_reference", True
+            ),
             warnings=tuple(self.warnings),
         )
 

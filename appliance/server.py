@@ -41,7 +41,6 @@ class Appliance:
     settings: Settings
     loader: Any = None  # a backend Loader; the real llama.cpp one unless a test injects a double
     grace: float = GRACE_SECONDS
-    import_reference: bool = True
     _shutdown: trio.Event = field(default_factory=trio.Event)
     services: Services | None = None
 
@@ -52,7 +51,7 @@ class Appliance:
         settings = self.settings = await resolve_platform(self.settings)
         store = Store(settings.models_dir)
         await trio.to_thread.run_sync(store.check_writable)
-        await trio.to_thread.run_sync(_prepare_store, store, settings, self.import_reference)
+        await trio.to_thread.run_sync(_prepare_store, store, settings)
         limits, policy = resolve_limits(settings)
         catalog = Catalog(policy)
         scheduler = Scheduler(
@@ -103,9 +102,9 @@ class Appliance:
                     self._shutdown.set()
 
 
-def _prepare_store(store: Store, settings: Settings, import_reference: bool) -> None:
+def _prepare_store(store: Store, settings: Settings) -> None:
     store.startup(noprune=settings.noprune)
-    if import_reference:
+    if settings.import_reference:
         from appliance.store.reference import import_reference_model
 
         if import_reference_model(store):

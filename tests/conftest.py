@@ -53,3 +53,14 @@ def tiny_model(tiny_gguf: Path) -> Iterator[Any]:
     model = Model.load(tiny_gguf)
     yield model
     model.close()
+
+
+@pytest.fixture
+async def server(tmp_path: Path, tiny_gguf: Path):  # type: ignore[no-untyped-def]
+    """The real appliance on 127.0.0.1:0 with the tiny model registered as `tiny`."""
+    from helpers import add_model, running_appliance
+
+    models = tmp_path / "models"
+    add_model(models, "tiny", tiny_gguf)
+    async with running_appliance(models) as running:
+        yield running

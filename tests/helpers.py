@@ -1,0 +1,84 @@
+"""Helpers for tests that talk to a real server: models in a store, a running appliance.
+
+`running_appliance` starts the real service (hypercorn's trio worker, the real scheduler and
+llama.cpp engine) in the test's own trio run, on 127.0.0.1 port 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from appliance.config import Settings
+from appliance.server import Appliance
+from appliance.store.manifest import Layer, build_config, build_manifest
+from appliance.store.names import parse_model_name
+from appliance.store.store import Store
+
+CONFIG_MEDIA = "application/vnd.docker.container.image.v1+json"
+MEDIA = "application/vnd.ollama.image."
+
+
+def add_model(
+    models_dir: Path,
+    name: str,
+    gguf: Path,
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    params: dict[str, Any] | None = None,
+    family: str = "llama",
+) -> str:
+    """Register `gguf` in an Ollama-layout store as `name` (a hard link, no copy)."""
+    store = Store(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    layers = [Layer(MEDIA + "model", store.write_blob_from_file(gguf, link=True), gguf.stat().st_size)]
+    for media, text in (("template", template), ("system", system)):
+        if text is not None:
+            data = text.encode()
+            layers.append(Layer(MEDIA + media, store.write_blob_bytes(data), len(data)))
+    if params:
+        data = json.dumps(params).encode()
+        layers.append(Layer(MEDIA + "params", store.write_blob_bytes(data), len(data)))
+    config = build_config(model_family=family, model_families=[family])
+    manifest = build_manifest(
+        Layer(CONFIG_MEDIA, store.write_blob_bytes(config), len(config)), layers
+    )
+    store.write_manifest(parse_model_name(name), manifest.raw)
+    return name
+
+
+@dataclass
+class Running:
+    url: str
+    appliance: Appliance
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("timeout", 60)
+        return httpx.AsyncClient(base_url=self.url, **kwargs)
+
+
+@asynccontextmanager
+async def running_appliance(models_dir: Path, **overrides: Any) -> AsyncIterator[Running]:
+    grace = overrides.pop("grace", 2.0)
+    overrides.setdefault("import_reference", False)
+    overrides.setdefault("num_parallel", 2)
+    settings = Settings.for_tests(models_dir=models_dir, host="127.0.0.1", **overrides)
+    appliance = Appliance(settings, grace=grace)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(appliance.run)
+        try:
+            yield Running(binds[0], appliance)
+        finally:
+            appliance.request_shutdown()
+
+
+async def ndjson(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line) async for line in response.aiter_lines() if line.strip()]
