@@ -41,8 +41,10 @@ class Appliance:
     settings: Settings
     loader: Any = None  # a backend Loader; the real llama.cpp one unless a test injects a double
     grace: float = GRACE_SECONDS
+    http_keep_alive: float = 5.0  # seconds an idle client connection stays open
     _shutdown: trio.Event = field(default_factory=trio.Event)
     services: Services | None = None
+    app: Any = None
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -64,8 +66,8 @@ class Appliance:
         self.services = Services(
             settings, store, scheduler, {"catalog": catalog, "downloads": Downloads()}
         )
-        app = create_app(self.services)
-        config = hypercorn_config(settings, self.grace)
+        app = self.app = create_app(self.services)
+        config = hypercorn_config(settings, self.grace, self.http_keep_alive)
         http_done = trio.Event()
 
         async with trio.open_nursery() as nursery:
@@ -137,11 +139,11 @@ def resolve_limits(settings: Settings) -> tuple[Limits, SlotPolicy]:
     return limits, policy
 
 
-def hypercorn_config(settings: Settings, grace: float) -> HypercornConfig:
+def hypercorn_config(settings: Settings, grace: float, keep_alive: float = 5.0) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [settings.bind]
     config.graceful_timeout = grace + 5
-    config.keep_alive_timeout = 5
+    config.keep_alive_timeout = keep_alive
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False

@@ -5,8 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from quart_trio import QuartTrio
-
+from appliance.api.asgi import ApplianceQuart
 from appliance.api.context import Services
 from appliance.api.errors import install_error_handlers
 
@@ -21,8 +20,8 @@ ROUTE_MODULES = (
 )
 
 
-def create_app(services: Services) -> QuartTrio:
-    app = QuartTrio("llm-appliance")
+def create_app(services: Services) -> ApplianceQuart:
+    app = ApplianceQuart("llm-appliance")
     app.config["RESPONSE_TIMEOUT"] = None  # streams may run for hours; never cut them at 60 s
     app.config["BODY_TIMEOUT"] = 600
     app.config["MAX_CONTENT_LENGTH"] = None

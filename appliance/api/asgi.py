@@ -1,0 +1,44 @@
+"""A fix for quart-trio 0.12: idle keep-alive connections were never closed.
+
+hypercorn starts a connection's keep-alive timer from inside the app's final `send`, and in the same
+call tells the app `http.disconnect` (the request cycle is over). quart-trio cancels the request's
+nursery on that disconnect, which cancels the final `send` before the timer task is started, so the
+connection stays open forever: a leak of file descriptors and a slot in any proxy's pool. Here a
+disconnect that arrives while the response's last body message is being sent is the normal end of
+the cycle and cancels nothing; a disconnect at any other time still cancels the handler at once
+(that is how a client going away frees its slot).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from quart.asgi import ASGIHTTPConnection
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
+
+
+class _HTTPConnection(TrioASGIHTTPConnection):
+    async def __call__(self, receive: Any, send: Any) -> None:
+        finishing = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal finishing
+            if message.get("type") == "http.response.body" and not message.get("more_body", False):
+                finishing = True
+            await send(message)
+
+        async def watch_disconnect(nursery: trio.Nursery, request: Any) -> None:
+            await ASGIHTTPConnection.handle_messages(self, request, receive)
+            if not finishing:
+                nursery.cancel_scope.cancel()
+
+        request = self._create_request_from_scope(tracking_send)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_disconnect, nursery, request)
+            nursery.start_soon(self.handle_request, nursery, request, tracking_send)
+
+
+class ApplianceQuart(QuartTrio):
+    asgi_http_class = _HTTPConnection  # type: ignore[assignment]
