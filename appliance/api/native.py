@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -137,10 +138,33 @@ def _final_metrics(chunk: Any, timing: Timing) -> dict[str, int]:
 # ---- generate -------------------------------------------------------------------------------------
 
 
+@dataclass
+class NativeAnswer:
+    """A validated native request, ready to answer: `single` when no generation runs (a preload or
+    an unload, answered as one object even when streaming was asked), else `items`, the native
+    stream objects (the last one `done`), holding the runner's slot until exhausted or closed."""
+
+    model: str
+    stream: bool
+    single: dict[str, Any] | None = None
+    items: AsyncIterator[dict[str, Any]] | None = None
+
+
 @bp.route("/api/generate", methods=["POST"])
 async def generate() -> Response:
     timing = Timing()
-    body = await read_json_object()
+    answer = await prepare_generate(await read_json_object(), timing)
+    if answer.single is not None:
+        return json_response(answer.single)
+    assert answer.items is not None
+    if answer.stream:
+        return ndjson_response(answer.items)
+    return json_response(await whole_generate(answer.items))
+
+
+async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer:
+    """Everything /api/generate does before its first byte: checks in Ollama's order, model
+    resolution, the lease, the prompt; shared with /v1/completions."""
     keep_alive = _common_checks(body)
     model_text = _model_field(body, "model")
     if not model_text:
@@ -158,7 +182,9 @@ async def generate() -> Response:
     if prompt == "" and keep_alive == 0 and "keep_alive" in body:
         if model.model_path is not None:
             svc.scheduler.unload(str(model.model_path))
-        return json_response(_generate_obj(model_text, "", done=True, done_reason="unload"))
+        return NativeAnswer(
+            model_text, stream, single=_generate_obj(model_text, "", done=True, done_reason="unload")
+        )
 
     if raw and (template or system or context):
         raise BadRequest("raw mode does not support template, system, or context")
@@ -178,7 +204,9 @@ async def generate() -> Response:
     timing.mark_loaded()
     if prompt == "" and not suffix:
         lease.release()
-        return json_response(_generate_obj(model_text, "", done=True, done_reason="load"))
+        return NativeAnswer(
+            model_text, stream, single=_generate_obj(model_text, "", done=True, done_reason="load")
+        )
     try:
         if raw:
             text = prompt
@@ -202,9 +230,9 @@ async def generate() -> Response:
         raise
     chunks = await primed(run_sequence(lease, seq))
     want_context = not raw
-    if stream:
-        return ndjson_response(_generate_stream(chunks, model_text, timing, tokens, want_context))
-    return json_response(await _generate_whole(chunks, model_text, timing, tokens, want_context))
+    return NativeAnswer(
+        model_text, stream, items=_generate_stream(chunks, model_text, timing, tokens, want_context)
+    )
 
 
 def _generate_obj(model: str, response: str, *, done: bool, **extra: Any) -> dict[str, Any]:
@@ -241,15 +269,25 @@ async def _generate_stream(
             yield _generate_final(chunk, model, timing, prompt_tokens, want_context, "")
 
 
-async def _generate_whole(
-    chunks: AsyncIterator[Any], model: str, timing: Timing, prompt_tokens: list[int],
-    want_context: bool,
-) -> dict[str, Any]:
+async def whole_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """The non-streamed answer: the final object carrying the whole text."""
+    return await _whole(items, lambda obj: obj["response"], _set_response)
+
+
+def _set_response(final: dict[str, Any], text: str) -> None:
+    final["response"] = text
+
+
+async def _whole(items: AsyncIterator[dict[str, Any]], text_of: Any, set_text: Any) -> dict[str, Any]:
     parts: list[str] = []
-    async for chunk in chunks:
-        parts.append(chunk.text)
-        if chunk.done:
-            return _generate_final(chunk, model, timing, prompt_tokens, want_context, "".join(parts))
+    try:
+        async for obj in items:
+            parts.append(text_of(obj))
+            if obj.get("done"):
+                set_text(obj, "".join(parts))
+                return obj
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
     raise ApplianceError("generation ended without a final chunk")
 
 
@@ -280,7 +318,17 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 @bp.route("/api/chat", methods=["POST"])
 async def chat() -> Response:
     timing = Timing()
-    body = await read_json_object()
+    answer = await prepare_chat(await read_json_object(), timing)
+    if answer.single is not None:
+        return json_response(answer.single)
+    assert answer.items is not None
+    if answer.stream:
+        return ndjson_response(answer.items)
+    return json_response(await whole_chat(answer.items))
+
+
+async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
+    """Everything /api/chat does before its first byte; shared with /v1/chat/completions."""
     keep_alive = _common_checks(body)
     model_text = _model_field(body, "model")
     if not model_text:
@@ -294,7 +342,9 @@ async def chat() -> Response:
     if not messages and keep_alive == 0 and "keep_alive" in body:
         if model.model_path is not None:
             svc.scheduler.unload(str(model.model_path))
-        return json_response(_chat_obj(model_text, "", done=True, done_reason="unload"))
+        return NativeAnswer(
+            model_text, stream, single=_chat_obj(model_text, "", done=True, done_reason="unload")
+        )
 
     caps = await svc.extras["catalog"].capabilities(model)
     if "completion" not in caps:
@@ -310,7 +360,9 @@ async def chat() -> Response:
     timing.mark_loaded()
     if not messages:
         lease.release()
-        return json_response(_chat_obj(model_text, "", done=True, done_reason="load"))
+        return NativeAnswer(
+            model_text, stream, single=_chat_obj(model_text, "", done=True, done_reason="load")
+        )
     try:
         tmpl = await _template_for(model, lease)
         history = list(model.messages or []) + messages
@@ -325,9 +377,7 @@ async def chat() -> Response:
         lease.release()
         raise
     chunks = await primed(run_sequence(lease, seq))
-    if stream:
-        return ndjson_response(_chat_stream(chunks, model_text, timing))
-    return json_response(await _chat_whole(chunks, model_text, timing))
+    return NativeAnswer(model_text, stream, items=_chat_stream(chunks, model_text, timing))
 
 
 async def _fit_chat(
@@ -389,13 +439,13 @@ async def _chat_stream(
             yield _chat_final(chunk, model, timing, "")
 
 
-async def _chat_whole(chunks: AsyncIterator[Any], model: str, timing: Timing) -> dict[str, Any]:
-    parts: list[str] = []
-    async for chunk in chunks:
-        parts.append(chunk.text)
-        if chunk.done:
-            return _chat_final(chunk, model, timing, "".join(parts))
-    raise ApplianceError("generation ended without a final chunk")
+async def whole_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """The non-streamed answer: the final object carrying the whole message."""
+    return await _whole(items, lambda obj: obj["message"]["content"], _set_content)
+
+
+def _set_content(final: dict[str, Any], text: str) -> None:
+    final["message"]["content"] = text
 
 
 # ---- embeddings -----------------------------------------------------------------------------------
@@ -403,8 +453,11 @@ async def _chat_whole(chunks: AsyncIterator[Any], model: str, timing: Timing) ->
 
 @bp.route("/api/embed", methods=["POST"])
 async def embed() -> Response:
-    timing = Timing()
-    body = await read_json_object()
+    return json_response(await embed_answer(await read_json_object(), Timing()))
+
+
+async def embed_answer(body: dict[str, Any], timing: Timing) -> dict[str, Any]:
+    """The /api/embed answer object; shared with /v1/embeddings."""
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     model_text = _model_field(body, "model")
     raw_input = body.get("input")
@@ -425,7 +478,7 @@ async def embed() -> Response:
     timing.mark_loaded()
     try:
         if not inputs:
-            return json_response({"model": model_text, "embeddings": []})
+            return {"model": model_text, "embeddings": []}
         try:
             vectors, count = await lease.runner.embed(
                 inputs, truncate=truncate, normalize=True, dimensions=dimensions or None
@@ -436,17 +489,15 @@ async def embed() -> Response:
             raise BadRequest(str(exc)) from None
     finally:
         lease.release()
-    return json_response(
-        {
-            "model": model_text,
-            "embeddings": vectors,
-            **nonzero(
-                total_duration=timing.total_duration(),
-                load_duration=timing.load_duration(),
-                prompt_eval_count=count,
-            ),
-        }
-    )
+    return {
+        "model": model_text,
+        "embeddings": vectors,
+        **nonzero(
+            total_duration=timing.total_duration(),
+            load_duration=timing.load_duration(),
+            prompt_eval_count=count,
+        ),
+    }
 
 
 @bp.route("/api/embeddings", methods=["POST"])
