@@ -15,7 +15,6 @@ import json
 import math
 import re
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +32,10 @@ BAR_WIDTH = 16
 
 class CLIError(Exception):
     """A failure to report as `Error: <message>` with exit code 1."""
+
+
+class NotRunning(CLIError):
+    """Nothing answers at the server's address."""
 
 
 # -- formatting (Ollama's format/bytes.go, format/time.go) ---------------------------------------
@@ -208,7 +211,7 @@ class Client:
         self.http.close()
 
     def _connect_error(self) -> CLIError:
-        return CLIError(
+        return NotRunning(
             f"could not connect to {PROGRAM} at {self.url}; is it running? "
             f"(start it with: {PROGRAM} serve)"
         )
@@ -399,9 +402,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
         for name in args.models:
             try:  # unload first, as Ollama does; a model that is not loaded is fine
                 client.request("POST", "/api/generate", {"model": name, "keep_alive": 0})
-            except CLIError as exc:
-                if "connect" in str(exc) and "is it running" in str(exc):
-                    raise
+            except NotRunning:
+                raise
+            except CLIError:
+                pass
             client.request("DELETE", "/api/delete", {"model": name})
             sys.stdout.write(f"deleted '{name}'\n")
     return 0
@@ -409,7 +413,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_cp(args: argparse.Namespace) -> int:
     with Client() as client:
-        client.request("POST", "/api/copy", {"source": args.source, "destination": args.destination})
+        body = {"source": args.source, "destination": args.destination}
+        client.request("POST", "/api/copy", body)
     sys.stdout.write(f"copied '{args.source}' to '{args.destination}'\n")
     return 0
 
@@ -496,14 +501,16 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    body = {"model": args.model, "insecure": args.insecure, "stream": True}
     with Client() as client:
-        _follow(client, "/api/pull", {"model": args.model, "insecure": args.insecure, "stream": True})
+        _follow(client, "/api/pull", body)
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    body = {"model": args.model, "insecure": args.insecure, "stream": True}
     with Client() as client:
-        _follow(client, "/api/push", {"model": args.model, "insecure": args.insecure, "stream": True})
+        _follow(client, "/api/push", body)
     return 0
 
 
@@ -570,7 +577,8 @@ def print_metrics(item: dict[str, Any], out: TextIO) -> None:
         out.write(f"eval count:           {ns('eval_count')} token(s)\n")
     if ns("eval_duration") > 0:
         out.write(f"eval duration:        {format_go_ns(ns('eval_duration'))}\n")
-        out.write(f"eval rate:            {ns('eval_count') / (ns('eval_duration') / 1e9):.2f} tokens/s\n")
+        rate = ns("eval_count") / (ns("eval_duration") / 1e9)
+        out.write(f"eval rate:            {rate:.2f} tokens/s\n")
     out.flush()
 
 
@@ -730,7 +738,11 @@ def chat_loop(client: Client, session: Session, stdin: TextIO) -> None:
     out = sys.stdout
     messages: list[dict[str, str]] = []
     while True:
-        line = _read_message(stdin, tty)
+        try:
+            line = _read_message(stdin, tty)
+        except KeyboardInterrupt:
+            out.write("\nUse Ctrl + d or /bye to exit.\n")
+            continue
         if line is None:
             out.write("\n" if tty else "")
             return
@@ -790,6 +802,10 @@ def chat_loop(client: Client, session: Session, stdin: TextIO) -> None:
         body["messages"] = sent
         try:
             answer = _emit(client, "/api/chat", body, session)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat (closing the stream
+            messages.pop()  # cancels the request on the server)
+            out.write("\n\n")
+            continue
         except CLIError:
             messages.pop()
             raise

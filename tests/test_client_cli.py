@@ -21,7 +21,9 @@ import trio
 
 from appliance.cli import main
 from appliance.client_cli import human_bytes, human_time, processor, until
-from helpers import add_model
+from helpers import add_model, running_appliance
+from peers.proxy import ProxyPeer
+from peers.registry import RegistryPeer
 
 LIMIT = 60
 
@@ -171,6 +173,30 @@ async def test_create_uploads_a_local_gguf_as_a_blob(cli, tmp_path, tiny_gguf):
     assert code == 0, err
     assert "copying file sha256:" in err and err.rstrip().endswith("success")
     assert "fromfile:latest" in (await cli("list"))[1]
+
+
+async def test_pull_shows_layer_progress_and_success(nursery, tmp_path, tiny_gguf, monkeypatch,
+                                                      capsys):
+    registry = RegistryPeer("registry.test")
+    registry.add_model("library/tiny", "latest", tiny_gguf.read_bytes())
+    await nursery.start(registry.serve)
+    proxy = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)})
+    await nursery.start(proxy.serve)
+    async with running_appliance(
+        tmp_path / "models", https_proxy=proxy.url, http_proxy=proxy.url
+    ) as server:
+        monkeypatch.setenv("OLLAMA_HOST", server.url.split("://", 1)[1])
+        monkeypatch.delenv("LLM_APPLIANCE_CONFIG", raising=False)
+        with trio.fail_after(LIMIT):
+            code = await trio.to_thread.run_sync(
+                main, ["pull", "registry.test/library/tiny", "--insecure"]
+            )
+    out, err = capsys.readouterr()
+    assert code == 0 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == "pulling manifest" and lines[-1] == "success"
+    assert any(re.fullmatch(r"pulling [0-9a-f]{12}: 100% ▕█{16}▏ \d+(\.\d)? [KM]?B", x)
+               for x in lines)
 
 
 async def test_version_prints_client_and_server_versions(cli):
