@@ -129,13 +129,19 @@ class BatchEngine:
         flash_attn: bool | None = None,
         type_k: str = "f16",
         type_v: str = "f16",
+        reuse_prefix: bool = False,
     ) -> None:
+        """`reuse_prefix` keeps a finished sequence's KV and reuses its longest common prefix for
+        the slot's next prompt. It saves prefill time on multi-turn chats, but the reused part was
+        computed in a batch of another shape, so greedy output can differ in the last bits from a
+        cold run: off by default, so that the same request gives the same answer."""
         if n_seq < 1 or n_ctx < 2:
             raise ValueError("need at least one sequence and a context of 2 tokens")
         self.model = model
         self.n_seq = n_seq
         self.n_ctx = n_ctx
         self.n_batch = max(n_batch, n_seq)
+        self.reuse_prefix = reuse_prefix
         threads = n_threads or _default_threads()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * n_seq
@@ -186,6 +192,8 @@ class BatchEngine:
     def _reuse_prefix(self, seq: int, prompt: list[int]) -> int:
         """Keep the KV of the longest prefix this sequence already holds; return its length."""
         common = min(self.cached_prefix(seq, prompt), len(prompt) - 1)  # decode at least one
+        if not self.reuse_prefix:
+            common = 0
         # A sliding-window cache may have dropped old cells: reuse only an intact sequence.
         if common > 0 and llama_cpp.llama_memory_seq_pos_min(self._mem, seq) == 0:
             if llama_cpp.llama_memory_seq_rm(self._mem, seq, common, -1):

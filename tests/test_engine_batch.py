@@ -210,7 +210,7 @@ def test_long_prompt_is_truncated_keeping_its_start_and_end(tiny_model: Model) -
 
 def test_same_prompt_on_the_same_slot_reuses_its_prefix(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("the cat is on the mat")
-    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128, reuse_prefix=True) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=8))
         first = drain(engine)[0]
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=8))
@@ -221,7 +221,7 @@ def test_same_prompt_on_the_same_slot_reuses_its_prefix(tiny_model: Model) -> No
 
 def test_continuing_a_conversation_reuses_prompt_and_reply(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("the cat")
-    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128, reuse_prefix=True) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=6))
         reply = final(drain(engine)[0]).tokens
         follow_up = prompt + reply + tiny_model.tokenize(" is", add_special=False)
