@@ -182,9 +182,8 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
     if prompt == "" and keep_alive == 0 and "keep_alive" in body:
         if model.model_path is not None:
             svc.scheduler.unload(str(model.model_path))
-        return NativeAnswer(
-            model_text, stream, single=_generate_obj(model_text, "", done=True, done_reason="unload")
-        )
+        single = _generate_obj(model_text, "", done=True, done_reason="unload")
+        return NativeAnswer(model_text, stream, single=single)
 
     if raw and (template or system or context):
         raise BadRequest("raw mode does not support template, system, or context")
@@ -204,9 +203,8 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
     timing.mark_loaded()
     if prompt == "" and not suffix:
         lease.release()
-        return NativeAnswer(
-            model_text, stream, single=_generate_obj(model_text, "", done=True, done_reason="load")
-        )
+        single = _generate_obj(model_text, "", done=True, done_reason="load")
+        return NativeAnswer(model_text, stream, single=single)
     try:
         if raw:
             text = prompt
@@ -278,7 +276,9 @@ def _set_response(final: dict[str, Any], text: str) -> None:
     final["response"] = text
 
 
-async def _whole(items: AsyncIterator[dict[str, Any]], text_of: Any, set_text: Any) -> dict[str, Any]:
+async def _whole(
+    items: AsyncIterator[dict[str, Any]], text_of: Any, set_text: Any
+) -> dict[str, Any]:
     parts: list[str] = []
     try:
         async for obj in items:
