@@ -32,14 +32,19 @@ serve: install
 test: install test-peers
 	$(BIN)/python -m pytest
 
-# Test peers that pip cannot bring: nginx for the reverse-proxy recipe (tests/test_nginx.py).
-# Installed from Debian only when missing and when we may; otherwise that test skips, saying why.
+# Test peers that pip cannot bring: nginx for the reverse-proxy recipe (tests/test_nginx.py) and
+# systemd-analyze for the unit checks (tests/test_systemd.py). Installed from Debian only when
+# missing and when we may; otherwise those tests skip, saying why.
 test-peers:
-	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; } || \
-	  echo "nginx not installed: tests/test_nginx.py will be skipped"
+	@missing=""; \
+	  command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	  command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	  if [ -n "$$missing" ]; then \
+	    { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
+	    echo "could not install$$missing: the tests that need them will be skipped"; \
+	  fi
 
 bench: install
 	$(BIN)/python -m bench

@@ -41,9 +41,23 @@ class LoadSpec:
     memory_bytes: int = 0  # estimated need, checked against the budget before loading
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    options_key: Any = field(default=None, compare=False, hash=False)  # options.LoadKey
+
     def load_key(self) -> tuple[Any, ...]:
         """The load-time options that force a reload when they change (reference §4.6)."""
         return (self.num_ctx, self.num_batch, self.num_thread, self.use_mmap, self.adapters)
+
+    def can_serve(self, requested: LoadSpec) -> bool:
+        """Whether a runner loaded with this spec serves `requested` without a reload.
+
+        Ollama's needsReload: sampling options never matter; `num_gpu < 0` matches anything, an
+        unset `use_mmap` inherits, two automatic `num_ctx`/`num_batch` count as equal.
+        """
+        if self.adapters != requested.adapters or self.embedding_only != requested.embedding_only:
+            return False
+        if self.options_key is not None and requested.options_key is not None:
+            return bool(requested.options_key.matches(self.options_key))
+        return self.load_key() == requested.load_key()
 
 
 class Backend(Protocol):

@@ -94,4 +94,5 @@ class Catalog:
             adapters=tuple(str(a) for a in model.adapters),
             embedding_only=embedding_only,
             memory_bytes=info.estimate_memory(num_ctx, n_seq),
+            options_key=options.load_key(info.context_length),
         )

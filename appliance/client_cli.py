@@ -232,6 +232,14 @@ class Client:
         except ValueError:
             return None
 
+    def has_blob(self, digest: str) -> bool:
+        try:
+            return self.http.head(f"/api/blobs/{digest}").status_code == 200
+        except httpx.ConnectError:
+            raise self._connect_error() from None
+        except httpx.TransportError as exc:
+            raise CLIError(str(exc) or type(exc).__name__) from None
+
     def stream(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
         """POST and yield each NDJSON line; an `{"error": ...}` line raises CLIError."""
         try:
@@ -538,6 +546,10 @@ def cmd_create(args: argparse.Namespace) -> int:
             err.write("gathering model components\n")
         for digest, local in uploads.items():
             err.write(f"copying file {digest} 100%\n")
+            # Ask first: the server answers an upload of a blob it has before reading the body,
+            # and some HTTP clients take the early answer for a dropped connection.
+            if client.has_blob(digest):
+                continue
             with local.open("rb") as fh:
                 client.request("POST", f"/api/blobs/{digest}", content=fh)
         err.flush()

@@ -174,7 +174,7 @@ class Scheduler:
             runner = self._runners.get(key)
             if runner is not None:
                 if runner.state == "ready" and not runner.expired:
-                    if runner.spec.load_key() != waiter.spec.load_key():
+                    if not runner.spec.can_serve(waiter.spec):
                         log.info(
                             "reloading %s: load-time options changed (%s -> %s)",
                             waiter.model.name, runner.spec.load_key(), waiter.spec.load_key(),

@@ -32,9 +32,10 @@ async def test_ollama_client_pulls_through_proxy_then_generates(nursery, tmp_pat
     proxy = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)})
     await nursery.start(proxy.serve)
     settings = Settings.for_tests(
-        models_dir=tmp_path / "models", https_proxy=proxy.url, http_proxy=proxy.url
+        models_dir=tmp_path / "models", https_proxy=proxy.url, http_proxy=proxy.url,
+        import_reference=False,
     )
-    appliance = Appliance(settings, import_reference=False)
+    appliance = Appliance(settings)
 
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as server_nursery:
