@@ -27,6 +27,7 @@ from appliance.catalog import Catalog, SlotPolicy
 from appliance.config import Settings, load_settings
 from appliance.llama_backend import make_loader
 from appliance.scheduler import Limits, Scheduler
+from appliance.store.download import Downloads
 from appliance.store.store import Store
 
 log = logging.getLogger("appliance")
@@ -50,9 +51,16 @@ class Appliance:
         self._shutdown.set()
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            # Signals first: a SIGTERM while the store is prepared must still stop us cleanly.
+            nursery.start_soon(self._watch_signals)
+            await self._serve(nursery, task_status)
+            nursery.cancel_scope.cancel()
+        log.info("stopped")
+
+    async def _serve(self, nursery: trio.Nursery, task_status: trio.TaskStatus[list[str]]) -> None:
         settings = self.settings = await resolve_platform(self.settings)
         store = Store(settings.models_dir)
-        await trio.to_thread.run_sync(store.check_writable)
         await trio.to_thread.run_sync(_prepare_store, store, settings)
         limits, policy = resolve_limits(settings)
         catalog = Catalog(policy)
@@ -61,40 +69,33 @@ class Appliance:
             loader=self.loader or make_loader(settings.num_threads),
             planner=catalog.plan,
         )
-        from appliance.store.download import Downloads
-
         self.services = Services(
             settings, store, scheduler, {"catalog": catalog, "downloads": Downloads()}
         )
         app = self.app = create_app(self.services)
         config = hypercorn_config(settings, self.grace, self.http_keep_alive)
         http_done = trio.Event()
+        await nursery.start(scheduler.run)
+        nursery.start_soon(notify.serve_watchdog)
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(scheduler.run)
-            nursery.start_soon(self._watch_signals)
-            nursery.start_soon(notify.serve_watchdog)
+        async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await hypercorn_serve(
+                    app, config, shutdown_trigger=self._shutdown.wait, task_status=task_status
+                )
+            finally:
+                http_done.set()
 
-            async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                try:
-                    await hypercorn_serve(
-                        app, config, shutdown_trigger=self._shutdown.wait, task_status=task_status
-                    )
-                finally:
-                    http_done.set()
+        binds = await nursery.start(run_http)
+        log.info("llm-appliance %s listening on %s", __version__, ", ".join(binds))
+        notify.ready()
+        task_status.started(binds)
 
-            binds = await nursery.start(run_http)
-            log.info("llm-appliance %s listening on %s", __version__, ", ".join(binds))
-            notify.ready()
-            task_status.started(binds)
-
-            await self._shutdown.wait()
-            log.info("shutting down: draining requests for up to %.0fs", self.grace)
-            notify.stopping()
-            await scheduler.shutdown(self.grace)
-            await http_done.wait()
-            nursery.cancel_scope.cancel()
-        log.info("stopped")
+        await self._shutdown.wait()
+        log.info("shutting down: draining requests for up to %.0fs", self.grace)
+        notify.stopping()
+        await scheduler.shutdown(self.grace)
+        await http_done.wait()
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -168,6 +169,11 @@ def _serve_command(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level)
     log.info("server config %s", settings.as_log_map())
+    # Ignored outside trio's signal receiver: the receiver restores this when it closes, so a
+    # second SIGTERM (systemd signals every process of the unit) cannot kill the process while
+    # the interpreter winds down after a clean shutdown.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         trio.run(Appliance(settings).run)
     except Exception as exc:
