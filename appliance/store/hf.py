@@ -33,7 +33,7 @@ from appliance.store.manifest import (
     Manifest,
     build_config,
     build_manifest,
-    human_number,
+    config_from_gguf,
 )
 from appliance.store.names import ModelName
 from appliance.store.pull import (
@@ -204,14 +204,4 @@ def _config_for(store: Store, digest: str) -> bytes:
     except (ImportError, ValueError, OSError) as exc:
         log.warning("could not read the GGUF header of %s: %s", digest, exc)
         return build_config(model_format="gguf", diff_ids=[digest])
-    return build_config(
-        model_format="gguf",
-        model_family=info.architecture,
-        model_families=[info.architecture],
-        model_type=human_number(info.parameter_count),
-        file_type=info.file_type or "",
-        capabilities=list(info.capabilities()),
-        context_length=info.context_length or 0,
-        embedding_length=info.embedding_length or 0,
-        diff_ids=[digest],
-    )
+    return config_from_gguf(info, [digest])

@@ -191,6 +191,23 @@ def build_config(
     return go_json(value)
 
 
+def config_from_gguf(info: Any, diff_ids: list[str]) -> bytes:
+    """The config blob of a model made from one GGUF, as `ollama create` writes it.
+
+    `info` is an `engine.gguf.GGUFInfo` (header facts only; no weights are read)."""
+    return build_config(
+        model_format="gguf",
+        model_family=info.architecture,
+        model_families=[info.architecture],
+        model_type=human_number(info.parameter_count),
+        file_type=info.file_type or "",
+        capabilities=list(info.capabilities()),
+        context_length=info.context_length or 0,
+        embedding_length=info.embedding_length or 0,
+        diff_ids=diff_ids,
+    )
+
+
 def parse_config(raw: bytes) -> dict[str, Any]:
     """A config blob as a dict; an unreadable one is `{}` (Ollama tolerates it too)."""
     try:

@@ -23,10 +23,9 @@ from appliance.store.manifest import (
     MEDIA_MODEL,
     MEDIA_PARAMS,
     Layer,
-    build_config,
     build_manifest,
+    config_from_gguf,
     go_json,
-    human_number,
 )
 from appliance.store.names import parse_model_name
 from appliance.store.store import Store
@@ -101,17 +100,7 @@ def import_reference_model(store: Store) -> bool:
     layers = [Layer(MEDIA_MODEL, digest, blob.stat().st_size)]
     for data, media in ((LICENSE.encode(), MEDIA_LICENSE), (go_json(PARAMS), MEDIA_PARAMS)):
         layers.append(Layer(media, store.write_blob_bytes(data), len(data)))
-    config = build_config(
-        model_format="gguf",
-        model_family=info.architecture,
-        model_families=[info.architecture],
-        model_type=human_number(info.parameter_count),
-        file_type=info.file_type or "",
-        capabilities=list(info.capabilities()),
-        context_length=info.context_length or 0,
-        embedding_length=info.embedding_length or 0,
-        diff_ids=[layer.digest for layer in layers],
-    )
+    config = config_from_gguf(info, [layer.digest for layer in layers])
     config_layer = Layer(CONFIG_MEDIA_TYPE, store.write_blob_bytes(config), len(config))
     store.write_manifest(name, build_manifest(config_layer, layers).raw)
     log.info("imported %s as %s (blob %s)", source.name, MODEL_NAME, digest)
