@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_INT64_SECONDS = (2**63 - 1) / 1e9  # Go's "forever" duration
+
 #: What a generation channel carries: engine chunks, or the error that ended the sequence.
 Item = Chunk | ApplianceError
 
@@ -124,6 +126,14 @@ class Runner:
             return
         self._scope.deadline = trio.current_time() + self.keep_alive
         self.expires_at = time.time() + self.keep_alive if math.isfinite(self.keep_alive) else math.inf
+
+    def expires_at_wall(self, now: float) -> float:
+        """When the model unloads, for /api/ps: set when it went idle; while it loads or before
+        its first idle moment, now + keep_alive; "forever" is now + MaxInt64 ns, as in Ollama."""
+        expires = self.expires_at
+        if not math.isfinite(expires) and math.isfinite(self.keep_alive):
+            expires = now + self.keep_alive
+        return min(expires, now + MAX_INT64_SECONDS)
 
     # ---- generation -----------------------------------------------------------------------------
 

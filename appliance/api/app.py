@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import logging
 
 from appliance.api.asgi import ApplianceQuart
 from appliance.api.context import Services
 from appliance.api.errors import install_error_handlers
-
-log = logging.getLogger(__name__)
+from appliance.api.security import wrap_security
 
 # Each module exposes `bp`, a quart Blueprint. Listed here so the layout reads as the API.
 ROUTE_MODULES = (
@@ -28,19 +26,7 @@ def create_app(services: Services) -> ApplianceQuart:
     app.url_map.strict_slashes = False
     app.extensions["appliance"] = services
     for name in ROUTE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            log.debug("route module %s not present", name)
-            continue
-        app.register_blueprint(module.bp)
+        app.register_blueprint(importlib.import_module(name).bp)
     install_error_handlers(app)
-    try:
-        from appliance.api.security import wrap_security
-    except ModuleNotFoundError:
-        pass
-    else:
-        app.asgi_app = wrap_security(app.asgi_app, services.settings)  # type: ignore[method-assign]
+    app.asgi_app = wrap_security(app.asgi_app, services.settings)  # type: ignore[method-assign]
     return app

@@ -6,7 +6,6 @@ the one Ollama would answer with.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,8 +35,6 @@ from appliance.store.names import parse_model_name
 from appliance.timefmt import go_time, utc_now_go
 
 bp = Blueprint("native", __name__)
-
-MAX_INT64_SECONDS = (2**63 - 1) / 1e9
 
 
 @bp.route("/", methods=["GET", "HEAD"])
@@ -532,13 +529,7 @@ async def ps() -> Response:
     entries = []
     for runner in svc.scheduler.runners:
         model = runner.model
-        if runner.state == "loading" or runner.ref_count:
-            expires = now + runner.keep_alive if math.isfinite(runner.keep_alive) else math.inf
-            if runner.expires_at != math.inf and runner.ref_count:
-                expires = runner.expires_at
-        else:
-            expires = runner.expires_at
-        expires_seconds = min(expires, now + MAX_INT64_SECONDS) if expires != math.inf else now + MAX_INT64_SECONDS
+        expires_seconds = runner.expires_at_wall(now)
         entries.append(
             (
                 expires_seconds,
