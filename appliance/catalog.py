@@ -6,6 +6,7 @@ thread, once per blob: blobs are content-addressed, so a path's header never cha
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,14 +82,16 @@ class Catalog:
         if info.context_length:
             num_ctx = min(num_ctx, info.context_length)
         num_ctx = max(num_ctx, 4)
-        num_batch = options.num_batch or 512
+        num_batch = options.num_batch if options.num_batch > 0 else 512
+        cores = os.cpu_count() or 1
+        num_thread = options.num_thread if 0 < options.num_thread <= cores else 0
         return LoadSpec(
             key=str(model.model_path),
             model_path=model.model_path,
             num_ctx=num_ctx,
             n_seq=n_seq,
             num_batch=num_batch,
-            num_thread=options.num_thread or 0,
+            num_thread=num_thread,
             use_mmap=options.use_mmap,
             num_gpu=options.num_gpu,
             adapters=tuple(str(a) for a in model.adapters),

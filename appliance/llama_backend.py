@@ -49,6 +49,9 @@ class LlamaBackend:
         return self.model.tokenize(text, add_special=add_special, parse_special=True)
 
     async def detokenize(self, tokens: list[int]) -> str:
+        n_vocab = self.model.n_vocab
+        if any(not 0 <= t < n_vocab for t in tokens):
+            raise BadRequest(f"invalid context: token ids must be between 0 and {n_vocab - 1}")
         return await trio.to_thread.run_sync(self.model.detokenize, tokens)
 
     async def step(

@@ -122,7 +122,7 @@ class Model:
         self, text: str, *, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:
         """Tokens of `text`; `add_special` adds BOS/EOS as the model's tokenizer says."""
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", "replace")  # a lone surrogate from JSON becomes "?"
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
         n = llama_cpp.llama_tokenize(

@@ -288,3 +288,34 @@ async def test_parallel_requests_decode_in_the_same_steps(server):
     assert min(counts) >= 30
     # Sequences decoded together share steps: far fewer steps than tokens.
     assert runner.steps - steps_before < 0.8 * sum(counts)
+
+
+async def test_context_tokens_outside_the_vocabulary_are_a_400(server):
+    async with server.client() as client:
+        r = await client.post("/api/generate", json={
+            "model": "tiny", "prompt": "x", "context": [10**12], "stream": False})
+    assert r.status_code == 400 and r.json()["error"].startswith("invalid context")
+
+
+async def test_hostile_option_values_are_clamped_not_fatal(server):
+    bodies = [
+        {"num_thread": 1000}, {"num_thread": -1}, {"num_batch": -3}, {"num_ctx": 10**9},
+        {"top_k": -5, "top_p": 7, "temperature": -1}, {"seed": 2**70}, {"stop": ["zz"] * 2000},
+    ]
+    with trio.fail_after(LIMIT):
+        async with server.client() as client:
+            for options in bodies:
+                r = await client.post("/api/generate", json={
+                    "model": "tiny", "prompt": "x", "stream": False,
+                    "options": {"num_predict": 3, **options}})
+                assert r.status_code == 200, (options, r.text)
+                assert r.json()["done"] is True
+
+
+async def test_a_lone_surrogate_in_the_prompt_is_replaced_not_a_crash(server):
+    with trio.fail_after(LIMIT):
+        async with server.client() as client:
+            r = await client.post("/api/generate", content=json.dumps({
+                "model": "tiny", "prompt": "x\ud800y", "stream": False,
+                "options": {"num_predict": 2}}))
+    assert r.status_code == 200 and r.json()["done"] is True
