@@ -118,7 +118,10 @@ def run(runs: int = 5) -> list[dict[str, object]]:
     results = []
     for name, command in default_commands().items():
         extra = {"PYTHONPATH": str(REPO)} if name.startswith("python") else None
-        result = measure_startup(command, runs=runs, env_extra=extra)
+        try:
+            result = measure_startup(command, runs=runs, env_extra=extra)
+        except RuntimeError as exc:  # e.g. a dist/ build older than the code: say so, go on
+            result = {"error": f"{exc} (rebuild it with make binary / make binary-onedir)"}
         result["variant"] = name
         results.append(result)
     return results
