@@ -1,8 +1,8 @@
 """What a runner needs from a loaded model, as a small async protocol.
 
 The real implementation (`appliance.llama_backend`) runs the synchronous engine in one worker thread
-per model; scheduler and runner tests use a pure-trio double, so time-based rules can be tested under
-`trio.testing.MockClock` (real threads and a mock clock do not mix).
+per model; scheduler and runner tests use a pure-trio double, so time-based rules can be tested
+under `trio.testing.MockClock` (real threads and a mock clock do not mix).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -102,7 +102,7 @@ def human_time(when: datetime | None, zero: str = "Never", *, now: datetime | No
     """Ollama's format.HumanTime: "2 days ago", "4 minutes from now", "Forever" (> 20 years)."""
     if when is None:
         return zero
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     delta = (now - when).total_seconds()
     if int(int(delta / 3600) / 24 / 365) < -20:  # Go's truncating integer division
         return "Forever"
@@ -168,7 +168,7 @@ def processor(size: int, size_vram: int) -> str:
 
 def until(expires: datetime | None, *, now: datetime | None = None) -> str:
     """The UNTIL column of `ps`: "Stopping..." once past, "Forever" far ahead, else relative."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if expires is not None and expires < now:
         return "Stopping..."
     return human_time(expires, "Never", now=now)
@@ -200,7 +200,9 @@ class Client:
         timeout = httpx.Timeout(30.0, read=None, write=None)
         # Go's client never proxies loopback; httpx would, so skip the environment there.
         self.http = httpx.Client(
-            base_url=self.url, timeout=timeout, trust_env=not _is_local(self.url),
+            base_url=self.url,
+            timeout=timeout,
+            trust_env=not _is_local(self.url),
             headers={"User-Agent": f"{PROGRAM}/{__version__}"},
         )
 
@@ -305,8 +307,10 @@ class Progress:
         pct = min(100, int(completed * 100 / total)) if total else 100
         filled = BAR_WIDTH * pct // 100
         bar = "█" * filled + " " * (BAR_WIDTH - filled)
-        size = human_bytes(total) if completed >= total else (
-            f"{human_bytes(completed)}/{human_bytes(total)}"
+        size = (
+            human_bytes(total)
+            if completed >= total
+            else (f"{human_bytes(completed)}/{human_bytes(total)}")
         )
         text = f"{label}: {pct:3d}% ▕{bar}▏ {size}"
         if self.tty:
@@ -365,12 +369,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         data = client.request("GET", "/api/tags") or {}
     rows = []
     for m in data.get("models") or []:
-        rows.append([
-            str(m.get("name") or m.get("model") or ""),
-            str(m.get("digest") or "")[:12],
-            human_bytes(int(m.get("size") or 0)),
-            human_time(parse_go_time(m.get("modified_at"))),
-        ])
+        rows.append(
+            [
+                str(m.get("name") or m.get("model") or ""),
+                str(m.get("digest") or "")[:12],
+                human_bytes(int(m.get("size") or 0)),
+                human_time(parse_go_time(m.get("modified_at"))),
+            ]
+        )
     sys.stdout.write(format_table(["NAME", "ID", "SIZE", "MODIFIED"], rows))
     return 0
 
@@ -379,17 +385,19 @@ def cmd_ps(args: argparse.Namespace) -> int:
     with Client() as client:
         data = client.request("GET", "/api/ps") or {}
     rows = []
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for m in data.get("models") or []:
         size = int(m.get("size") or 0)
-        rows.append([
-            str(m.get("name") or m.get("model") or ""),
-            str(m.get("digest") or "")[:12],
-            human_bytes(size),
-            processor(size, int(m.get("size_vram") or 0)),
-            str(int(m.get("context_length") or 0)),
-            until(parse_go_time(m.get("expires_at")), now=now),
-        ])
+        rows.append(
+            [
+                str(m.get("name") or m.get("model") or ""),
+                str(m.get("digest") or "")[:12],
+                human_bytes(size),
+                processor(size, int(m.get("size_vram") or 0)),
+                str(int(m.get("context_length") or 0)),
+                until(parse_go_time(m.get("expires_at")), now=now),
+            ]
+        )
     sys.stdout.write(format_table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows))
     return 0
 
@@ -465,8 +473,10 @@ def show_info(resp: dict[str, Any]) -> str:
         if not params and isinstance(info.get("general.parameter_count"), (int, float)):
             params = human_number(int(info["general.parameter_count"]))
         rows.append(["", "parameters", params])
-        for key, label in (("context_length", "context length"),
-                           ("embedding_length", "embedding length")):
+        for key, label in (
+            ("context_length", "context length"),
+            ("embedding_length", "embedding length"),
+        ):
             value = info.get(f"{arch}.{key}")
             if isinstance(value, (int, float)):
                 rows.append(["", label, f"{value:g}" if isinstance(value, float) else str(value)])
@@ -480,9 +490,10 @@ def show_info(resp: dict[str, Any]) -> str:
     if resp.get("capabilities"):
         section("Capabilities", [["", str(c)] for c in resp["capabilities"]])
     if resp.get("parameters"):
-        section("Parameters", [
-            ["", *line.split()] for line in str(resp["parameters"]).splitlines() if line.strip()
-        ])
+        section(
+            "Parameters",
+            [["", *line.split()] for line in str(resp["parameters"]).splitlines() if line.strip()],
+        )
 
     def head(text: str, n: int) -> list[list[str]]:
         lines = [t.strip() for t in text.splitlines() if t.strip()]
@@ -500,8 +511,10 @@ def cmd_version(args: argparse.Namespace) -> int:
     try:
         with Client() as client:
             data = client.request("GET", "/api/version") or {}
-        out.write(f"{PROGRAM} server version is {data.get('version', 'unknown')}"
-                  " (the Ollama API it speaks)\n")
+        out.write(
+            f"{PROGRAM} server version is {data.get('version', 'unknown')}"
+            " (the Ollama API it speaks)\n"
+        )
     except CLIError as exc:
         sys.stderr.write(f"Warning: {exc}\n")
     out.write(f"{PROGRAM} client version is {__version__}\n")
@@ -572,6 +585,7 @@ def _keep_alive(text: str | None) -> Any:
 
 def print_metrics(item: dict[str, Any], out: TextIO) -> None:
     """Ollama's Metrics.Summary on stderr, for `run --verbose`."""
+
     def ns(key: str) -> int:
         return int(item.get(key) or 0)
 
@@ -851,14 +865,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("model")
     p.add_argument("prompt", nargs="?", default=None)
     p.add_argument("--format", default="", help='response format (e.g. "json")')
-    p.add_argument("--keepalive", default=None, help='how long the model stays loaded (e.g. 5m)')
+    p.add_argument("--keepalive", default=None, help="how long the model stays loaded (e.g. 5m)")
     p.add_argument("--verbose", action="store_true", help="show timings for the response")
     p.add_argument("--insecure", action="store_true", help="use an insecure registry")
     p.add_argument("--nowordwrap", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_guarded(cmd_run))
 
-    for name, func, text in (("pull", cmd_pull, "pull a model from a registry"),
-                             ("push", cmd_push, "push a model to a registry")):
+    for name, func, text in (
+        ("pull", cmd_pull, "pull a model from a registry"),
+        ("push", cmd_push, "push a model to a registry"),
+    ):
         p = subparsers.add_parser(name, help=text)
         p.add_argument("model")
         p.add_argument("--insecure", action="store_true", help="use an insecure registry")

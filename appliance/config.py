@@ -16,8 +16,8 @@ import ipaddress
 import logging
 import os
 import re
-import sys
 import tempfile
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.durations import FOREVER, env_duration_seconds, format_go_duration
 from appliance.options import go_parse_bool
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 if TYPE_CHECKING:
     from appliance.platform import PlatformDefaults
@@ -499,9 +494,7 @@ class _Loader:
             no_proxy=self.proxy("no_proxy", "NO_PROXY", "no_proxy"),
             ca_file=self.ca_file(),
             config_file=self.path,
-            import_reference=self.flag(
-                "LLM_APPLIANCE_IMPORT_REFERENCE", "import_reference", True
-            ),
+            import_reference=self.flag("LLM_APPLIANCE_IMPORT_REFERENCE", "import_reference", True),
             warnings=tuple(self.warnings),
         )
 

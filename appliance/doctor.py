@@ -71,6 +71,7 @@ class HostFacts:
 
 def gather_host_facts() -> HostFacts:
     """Read the real host: /proc files, the machine type, glibc, whether we run as the binary."""
+
     def read(path: str) -> str:
         try:
             return Path(path).read_text(errors="replace")
@@ -141,8 +142,13 @@ def check_wsl(facts: HostFacts, environ: Mapping[str, str]) -> Check:
         "`llm-appliance doctor --save-wsl-script /mnt/c/Users/Public` writes it where Windows "
         "sees it. See wsl/README.md."
     )
-    return Check("wsl", Status.INFO, f"running under WSL{wsl}" + (f" ({distro})" if distro else ""),
-                 {"wsl": wsl, "distro": distro, "script": str(script)}, hint)
+    return Check(
+        "wsl",
+        Status.INFO,
+        f"running under WSL{wsl}" + (f" ({distro})" if distro else ""),
+        {"wsl": wsl, "distro": distro, "script": str(script)},
+        hint,
+    )
 
 
 # -- memory, CPU, glibc --------------------------------------------------------------------------
@@ -167,9 +173,14 @@ def check_memory(facts: HostFacts) -> Check:
     detail = {"total_bytes": total, "available_bytes": available}
     summary = f"{_gib(available)} available of {_gib(total)}"
     if available < LOW_MEMORY_BYTES:
-        return Check("memory", Status.WARN, summary, detail,
-                     "little memory is free: use a small quantised model, a lower num_ctx or "
-                     "OLLAMA_NUM_PARALLEL=1, and OLLAMA_MAX_LOADED_MODELS=1")
+        return Check(
+            "memory",
+            Status.WARN,
+            summary,
+            detail,
+            "little memory is free: use a small quantised model, a lower num_ctx or "
+            "OLLAMA_NUM_PARALLEL=1, and OLLAMA_MAX_LOADED_MODELS=1",
+        )
     return Check("memory", Status.OK, summary, detail)
 
 
@@ -184,21 +195,35 @@ def cpu_flags(cpuinfo: str) -> frozenset[str]:
 def check_cpu(facts: HostFacts) -> Check:
     flags = cpu_flags(facts.cpuinfo)
     cores = sum(1 for line in facts.cpuinfo.splitlines() if line.startswith("processor"))
-    detail: dict[str, Any] = {"machine": facts.machine, "logical_cpus": cores,
-                              "required": list(REQUIRED_CPU_FLAGS)}
+    detail: dict[str, Any] = {
+        "machine": facts.machine,
+        "logical_cpus": cores,
+        "required": list(REQUIRED_CPU_FLAGS),
+    }
     if facts.machine not in ("x86_64", "AMD64", "amd64"):
-        return Check("cpu", Status.WARN, f"{facts.machine}: the release binary is built for x86-64",
-                     detail, "build from source on this machine (make binary)")
+        return Check(
+            "cpu",
+            Status.WARN,
+            f"{facts.machine}: the release binary is built for x86-64",
+            detail,
+            "build from source on this machine (make binary)",
+        )
     missing = [flag for flag in REQUIRED_CPU_FLAGS if flag not in flags]
     detail["missing"] = missing
     detail["extras"] = [flag for flag in GOOD_TO_HAVE_CPU_FLAGS if flag in flags]
     if missing:
-        return Check("cpu", Status.FAIL, "CPU lacks " + ", ".join(missing), detail,
-                     "the binary needs x86-64-v3 (AVX2, FMA, F16C, BMI2: Intel Haswell / AMD "
-                     "Excavator or newer) and would stop with 'Illegal instruction'; build "
-                     "llama-cpp-python from source with matching CMAKE_ARGS")
-    return Check("cpu", Status.OK, f"{cores} logical CPUs with " + ", ".join(REQUIRED_CPU_FLAGS),
-                 detail)
+        return Check(
+            "cpu",
+            Status.FAIL,
+            "CPU lacks " + ", ".join(missing),
+            detail,
+            "the binary needs x86-64-v3 (AVX2, FMA, F16C, BMI2: Intel Haswell / AMD "
+            "Excavator or newer) and would stop with 'Illegal instruction'; build "
+            "llama-cpp-python from source with matching CMAKE_ARGS",
+        )
+    return Check(
+        "cpu", Status.OK, f"{cores} logical CPUs with " + ", ".join(REQUIRED_CPU_FLAGS), detail
+    )
 
 
 def check_glibc(facts: HostFacts) -> Check:
@@ -207,9 +232,14 @@ def check_glibc(facts: HostFacts) -> Check:
     if not version:
         return Check("glibc", Status.INFO, "not glibc (musl?): use the Docker image", detail)
     if _version_tuple(version) < _version_tuple(BUILD_GLIBC):
-        return Check("glibc", Status.WARN, f"glibc {version} is older than {BUILD_GLIBC}", detail,
-                     f"the release binary needs glibc >= {BUILD_GLIBC} (Debian 12, Ubuntu 22.10, "
-                     "RHEL 10): use the Docker image or build on this host")
+        return Check(
+            "glibc",
+            Status.WARN,
+            f"glibc {version} is older than {BUILD_GLIBC}",
+            detail,
+            f"the release binary needs glibc >= {BUILD_GLIBC} (Debian 12, Ubuntu 22.10, "
+            "RHEL 10): use the Docker image or build on this host",
+        )
     return Check("glibc", Status.OK, f"glibc {version} (binary needs >= {BUILD_GLIBC})", detail)
 
 
@@ -223,13 +253,23 @@ def check_models_dir(path: Path) -> Check:
         st = path.stat()
         detail.update(mode=stat.filemode(st.st_mode), owner_uid=st.st_uid, uid=os.geteuid())
         if not path.is_dir():
-            return Check("models", Status.FAIL, f"{path} is not a directory", detail,
-                         "point OLLAMA_MODELS at a directory")
+            return Check(
+                "models",
+                Status.FAIL,
+                f"{path} is not a directory",
+                detail,
+                "point OLLAMA_MODELS at a directory",
+            )
         if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-            return Check("models", Status.FAIL, f"{path} is not writable by {detail['user']}",
-                         detail, f"chown -R {detail['user']} {path} (the service runs as "
-                         "llm-appliance; under systemd also add ReadWritePaths=, see "
-                         "`llm-appliance systemd install --models`)")
+            return Check(
+                "models",
+                Status.FAIL,
+                f"{path} is not writable by {detail['user']}",
+                detail,
+                f"chown -R {detail['user']} {path} (the service runs as "
+                "llm-appliance; under systemd also add ReadWritePaths=, see "
+                "`llm-appliance systemd install --models`)",
+            )
         return Check("models", Status.OK, f"{path} is writable", detail)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
@@ -237,8 +277,13 @@ def check_models_dir(path: Path) -> Check:
     detail["nearest_existing"] = str(parent)
     if os.access(parent, os.W_OK | os.X_OK):
         return Check("models", Status.OK, f"{path} will be created", detail)
-    return Check("models", Status.FAIL, f"{path} is missing and {parent} is not writable", detail,
-                 f"mkdir -p {path} && chown {detail['user']} {path}")
+    return Check(
+        "models",
+        Status.FAIL,
+        f"{path} is missing and {parent} is not writable",
+        detail,
+        f"mkdir -p {path} && chown {detail['user']} {path}",
+    )
 
 
 # -- proxy ---------------------------------------------------------------------------------------
@@ -263,18 +308,33 @@ def check_proxy(environ: Mapping[str, str]) -> Check:
         "ca_file": ca_file,
     }
     if ca_file and not Path(ca_file).is_file():
-        return Check("proxy", Status.FAIL, f"CA file {ca_file} does not exist", detail,
-                     "fix SSL_CERT_FILE / LLM_APPLIANCE_CA_FILE")
+        return Check(
+            "proxy",
+            Status.FAIL,
+            f"CA file {ca_file} does not exist",
+            detail,
+            "fix SSL_CERT_FILE / LLM_APPLIANCE_CA_FILE",
+        )
     if not https_proxy and not http_proxy:
         return Check("proxy", Status.OK, "no proxy: pulls connect directly", detail)
     summary = f"pulls go through {detail['https_proxy'] or detail['http_proxy']}"
     if http_proxy:
-        return Check("proxy", Status.WARN, summary, detail,
-                     "HTTP_PROXY is set; pulls only need HTTPS_PROXY, and HTTP_PROXY can reroute "
-                     "clients' plain-HTTP calls: keep localhost,127.0.0.1 in NO_PROXY")
+        return Check(
+            "proxy",
+            Status.WARN,
+            summary,
+            detail,
+            "HTTP_PROXY is set; pulls only need HTTPS_PROXY, and HTTP_PROXY can reroute "
+            "clients' plain-HTTP calls: keep localhost,127.0.0.1 in NO_PROXY",
+        )
     if not https_proxy:
-        return Check("proxy", Status.WARN, summary, detail,
-                     "only HTTP_PROXY is set: registries are HTTPS, set HTTPS_PROXY on the server")
+        return Check(
+            "proxy",
+            Status.WARN,
+            summary,
+            detail,
+            "only HTTP_PROXY is set: registries are HTTPS, set HTTPS_PROXY on the server",
+        )
     return Check("proxy", Status.OK, summary, detail)
 
 
@@ -292,8 +352,13 @@ async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
         try:
             stream = await trio.open_tcp_stream(connect_host, port)
         except OSError:
-            return Check("server", Status.INFO, f"nothing listens on {host}:{port}", detail,
-                         "start it: llm-appliance serve (or systemctl start llm-appliance)")
+            return Check(
+                "server",
+                Status.INFO,
+                f"nothing listens on {host}:{port}",
+                detail,
+                "start it: llm-appliance serve (or systemctl start llm-appliance)",
+            )
         await stream.aclose()
         try:
             async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
@@ -301,8 +366,13 @@ async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
                 version = await client.get(f"http://{url_host}:{port}/api/version")
         except httpx.HTTPError as exc:
             detail["error"] = str(exc)
-            return Check("server", Status.WARN, f"port {port} is in use but does not answer HTTP",
-                         detail, "another program holds the port: stop it or set OLLAMA_HOST")
+            return Check(
+                "server",
+                Status.WARN,
+                f"port {port} is in use but does not answer HTTP",
+                detail,
+                "another program holds the port: stop it or set OLLAMA_HOST",
+            )
         detail["answer"] = response.text.strip()[:80]
         if response.status_code == 200 and "running" in response.text:
             try:
@@ -310,8 +380,13 @@ async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
             except (ValueError, AttributeError):
                 detail["version"] = None  # an older or partial server: "/" is what matters
             return Check("server", Status.OK, f"a server answers on {host}:{port}", detail)
-        return Check("server", Status.WARN, f"port {port} answers, but not as Ollama would",
-                     detail, "another program holds the port: stop it or set OLLAMA_HOST")
+        return Check(
+            "server",
+            Status.WARN,
+            f"port {port} answers, but not as Ollama would",
+            detail,
+            "another program holds the port: stop it or set OLLAMA_HOST",
+        )
     return Check("server", Status.WARN, f"{host}:{port} did not answer in {timeout:g} s", detail)
 
 
@@ -333,8 +408,13 @@ def check_platform(settings: Any = None) -> Check:
     defaults = {name: {"value": value, "rule": reasons.get(name)} for name, value in values.items()}
     summary = ", ".join(f"{name}={_short(item['value'])}" for name, item in defaults.items())
     hint = "\n".join(f"{name}: {item['rule']}" for name, item in defaults.items() if item["rule"])
-    return Check("platform", Status.INFO, f"defaults {summary}",
-                 {"facts": _jsonable(facts), "defaults": defaults}, hint or None)
+    return Check(
+        "platform",
+        Status.INFO,
+        f"defaults {summary}",
+        {"facts": _jsonable(facts), "defaults": defaults},
+        hint or None,
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -438,8 +518,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `doctor`."""
     parser = subparsers.add_parser("doctor", help="check this host and the server's settings")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--save-wsl-script", metavar="DIR",
-                        help="write Tune-WslNetwork.ps1 into DIR (e.g. /mnt/c/Users/Public)")
+    parser.add_argument(
+        "--save-wsl-script",
+        metavar="DIR",
+        help="write Tune-WslNetwork.ps1 into DIR (e.g. /mnt/c/Users/Public)",
+    )
     parser.set_defaults(func=command)
 
 
@@ -468,5 +551,3 @@ def _user_name() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except (KeyError, ImportError):
         return str(os.geteuid())
-
-

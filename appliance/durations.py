@@ -202,7 +202,7 @@ def parse_env_duration(text: str | None, default: float) -> float:
 
 
 def env_duration_seconds(text: str) -> float | None:
-    """Seconds for an env-style duration (negative = FOREVER), or None when Ollama would fall back."""
+    """Seconds for an env-style duration (negative = FOREVER); None where Ollama falls back."""
     try:
         ns = parse_go_duration_ns(text)
     except DurationError:

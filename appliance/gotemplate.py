@@ -69,9 +69,7 @@ class JSONList(list):
 # Lexer
 
 _SPACE = " \t\r\n"
-_FUNCS = frozenset(
-    "and or not len index slice eq ne lt le gt ge print printf println json".split()
-)
+_FUNCS = frozenset("and or not len index slice eq ne lt le gt ge print printf println json".split())
 _UNSUPPORTED_KEYWORDS = frozenset("define template block".split())
 _UNSUPPORTED_FUNCS = frozenset("html js urlquery call".split())
 _KEYWORDS = frozenset("if else end range with break continue".split())
@@ -94,8 +92,18 @@ def _unquote(body: str, line: int) -> str:
     """Decode a Go interpreted string literal body (between the quotes)."""
     out: list[str] = []
     i = 0
-    simple = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-              "\\": "\\", '"': '"', "'": "'"}
+    simple = {
+        "a": "\a",
+        "b": "\b",
+        "f": "\f",
+        "n": "\n",
+        "r": "\r",
+        "t": "\t",
+        "v": "\v",
+        "\\": "\\",
+        '"': '"',
+        "'": "'",
+    }
     while i < len(body):
         c = body[i]
         if c != "\\":
@@ -1146,8 +1154,13 @@ def go_json(value: Any) -> str:
     return "".join(parts)
 
 
-_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
-                 "\u2029": "\\u2029"}
+_JSON_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
 
 
 def _encode(value: Any, out: list[str]) -> None:

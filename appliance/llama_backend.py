@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 
 class LlamaBackend:
-    def __init__(self, spec: LoadSpec, model: Model, batch: BatchEngine | None, n_threads: int) -> None:
+    def __init__(
+        self, spec: LoadSpec, model: Model, batch: BatchEngine | None, n_threads: int
+    ) -> None:
         self.spec = spec
         self.model = model
         self.batch = batch

@@ -125,7 +125,9 @@ class Runner:
             self.unload()
             return
         self._scope.deadline = trio.current_time() + self.keep_alive
-        self.expires_at = time.time() + self.keep_alive if math.isfinite(self.keep_alive) else math.inf
+        self.expires_at = (
+            time.time() + self.keep_alive if math.isfinite(self.keep_alive) else math.inf
+        )
 
     def expires_at_wall(self, now: float) -> float:
         """When the model unloads, for /api/ps: set when it went idle; while it loads or before

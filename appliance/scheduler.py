@@ -1,7 +1,7 @@
 """Admission, the bounded queue, loads, eviction and the memory budget.
 
-Every request for a model, loaded or not, waits in one bounded FIFO (`OLLAMA_MAX_QUEUE`): Ollama lets
-requests for a loaded model bypass its bound (ollama#7758); here the bound holds on every path. A
+Every request for a model, loaded or not, waits in one bounded FIFO (`OLLAMA_MAX_QUEUE`): Ollama
+lets requests for a loaded model bypass its bound (ollama#7758); here the bound holds on every path. A
 waiter leaves the queue the moment its client goes away and is never run (llama.cpp#13262).
 
 Requests for one model are served strictly in arrival order; a waiter for one model does not block
@@ -83,7 +83,9 @@ class Scheduler:
 
     # ---- lifetime -------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Own every runner; cancelling this task unloads them all."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -121,9 +123,7 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._pending)
 
-    async def acquire(
-        self, model: LocalModel, options: Any, keep_alive: float | None
-    ) -> Lease:
+    async def acquire(self, model: LocalModel, options: Any, keep_alive: float | None) -> Lease:
         """A slot on a runner for `model`, loading it if needed; waits in the bounded FIFO."""
         if self._closing:
             raise ShuttingDown()
@@ -177,7 +177,9 @@ class Scheduler:
                     if not runner.spec.can_serve(waiter.spec):
                         log.info(
                             "reloading %s: load-time options changed (%s -> %s)",
-                            waiter.model.name, runner.spec.load_key(), waiter.spec.load_key(),
+                            waiter.model.name,
+                            runner.spec.load_key(),
+                            waiter.spec.load_key(),
                         )
                         runner.expire()
                     elif runner.free_slots:
@@ -237,8 +239,13 @@ class Scheduler:
             on_ready=self._on_ready,
             on_exit=self._on_exit,
         )
-        log.info("loading %s (%d slots x %d ctx, ~%d MiB)", waiter.model.name, waiter.spec.n_seq,
-                 waiter.spec.num_ctx, waiter.spec.memory_bytes >> 20)
+        log.info(
+            "loading %s (%d slots x %d ctx, ~%d MiB)",
+            waiter.model.name,
+            waiter.spec.n_seq,
+            waiter.spec.num_ctx,
+            waiter.spec.memory_bytes >> 20,
+        )
         self._runners[waiter.spec.key] = runner
         self._loading = runner
         self._nursery.start_soon(runner.run)

@@ -50,7 +50,9 @@ class Appliance:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
             # Signals first: a SIGTERM while the store is prepared must still stop us cleanly.
             nursery.start_soon(self._watch_signals)

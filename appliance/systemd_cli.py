@@ -213,8 +213,17 @@ def ensure_user(root: Path) -> str:
         return f"create the system user yourself: useradd --system --user-group {SERVICE_USER}"
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     subprocess.run(
-        [useradd, "--system", "--user-group", "--home-dir", STATE_DIR, "--no-create-home",
-         "--shell", "/usr/sbin/nologin", SERVICE_USER],
+        [
+            useradd,
+            "--system",
+            "--user-group",
+            "--home-dir",
+            STATE_DIR,
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            SERVICE_USER,
+        ],
         check=True,
     )
     return f"created system user {SERVICE_USER}"
@@ -267,12 +276,16 @@ def proxy(args: argparse.Namespace) -> int:
             print(f"CA file not found: {ca_path}", file=sys.stderr)
             return 2
         if ca_path.parts[1:2] in (("home",), ("root",)):
-            print(f"warning: {ca_path} is hidden by ProtectHome=yes; copy it under /etc",
-                  file=sys.stderr)
+            print(
+                f"warning: {ca_path} is hidden by ProtectHome=yes; copy it under /etc",
+                file=sys.stderr,
+            )
         ca_file = str(ca_path)
     if args.http_proxy:
-        print("note: HTTP_PROXY also applies to plain-HTTP requests; pulls only need HTTPS_PROXY",
-              file=sys.stderr)
+        print(
+            "note: HTTP_PROXY also applies to plain-HTTP requests; pulls only need HTTPS_PROXY",
+            file=sys.stderr,
+        )
     text = render_proxy_dropin(args.https_proxy, args.http_proxy, args.no_proxy, ca_file)
     has_secret = any(
         urllib.parse.urlsplit(url).password for url in (args.https_proxy, args.http_proxy) if url

@@ -8,7 +8,7 @@ for a zero offset, so we do the same.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def go_time(dt: datetime, *, nanosecond: int | None = None) -> str:
@@ -33,12 +33,12 @@ def go_time(dt: datetime, *, nanosecond: int | None = None) -> str:
 
 def go_time_ns(epoch_ns: int) -> str:
     """A Unix time in nanoseconds (e.g. `st_mtime_ns`) in the local zone, at full precision."""
-    dt = datetime.fromtimestamp(epoch_ns // 1_000_000_000, tz=timezone.utc).astimezone()
+    dt = datetime.fromtimestamp(epoch_ns // 1_000_000_000, tz=UTC).astimezone()
     return go_time(dt, nanosecond=epoch_ns % 1_000_000_000)
 
 
 def utc_now_go() -> str:
     """Now in UTC, as Ollama writes `created_at` (`...Z`)."""
     ns = time.time_ns()
-    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC)
     return go_time(dt, nanosecond=ns % 1_000_000_000)

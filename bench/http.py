@@ -36,23 +36,29 @@ def _free_port() -> int:
 
 
 @contextmanager
-def server(models: Path, *, num_parallel: int | None, threads: int = 2) -> Iterator[tuple[str, int]]:
+def server(
+    models: Path, *, num_parallel: int | None, threads: int = 2
+) -> Iterator[tuple[str, int]]:
     """A server process on a free port; yields (base URL, pid)."""
     port = _free_port()
     env = dict(os.environ)
-    env.update({
-        "OLLAMA_HOST": f"127.0.0.1:{port}",
-        "OLLAMA_MODELS": str(models),
-        "LLM_APPLIANCE_NUM_THREADS": str(threads),
-        "OLLAMA_KEEP_ALIVE": "-1",
-        "PYTHONPATH": str(REPO),
-    })
+    env.update(
+        {
+            "OLLAMA_HOST": f"127.0.0.1:{port}",
+            "OLLAMA_MODELS": str(models),
+            "LLM_APPLIANCE_NUM_THREADS": str(threads),
+            "OLLAMA_KEEP_ALIVE": "-1",
+            "PYTHONPATH": str(REPO),
+        }
+    )
     env.pop("OLLAMA_NUM_PARALLEL", None)
     if num_parallel is not None:
         env["OLLAMA_NUM_PARALLEL"] = str(num_parallel)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "serve"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "appliance", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -73,7 +79,9 @@ def server(models: Path, *, num_parallel: int | None, threads: int = 2) -> Itera
 
 async def _one(client: httpx.AsyncClient, model: str, i: int, n_tokens: int) -> int:
     body = {
-        "model": model, "prompt": f"{PROMPT} ({i})", "raw": True,
+        "model": model,
+        "prompt": f"{PROMPT} ({i})",
+        "raw": True,
         "options": {"temperature": 0, "num_predict": n_tokens},
     }
     async with client.stream("POST", "/api/generate", json=body) as response:
@@ -97,8 +105,12 @@ async def _streams(url: str, model: str, n_streams: int, n_tokens: int) -> dict[
             for i in range(n_streams):
                 nursery.start_soon(run, i)
         wall = time.perf_counter() - started
-    return {"streams": n_streams, "tokens": sum(counts), "wall_s": round(wall, 3),
-            "tok_per_s": round(sum(counts) / wall, 2)}
+    return {
+        "streams": n_streams,
+        "tokens": sum(counts),
+        "wall_s": round(wall, 3),
+        "tok_per_s": round(sum(counts) / wall, 2),
+    }
 
 
 def bench_http(url: str, model: str, n_streams: int, n_tokens: int) -> dict[str, float]:

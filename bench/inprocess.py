@@ -116,13 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(assemble())
     results = []
     if not args.no_llama_class:
-        results.append({"runner": "Llama.create_completion"} | bench_llama_class(
-            path, args.tokens, args.threads
-        ))
+        results.append(
+            {"runner": "Llama.create_completion"}
+            | bench_llama_class(path, args.tokens, args.threads)
+        )
     for n in args.streams:
-        results.append({"runner": "BatchEngine"} | bench_engine(
-            path, n, args.tokens, args.threads
-        ))
+        results.append({"runner": "BatchEngine"} | bench_engine(path, n, args.tokens, args.threads))
     for row in results:
         print(json.dumps(row))
 

@@ -52,8 +52,13 @@ def time_one_start(
     url = f"http://127.0.0.1:{port}/"
     started = time.perf_counter()
     process = subprocess.Popen(
-        list(command), env=env, cwd=models_dir.parent, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        list(command),
+        env=env,
+        cwd=models_dir.parent,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         with httpx.Client(trust_env=False, timeout=1.0) as client:

@@ -73,8 +73,19 @@ class _Slot:
     """State of one sequence id while it prefills or generates."""
 
     __slots__ = (
-        "req", "sampler", "prompt", "fed", "n_past", "pending", "generated", "utf8", "stops",
-        "prompt_eval_count", "prompt_eval_ns", "eval_ns", "out_row",
+        "req",
+        "sampler",
+        "prompt",
+        "fed",
+        "n_past",
+        "pending",
+        "generated",
+        "utf8",
+        "stops",
+        "prompt_eval_count",
+        "prompt_eval_ns",
+        "eval_ns",
+        "out_row",
     )
 
     def __init__(self, req: SequenceRequest, sampler: SamplerChain, prompt: list[int], reuse: int):
@@ -248,7 +259,11 @@ class BatchEngine:
             raise RuntimeError("engine is closed")
         batch = self._batch
         token, pos, n_seq_id, seq_ids, logits = (
-            batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits,
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
         )
         n = 0
         outputs: list[tuple[int, _Slot]] = []

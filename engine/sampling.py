@@ -11,16 +11,14 @@ grammar only when the pick is rejected.
 
 from __future__ import annotations
 
+import ctypes
 import json
 from dataclasses import dataclass
 from typing import Any
 
-import ctypes
-
 import llama_cpp
 import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
 
 # llama_token_data {id, logit, p}, laid out as the C struct.
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -179,8 +177,13 @@ def format_grammar(fmt: Any) -> str | None:
         try:
             return json_schema_to_gbnf(json.dumps(fmt), order)
         except (
-            AssertionError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+            AssertionError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
             RecursionError,
         ) as exc:
             raise ValueError(f"invalid JSON schema in format: {exc}") from exc
-    raise ValueError("invalid format: expected \"json\" or a JSON schema object")
+    raise ValueError('invalid format: expected "json" or a JSON schema object')

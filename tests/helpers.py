@@ -39,7 +39,9 @@ def add_model(
     """Register `gguf` in an Ollama-layout store as `name` (a hard link, no copy)."""
     store = Store(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    layers = [Layer(MEDIA + "model", store.write_blob_from_file(gguf, link=True), gguf.stat().st_size)]
+    layers = [
+        Layer(MEDIA + "model", store.write_blob_from_file(gguf, link=True), gguf.stat().st_size)
+    ]
     for media, text in (("template", template), ("system", system)):
         if text is not None:
             data = text.encode()

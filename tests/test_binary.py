@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-
 from serverproc import clean_env, free_port, register_tiny_model, run_server, wait_until_answers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +31,10 @@ pytestmark = pytest.mark.slow
 def binary() -> Path:
     if not BINARY.is_file():
         if os.environ.get("LLM_APPLIANCE_TEST_BINARY") != "1":
-            pytest.skip("dist/llm-appliance is not built (make binary; or set "
-                        "LLM_APPLIANCE_TEST_BINARY=1 to build it here)")
+            pytest.skip(
+                "dist/llm-appliance is not built (make binary; or set "
+                "LLM_APPLIANCE_TEST_BINARY=1 to build it here)"
+            )
         subprocess.run(["make", "binary"], cwd=REPO, check=True, timeout=1800)
     return BINARY
 
@@ -56,18 +57,24 @@ async def test_binary_serves_generates_streams_and_exits_0_on_sigterm(
     with trio.fail_after(180):
         async with run_binary(binary, tmp_path, store) as server:
             await wait_until_answers(server)
-            async with httpx.AsyncClient(base_url=server.base_url, trust_env=False,
-                                         timeout=60) as client:
+            async with httpx.AsyncClient(
+                base_url=server.base_url, trust_env=False, timeout=60
+            ) as client:
                 root = await client.get("/")
                 assert root.text == "Ollama is running"
-                body = {"model": "tiny", "prompt": "hi", "stream": False,
-                        "options": {"num_predict": 4, "seed": 1}}
+                body = {
+                    "model": "tiny",
+                    "prompt": "hi",
+                    "stream": False,
+                    "options": {"num_predict": 4, "seed": 1},
+                }
                 answer = await client.post("/api/generate", json=body)
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["done"] is True
                 lines = []
-                async with client.stream("POST", "/api/generate",
-                                         json={**body, "stream": True}) as response:
+                async with client.stream(
+                    "POST", "/api/generate", json={**body, "stream": True}
+                ) as response:
                     async for line in response.aiter_lines():
                         if line:
                             lines.append(json.loads(line))
@@ -121,8 +128,14 @@ def test_bundle_needs_no_newer_glibc_than_doctor_reports(binary: Path):
 
 def test_binary_doctor_reports_the_glibc_requirement(binary: Path, tmp_path: Path):
     env = clean_env(free_port(), tmp_path / "models")
-    result = subprocess.run([str(binary), "doctor", "--json"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(binary), "doctor", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     checks = {check["name"]: check for check in json.loads(result.stdout)}
     assert checks["glibc"]["detail"]["binary_needs"]
     assert checks["cpu"]["status"] in ("ok", "fail", "warn")
@@ -139,9 +152,14 @@ def test_binary_contains_llama_libraries_and_not_the_reference_model(binary: Pat
 
 
 def test_binary_carries_the_wsl_script_for_doctor(binary: Path, tmp_path: Path):
-    result = subprocess.run([str(binary), "doctor", "--save-wsl-script", str(tmp_path / "out")],
-                            env=clean_env(free_port(), tmp_path / "models"), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(binary), "doctor", "--save-wsl-script", str(tmp_path / "out")],
+        env=clean_env(free_port(), tmp_path / "models"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     saved = (tmp_path / "out" / "Tune-WslNetwork.ps1").read_bytes()
     assert saved == (REPO / "wsl" / "Tune-WslNetwork.ps1").read_bytes()

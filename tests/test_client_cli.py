@@ -13,17 +13,17 @@ from __future__ import annotations
 import re
 import socket
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import trio
-
-from appliance.cli import main
-from appliance.client_cli import human_bytes, human_time, processor, until
 from helpers import add_model, running_appliance
 from peers.proxy import ProxyPeer
 from peers.registry import RegistryPeer
+
+from appliance.cli import main
+from appliance.client_cli import human_bytes, human_time, processor, until
 
 LIMIT = 60
 
@@ -46,8 +46,9 @@ def cli(server, monkeypatch, capsys):  # type: ignore[no-untyped-def]
 
 def _short_model(tmp_path: Path, tiny_gguf: Path, name: str = "short") -> str:
     """A model in the fixture server's store that stops after 8 tokens, deterministically."""
-    return add_model(tmp_path / "models", name, tiny_gguf,
-                     params={"num_predict": 8, "temperature": 0})
+    return add_model(
+        tmp_path / "models", name, tiny_gguf, params={"num_predict": 8, "temperature": 0}
+    )
 
 
 async def test_list_prints_ollama_table_with_id_size_and_age(cli):
@@ -175,8 +176,9 @@ async def test_create_uploads_a_local_gguf_as_a_blob(cli, tmp_path, tiny_gguf):
     assert "fromfile:latest" in (await cli("list"))[1]
 
 
-async def test_pull_shows_layer_progress_and_success(nursery, tmp_path, tiny_gguf, monkeypatch,
-                                                      capsys):
+async def test_pull_shows_layer_progress_and_success(
+    nursery, tmp_path, tiny_gguf, monkeypatch, capsys
+):
     registry = RegistryPeer("registry.test")
     registry.add_model("library/tiny", "latest", tiny_gguf.read_bytes())
     await nursery.start(registry.serve)
@@ -195,8 +197,9 @@ async def test_pull_shows_layer_progress_and_success(nursery, tmp_path, tiny_ggu
     assert code == 0 and out == ""
     lines = err.splitlines()
     assert lines[0] == "pulling manifest" and lines[-1] == "success"
-    assert any(re.fullmatch(r"pulling [0-9a-f]{12}: 100% ▕█{16}▏ \d+(\.\d)? [KM]?B", x)
-               for x in lines)
+    assert any(
+        re.fullmatch(r"pulling [0-9a-f]{12}: 100% ▕█{16}▏ \d+(\.\d)? [KM]?B", x) for x in lines
+    )
 
 
 async def test_version_prints_client_and_server_versions(cli):
@@ -223,9 +226,14 @@ async def test_not_running_server_is_one_clear_error(monkeypatch, capsys):
 
 
 def test_formats_match_ollama():
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     assert [human_bytes(n) for n in (512, 12_345, 1_500_000, 4_700_000_000, 2 * 10**9)] == [
-        "512 B", "12 KB", "1.5 MB", "4.7 GB", "2 GB"]
+        "512 B",
+        "12 KB",
+        "1.5 MB",
+        "4.7 GB",
+        "2 GB",
+    ]
     assert human_time(now - timedelta(days=3), now=now) == "3 days ago"
     assert until(now + timedelta(days=365 * 292), now=now) == "Forever"
     assert until(now - timedelta(seconds=1), now=now) == "Stopping..."
@@ -245,4 +253,3 @@ class _Lines:
 
     def isatty(self) -> bool:
         return False
-

@@ -22,8 +22,10 @@ from appliance.doctor import HostFacts, Status
 HASWELL_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi1 bmi2 popcnt"
 SANDY_BRIDGE_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx popcnt"
 MEMINFO = "MemTotal:       16384000 kB\nMemFree:   1000 kB\nMemAvailable:    8192000 kB\n"
-WSL2_VERSION = ("Linux version 5.15.153.1-microsoft-standard-WSL2 (root@1c602f52c2e4) "
-                "(gcc (GCC) 11.2.0) #1 SMP Fri Mar 29 23:14:13 UTC 2024")
+WSL2_VERSION = (
+    "Linux version 5.15.153.1-microsoft-standard-WSL2 (root@1c602f52c2e4) "
+    "(gcc (GCC) 11.2.0) #1 SMP Fri Mar 29 23:14:13 UTC 2024"
+)
 DEBIAN_VERSION = "Linux version 6.1.0-18-amd64 (debian-kernel@lists.debian.org) #1 SMP Debian"
 
 
@@ -158,19 +160,25 @@ async def _serve_http(stream: trio.SocketStream, body: bytes) -> None:
             if not chunk:
                 return
             data += chunk
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n"
-                              b"Content-Type: text/plain\r\n\r\n%s" % (len(body), body))
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n"
+            b"Content-Type: text/plain\r\n\r\n%s" % (len(body), body)
+        )
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    (b"Ollama is running", Status.OK),
-    (b"<html>some other app</html>", Status.WARN),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"Ollama is running", Status.OK),
+        (b"<html>some other app</html>", Status.WARN),
+    ],
+)
 async def test_port_in_use_is_told_apart_from_our_server(body: bytes, status: Status):
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
-                partial(trio.serve_tcp, lambda s: _serve_http(s, body), 0, host="127.0.0.1"))
+                partial(trio.serve_tcp, lambda s: _serve_http(s, body), 0, host="127.0.0.1")
+            )
             port = listeners[0].socket.getsockname()[1]
             check = await doctor.check_server("127.0.0.1", port)
             nursery.cancel_scope.cancel()
@@ -178,14 +186,19 @@ async def test_port_in_use_is_told_apart_from_our_server(body: bytes, status: St
 
 
 async def test_full_report_renders_as_text_and_json(tmp_path: Path):
-    facts = HostFacts(proc_version=WSL2_VERSION, cpuinfo=cpuinfo(HASWELL_FLAGS),
-                      meminfo=MEMINFO, glibc="glibc 2.36")
+    facts = HostFacts(
+        proc_version=WSL2_VERSION,
+        cpuinfo=cpuinfo(HASWELL_FLAGS),
+        meminfo=MEMINFO,
+        glibc="glibc 2.36",
+    )
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     await listener.aclose()
     with trio.fail_after(20):
         checks = await doctor.run_checks(
-            facts, {"HTTPS_PROXY": "http://u:pw@p:1"}, doctor.Target("127.0.0.1", port, tmp_path))
+            facts, {"HTTPS_PROXY": "http://u:pw@p:1"}, doctor.Target("127.0.0.1", port, tmp_path)
+        )
     names = [check.name for check in checks]
     assert names == ["wsl", "cpu", "memory", "glibc", "models", "proxy", "server", "platform"]
     text = doctor.render_text(checks)
@@ -217,8 +230,9 @@ def test_platform_defaults_are_listed_with_their_rule():
     assert "max_loaded_models:" in check.hint
 
 
-def test_doctor_command_prints_json_for_the_configured_port_and_store(tmp_path, monkeypatch,
-                                                                        capsys):
+def test_doctor_command_prints_json_for_the_configured_port_and_store(
+    tmp_path, monkeypatch, capsys
+):
     import argparse
 
     from serverproc import free_port

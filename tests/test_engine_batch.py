@@ -63,9 +63,10 @@ def test_one_sequence_generates_and_reports_counts(tiny_model: Model) -> None:
 
 def test_greedy_is_deterministic(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("hello there")
-    assert generate_alone(tiny_model, prompt, num_predict=20)[0] == generate_alone(
-        tiny_model, prompt, num_predict=20
-    )[0]
+    assert (
+        generate_alone(tiny_model, prompt, num_predict=20)[0]
+        == generate_alone(tiny_model, prompt, num_predict=20)[0]
+    )
 
 
 def test_greedy_beside_other_sequences_equals_greedy_alone(tiny_model: Model) -> None:
@@ -184,7 +185,9 @@ def test_seed_makes_sampling_reproducible(tiny_model: Model) -> None:
         generate_alone(tiny_model, prompt, sampling=seeded, num_predict=24)[0] for _ in range(2)
     ]
     other = generate_alone(
-        tiny_model, prompt, sampling=SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=7),
+        tiny_model,
+        prompt,
+        sampling=SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=7),
         num_predict=24,
     )[0]
     assert runs[0] == runs[1]

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tinygguf import tiny_vocab
 
 from engine.gguf import read_gguf_info
-from tinygguf import tiny_vocab
 
 
 def test_reads_architecture_and_hyperparameters(tiny_gguf_factory) -> None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tinygguf import DEFAULT_CHAT_TEMPLATE, write_tiny_gguf
+
 from engine.batch import BatchEngine, SequenceRequest
 from engine.model import Model
 from engine.sampling import SamplingParams
-from tinygguf import DEFAULT_CHAT_TEMPLATE, write_tiny_gguf
 
 
 def greedy_text(path: Path) -> str:

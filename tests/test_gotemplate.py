@@ -157,8 +157,7 @@ def test_print_printf_println_follow_fmt() -> None:
 
 def test_literals_strings_numbers_bools_nil() -> None:
     text = (
-        "{{ \"a\\tb\" }} {{ `raw\\n` }} {{ 0x1F }} {{ 1.5 }} {{ true }} {{ 'a' }} "
-        "{{ eq .X nil }}"
+        "{{ \"a\\tb\" }} {{ `raw\\n` }} {{ 0x1F }} {{ 1.5 }} {{ true }} {{ 'a' }} {{ eq .X nil }}"
     )
     assert render(text, {"X": None}) == "a\tb raw\\n 31 1.5 true 97 true"
 

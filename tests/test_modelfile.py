@@ -6,7 +6,7 @@ Conventions: pure functions; files only where a FROM/ADAPTER path must exist (in
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -134,7 +134,7 @@ def test_go_time_trims_fraction_and_writes_offsets_like_go() -> None:
     assert go_time(datetime(2024, 5, 1, 10, 20, 30, 500000, tzinfo=tz)) == (
         "2024-05-01T10:20:30.5-07:00"
     )
-    assert go_time(datetime(2024, 5, 1, 10, 20, 30, tzinfo=timezone.utc)) == "2024-05-01T10:20:30Z"
+    assert go_time(datetime(2024, 5, 1, 10, 20, 30, tzinfo=UTC)) == "2024-05-01T10:20:30Z"
     assert go_time(datetime(2024, 5, 1, tzinfo=timezone(timedelta(hours=5, minutes=30)))) == (
         "2024-05-01T00:00:00+05:30"
     )

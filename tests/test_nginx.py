@@ -24,7 +24,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-
 from serverproc import (
     clean_env,
     free_port,
@@ -79,13 +78,21 @@ async def running_nginx(tmp: Path, upstream_port: int) -> AsyncIterator[str]:
     """nginx with the shipped site in front of `upstream_port`; yields its base URL."""
     listen_port = free_port()
     conf = write_nginx_conf(tmp, upstream_port, listen_port)
-    check = subprocess.run([NGINX, "-t", "-p", str(tmp), "-e", str(tmp / "error.log"), "-c",
-                            str(conf)], capture_output=True, text=True, timeout=30)
+    check = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert check.returncode == 0, check.stderr
     async with trio.open_nursery() as nursery:
-        process = await nursery.start(partial(
-            trio.run_process, [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c",
-                               str(conf)], check=False))
+        process = await nursery.start(
+            partial(
+                trio.run_process,
+                [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
+                check=False,
+            )
+        )
         while True:  # until it listens
             try:
                 stream = await trio.open_tcp_stream("127.0.0.1", listen_port)
@@ -119,8 +126,10 @@ class LockstepUpstream:
                     return
                 data += chunk
             self.request_head = data.split(b"\r\n\r\n", 1)[0]
-            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
-                                  b"Transfer-Encoding: chunked\r\n\r\n")
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
             for chunk, received in zip(self.chunks, self.received):
                 await stream.send_all(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 await received.wait()
@@ -136,25 +145,36 @@ class LockstepUpstream:
 
 async def test_nginx_config_passes_syntax_check(tmp_path: Path):
     conf = write_nginx_conf(tmp_path, 11434, free_port())
-    result = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
-                             "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
 
 
 async def test_stream_passes_through_chunk_by_chunk_with_host_rewritten(tmp_path: Path):
-    lines = [json.dumps({"response": word, "done": False}).encode() + b"\n"
-             for word in ("one", "two", "three")]
+    lines = [
+        json.dumps({"response": word, "done": False}).encode() + b"\n"
+        for word in ("one", "two", "three")
+    ]
     upstream = LockstepUpstream(lines)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
-                partial(trio.serve_tcp, upstream.handle, 0, host="127.0.0.1"))
+                partial(trio.serve_tcp, upstream.handle, 0, host="127.0.0.1")
+            )
             upstream_port = listeners[0].socket.getsockname()[1]
             async with running_nginx(tmp_path, upstream_port) as base:
                 got = []
                 async with httpx.AsyncClient(trust_env=False, timeout=None) as client:
-                    async with client.stream("POST", base + "/api/generate", content=b"{}",
-                                             headers={"Host": "appliance.example.com"}) as resp:
+                    async with client.stream(
+                        "POST",
+                        base + "/api/generate",
+                        content=b"{}",
+                        headers={"Host": "appliance.example.com"},
+                    ) as resp:
                         assert resp.status_code == 200
                         async for line in resp.aiter_lines():
                             got.append(json.loads(line)["response"])
@@ -167,9 +187,15 @@ async def test_stream_passes_through_chunk_by_chunk_with_host_rewritten(tmp_path
 def test_site_turns_off_buffering_and_keeps_long_reads():
     """nginx 1.22 happened to relay the lockstep stream even with buffering on; pin the intent."""
     text = SITE.read_text()
-    for directive in ("proxy_buffering off;", "proxy_request_buffering off;",
-                      "proxy_http_version 1.1;", "proxy_set_header Host localhost:11434;",
-                      "proxy_read_timeout 1h;", "gzip off;", "client_max_body_size 0;"):
+    for directive in (
+        "proxy_buffering off;",
+        "proxy_request_buffering off;",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Host localhost:11434;",
+        "proxy_read_timeout 1h;",
+        "gzip off;",
+        "client_max_body_size 0;",
+    ):
         assert directive in text, directive
 
 
@@ -184,18 +210,26 @@ async def test_generate_streams_through_nginx_from_the_real_server(tmp_path: Pat
     pythonpath = f"{hide_reference_model(tmp_path / 'shim')}:{REPO}"
     env = clean_env(port, models, {"PYTHONPATH": pythonpath})
     with trio.fail_after(120):
-        async with run_server([sys.executable, "-m", "appliance", "serve"], env, tmp_path,
-                              tmp_path / "server.log") as server:
+        async with run_server(
+            [sys.executable, "-m", "appliance", "serve"], env, tmp_path, tmp_path / "server.log"
+        ) as server:
             await wait_until_answers(server)
             nginx_dir = tmp_path / "nginx"
             nginx_dir.mkdir()
             async with running_nginx(nginx_dir, port) as base:
                 async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
-                    body = {"model": "tiny", "prompt": "hello", "options": {"num_predict": 8,
-                                                                            "seed": 1}}
+                    body = {
+                        "model": "tiny",
+                        "prompt": "hello",
+                        "options": {"num_predict": 8, "seed": 1},
+                    }
                     parts = []
-                    async with client.stream("POST", base + "/api/generate", json=body,
-                                             headers={"Host": "llm.example.com"}) as resp:
+                    async with client.stream(
+                        "POST",
+                        base + "/api/generate",
+                        json=body,
+                        headers={"Host": "llm.example.com"},
+                    ) as resp:
                         assert resp.status_code == 200, await resp.aread()
                         assert resp.headers["content-type"].startswith("application/x-ndjson")
                         async for line in resp.aiter_lines():

@@ -92,8 +92,9 @@ async def test_serve_watchdog_pings_repeatedly(listener):
     env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000", "WATCHDOG_PID": str(os.getpid())}
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: notify.serve_watchdog(
-                environ=env, task_status=task_status))
+            await nursery.start(
+                lambda task_status: notify.serve_watchdog(environ=env, task_status=task_status)
+            )
             pings = [await trio_sock.recv(4096) for _ in range(3)]
             nursery.cancel_scope.cancel()
     assert pings == [b"WATCHDOG=1"] * 3

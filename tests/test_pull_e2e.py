@@ -32,7 +32,9 @@ async def test_ollama_client_pulls_through_proxy_then_generates(nursery, tmp_pat
     proxy = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)})
     await nursery.start(proxy.serve)
     settings = Settings.for_tests(
-        models_dir=tmp_path / "models", https_proxy=proxy.url, http_proxy=proxy.url,
+        models_dir=tmp_path / "models",
+        https_proxy=proxy.url,
+        http_proxy=proxy.url,
         import_reference=False,
     )
     appliance = Appliance(settings)

@@ -13,7 +13,6 @@ from pathlib import Path
 import ollama
 import pytest
 import trio
-
 from helpers import running_appliance
 
 pytestmark = pytest.mark.reference
@@ -30,10 +29,16 @@ async def test_a_fresh_store_serves_gemma_with_a_real_answer(gemma):
     with trio.fail_after(LIMIT):
         async with gemma.client() as client:
             tags = (await client.get("/api/tags")).json()["models"]
-            r = await client.post("/api/generate", json={
-                "model": "gemma3:270m", "stream": False, "raw": True,
-                "prompt": "The capital of France is",
-                "options": {"temperature": 0, "num_predict": 24}})
+            r = await client.post(
+                "/api/generate",
+                json={
+                    "model": "gemma3:270m",
+                    "stream": False,
+                    "raw": True,
+                    "prompt": "The capital of France is",
+                    "options": {"temperature": 0, "num_predict": 24},
+                },
+            )
     assert [m["name"] for m in tags] == ["gemma3:270m"]
     body = r.json()
     assert r.status_code == 200, body
@@ -44,18 +49,32 @@ async def test_a_fresh_store_serves_gemma_with_a_real_answer(gemma):
 
 
 async def test_temperature_zero_and_a_fixed_seed_are_deterministic(gemma):
-    prompt = {"model": "gemma3:270m", "prompt": "Write a short poem about the sea.", "stream": False}
+    prompt = {
+        "model": "gemma3:270m",
+        "prompt": "Write a short poem about the sea.",
+        "stream": False,
+    }
     with trio.fail_after(LIMIT):
         async with gemma.client() as client:
             greedy = [
-                (await client.post("/api/generate", json={
-                    **prompt, "options": {"temperature": 0, "num_predict": 24}})).json()["response"]
+                (
+                    await client.post(
+                        "/api/generate",
+                        json={**prompt, "options": {"temperature": 0, "num_predict": 24}},
+                    )
+                ).json()["response"]
                 for _ in range(2)
             ]
             seeded = [
-                (await client.post("/api/generate", json={
-                    **prompt, "options": {"temperature": 1.0, "seed": 42, "num_predict": 24}}
-                )).json()["response"]
+                (
+                    await client.post(
+                        "/api/generate",
+                        json={
+                            **prompt,
+                            "options": {"temperature": 1.0, "seed": 42, "num_predict": 24},
+                        },
+                    )
+                ).json()["response"]
                 for _ in range(2)
             ]
     assert greedy[0] == greedy[1] and greedy[0]
@@ -65,15 +84,23 @@ async def test_temperature_zero_and_a_fixed_seed_are_deterministic(gemma):
 async def test_embeddings_of_similar_texts_are_closer_than_unrelated_ones(gemma):
     with trio.fail_after(LIMIT):
         async with gemma.client() as client:
-            r = await client.post("/api/embed", json={"model": "gemma3:270m", "input": [
-                "The cat sat on the mat.",
-                "A cat was sitting on a rug.",
-                "Quarterly revenue grew by four percent.",
-            ]})
+            r = await client.post(
+                "/api/embed",
+                json={
+                    "model": "gemma3:270m",
+                    "input": [
+                        "The cat sat on the mat.",
+                        "A cat was sitting on a rug.",
+                        "Quarterly revenue grew by four percent.",
+                    ],
+                },
+            )
     a, b, c = r.json()["embeddings"]
 
     def cos(x: list[float], y: list[float]) -> float:
-        return sum(p * q for p, q in zip(x, y)) / math.sqrt(sum(p * p for p in x) * sum(q * q for q in y))
+        return sum(p * q for p, q in zip(x, y)) / math.sqrt(
+            sum(p * p for p in x) * sum(q * q for q in y)
+        )
 
     assert cos(a, b) > cos(a, c) and cos(a, b) > cos(b, c)
 
@@ -84,9 +111,16 @@ async def test_format_json_schema_gives_an_answer_that_parses(gemma):
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     with trio.fail_after(LIMIT):
         async with gemma.client() as client:
-            r = await client.post("/api/generate", json={
-                "model": "gemma3:270m", "prompt": "Name a city in Japan as JSON.", "stream": False,
-                "format": schema, "options": {"temperature": 0, "num_predict": 40}})
+            r = await client.post(
+                "/api/generate",
+                json={
+                    "model": "gemma3:270m",
+                    "prompt": "Name a city in Japan as JSON.",
+                    "stream": False,
+                    "format": schema,
+                    "options": {"temperature": 0, "num_predict": 40},
+                },
+            )
     value = json.loads(r.json()["response"])
     assert isinstance(value["city"], str)
 
@@ -103,8 +137,11 @@ async def test_the_official_ollama_client_works_unchanged(gemma):
         assert gen.done and gen.response and gen.eval_count == 8 or gen.done_reason == "stop"
 
         parts = [
-            part async for part in await client.chat(
-                "gemma3:270m", messages=[{"role": "user", "content": "Hi!"}], stream=True,
+            part
+            async for part in await client.chat(
+                "gemma3:270m",
+                messages=[{"role": "user", "content": "Hi!"}],
+                stream=True,
                 options={"num_predict": 8},
             )
         ]

@@ -26,31 +26,50 @@ BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 @asynccontextmanager
 async def running(
-    *, n_seq: int = 1, max_queue: int = 512, max_loaded: int = 3, budget: int = 0,
-    keep_alive: float = 300.0, loader: FakeLoader | None = None,
+    *,
+    n_seq: int = 1,
+    max_queue: int = 512,
+    max_loaded: int = 3,
+    budget: int = 0,
+    keep_alive: float = 300.0,
+    loader: FakeLoader | None = None,
 ) -> AsyncIterator[tuple[Scheduler, FakeLoader]]:
     loader = loader or FakeLoader()
-    limits = Limits(max_queue=max_queue, max_loaded_models=max_loaded, memory_budget=budget,
-                    default_keep_alive=keep_alive)
+    limits = Limits(
+        max_queue=max_queue,
+        max_loaded_models=max_loaded,
+        memory_budget=budget,
+        default_keep_alive=keep_alive,
+    )
     scheduler = Scheduler(limits=limits, loader=loader, planner=FakePlanner(n_seq))
     # Under the autojump clock a hang would block forever; a deadline turns it into a failure.
     with trio.fail_after(24 * 3600 * 365 * 20):
-      async with trio.open_nursery() as nursery:
-        await nursery.start(scheduler.run)
-        try:
-            yield scheduler, loader
-        finally:
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            try:
+                yield scheduler, loader
+            finally:
+                nursery.cancel_scope.cancel()
 
 
-async def generate(scheduler: Scheduler, model: FakeModel, *, tokens: int = 3,
-                   keep_alive: float | None = None, options: dict | None = None,
-                   prompt: int = 2, log: list | None = None, tag: object = None) -> str:
+async def generate(
+    scheduler: Scheduler,
+    model: FakeModel,
+    *,
+    tokens: int = 3,
+    keep_alive: float | None = None,
+    options: dict | None = None,
+    prompt: int = 2,
+    log: list | None = None,
+    tag: object = None,
+) -> str:
     lease = await scheduler.acquire(model, options or {}, keep_alive)
     if log is not None:
         log.append(tag)
     text = ""
-    async for chunk in run_sequence(lease, SequenceRequest(tokens=[1] * prompt, num_predict=tokens)):
+    async for chunk in run_sequence(
+        lease, SequenceRequest(tokens=[1] * prompt, num_predict=tokens)
+    ):
         text += chunk.text
     return text
 
@@ -102,7 +121,9 @@ async def test_a_waiting_client_that_disconnects_leaves_the_queue_and_never_runs
     started: list[str] = []
     async with running(max_queue=1) as (scheduler, _):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: generate(scheduler, model, tokens=1000, log=started, tag="first"))
+            nursery.start_soon(
+                lambda: generate(scheduler, model, tokens=1000, log=started, tag="first")
+            )
             await trio.sleep(2)
             waiter = trio.CancelScope()
 

@@ -11,7 +11,6 @@ import json
 
 import httpx
 import trio
-
 from fakes import FakeBackend
 from helpers import add_model, ndjson, running_appliance
 
@@ -48,10 +47,15 @@ async def test_a_stream_outlives_quarts_response_timeout(tmp_path, tiny_gguf):
     add_model(tmp_path / "m", "tiny", tiny_gguf)
     with trio.fail_after(60):
         async with running_appliance(tmp_path / "m", loader=SlowLoader(0.05)) as server:
-            server.appliance.app.config["RESPONSE_TIMEOUT"] = 0.5  # what a default Quart would cut at
+            server.appliance.app.config["RESPONSE_TIMEOUT"] = (
+                0.5  # what a default Quart would cut at
+            )
             async with server.client() as client:
-                async with client.stream("POST", "/api/generate", json={
-                    "model": "tiny", "prompt": "x", "options": {"num_predict": 40}}) as r:
+                async with client.stream(
+                    "POST",
+                    "/api/generate",
+                    json={"model": "tiny", "prompt": "x", "options": {"num_predict": 40}},
+                ) as r:
                     chunks = await ndjson(r)
     assert chunks[-1]["done"] is True and chunks[-1]["eval_count"] == 40
 
@@ -62,8 +66,11 @@ async def test_four_parallel_slots_stream_together(tmp_path, tiny_gguf):
     done_at: list[float] = []
 
     async def one(client: httpx.AsyncClient) -> None:
-        async with client.stream("POST", "/api/generate", json={
-            "model": "tiny", "prompt": "x", "options": {"num_predict": 30}}) as r:
+        async with client.stream(
+            "POST",
+            "/api/generate",
+            json={"model": "tiny", "prompt": "x", "options": {"num_predict": 30}},
+        ) as r:
             seen_text = False
             async for line in r.aiter_lines():
                 if line and not seen_text and not json.loads(line)["done"]:
@@ -91,8 +98,10 @@ async def test_a_burst_past_the_queue_bound_gets_503s_and_every_accepted_request
     outcomes: list[tuple[int, object]] = []
 
     async def one(client: httpx.AsyncClient) -> None:
-        r = await client.post("/api/generate", json={
-            "model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 20}})
+        r = await client.post(
+            "/api/generate",
+            json={"model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 20}},
+        )
         outcomes.append((r.status_code, r.json() if r.status_code != 200 else r.json()["done"]))
         if r.status_code == 503:
             assert r.headers["retry-after"]
@@ -119,8 +128,9 @@ async def test_shutdown_ends_an_inflight_stream_with_an_error_line(tmp_path, tin
     with trio.fail_after(60):
         async with running_appliance(tmp_path / "m", loader=SlowLoader(0.02), grace=0.5) as server:
             async with server.client() as client:
-                async with client.stream("POST", "/api/generate", json={
-                    "model": "tiny", "prompt": "x"}) as r:
+                async with client.stream(
+                    "POST", "/api/generate", json={"model": "tiny", "prompt": "x"}
+                ) as r:
                     async for line in r.aiter_lines():
                         if line:
                             lines.append(json.loads(line))

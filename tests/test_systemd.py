@@ -39,15 +39,29 @@ def verify(root: Path) -> str:
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit_dir / "llm-appliance.service")],
         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return "\n".join(line for line in result.stderr.splitlines() if str(root) in line)
 
 
 def install_unit(root: Path, *extra: str) -> None:
-    assert run_cli("systemd", "install", "--root", str(root), "--binary", "/bin/true",
-                   "--no-reload", "--no-user", *extra) == 0
+    assert (
+        run_cli(
+            "systemd",
+            "install",
+            "--root",
+            str(root),
+            "--binary",
+            "/bin/true",
+            "--no-reload",
+            "--no-user",
+            *extra,
+        )
+        == 0
+    )
 
 
 def test_repository_unit_is_the_rendered_template():
@@ -56,12 +70,21 @@ def test_repository_unit_is_the_rendered_template():
 
 def test_unit_has_the_service_contract():
     unit = systemd_cli.render_unit()
-    for line in ("Type=notify", "ExecStart=/usr/local/bin/llm-appliance serve",
-                 "User=llm-appliance", "Group=llm-appliance", "StateDirectory=llm-appliance",
-                 'Environment="OLLAMA_MODELS=/var/lib/llm-appliance/models"',
-                 "EnvironmentFile=-/etc/llm-appliance/env", "Restart=on-failure",
-                 "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
-                 "PrivateTmp=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK"):
+    for line in (
+        "Type=notify",
+        "ExecStart=/usr/local/bin/llm-appliance serve",
+        "User=llm-appliance",
+        "Group=llm-appliance",
+        "StateDirectory=llm-appliance",
+        'Environment="OLLAMA_MODELS=/var/lib/llm-appliance/models"',
+        "EnvironmentFile=-/etc/llm-appliance/env",
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    ):
         assert line in unit.splitlines(), line
     assert any(line.startswith("WatchdogSec=") for line in unit.splitlines())
     assert any(line.startswith("TimeoutStopSec=") for line in unit.splitlines())
@@ -89,10 +112,24 @@ def test_proxy_dropin_passes_verify(tmp_path: Path):
     install_unit(tmp_path)
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    assert run_cli("systemd", "proxy", "--root", str(tmp_path), "--no-reload",
-                   "--https-proxy", 'http://user:p%40ss"word@proxy.corp:3128',
-                   "--http-proxy", "http://proxy.corp:3128", "--no-proxy", "localhost,.corp",
-                   "--ca-file", str(ca)) == 0
+    assert (
+        run_cli(
+            "systemd",
+            "proxy",
+            "--root",
+            str(tmp_path),
+            "--no-reload",
+            "--https-proxy",
+            'http://user:p%40ss"word@proxy.corp:3128',
+            "--http-proxy",
+            "http://proxy.corp:3128",
+            "--no-proxy",
+            "localhost,.corp",
+            "--ca-file",
+            str(ca),
+        )
+        == 0
+    )
     text = (tmp_path / DROPIN_DIR / "proxy.conf").read_text()
     assert text.splitlines()[1] == "[Service]"
     assert 'Environment="HTTPS_PROXY=http://user:p%%40ss\\"word@proxy.corp:3128"' in text
@@ -103,25 +140,53 @@ def test_proxy_dropin_passes_verify(tmp_path: Path):
 
 
 def test_proxy_with_password_is_private(tmp_path: Path):
-    run_cli("systemd", "proxy", "--root", str(tmp_path), "--no-reload",
-            "--https-proxy", "http://user:secret@proxy:3128")
+    run_cli(
+        "systemd",
+        "proxy",
+        "--root",
+        str(tmp_path),
+        "--no-reload",
+        "--https-proxy",
+        "http://user:secret@proxy:3128",
+    )
     mode = stat.S_IMODE((tmp_path / DROPIN_DIR / "proxy.conf").stat().st_mode)
     assert mode == 0o600
 
 
 def test_proxy_defaults_no_proxy_to_loopback(tmp_path: Path):
-    run_cli("systemd", "proxy", "--root", str(tmp_path), "--no-reload",
-            "--https-proxy", "http://proxy:3128")
+    run_cli(
+        "systemd",
+        "proxy",
+        "--root",
+        str(tmp_path),
+        "--no-reload",
+        "--https-proxy",
+        "http://proxy:3128",
+    )
     text = (tmp_path / DROPIN_DIR / "proxy.conf").read_text()
     assert 'Environment="NO_PROXY=localhost,127.0.0.1,::1"' in text
 
 
 def test_proxy_update_replaces_and_remove_deletes(tmp_path: Path):
     dropin = tmp_path / DROPIN_DIR / "proxy.conf"
-    run_cli("systemd", "proxy", "--root", str(tmp_path), "--no-reload",
-            "--https-proxy", "http://old:3128")
-    run_cli("systemd", "proxy", "--root", str(tmp_path), "--no-reload",
-            "--https-proxy", "http://new:3128")
+    run_cli(
+        "systemd",
+        "proxy",
+        "--root",
+        str(tmp_path),
+        "--no-reload",
+        "--https-proxy",
+        "http://old:3128",
+    )
+    run_cli(
+        "systemd",
+        "proxy",
+        "--root",
+        str(tmp_path),
+        "--no-reload",
+        "--https-proxy",
+        "http://new:3128",
+    )
     text = dropin.read_text()
     assert "new:3128" in text and "old:3128" not in text
     assert text.count("HTTPS_PROXY") == 1
@@ -131,8 +196,17 @@ def test_proxy_update_replaces_and_remove_deletes(tmp_path: Path):
 
 
 def test_proxy_rejects_a_missing_ca_file(tmp_path: Path):
-    rc = run_cli("systemd", "proxy", "--root", str(tmp_path), "--no-reload",
-                 "--https-proxy", "http://proxy:3128", "--ca-file", str(tmp_path / "nope.pem"))
+    rc = run_cli(
+        "systemd",
+        "proxy",
+        "--root",
+        str(tmp_path),
+        "--no-reload",
+        "--https-proxy",
+        "http://proxy:3128",
+        "--ca-file",
+        str(tmp_path / "nope.pem"),
+    )
     assert rc == 2
     assert not (tmp_path / DROPIN_DIR / "proxy.conf").exists()
 
@@ -169,7 +243,9 @@ def test_install_script_stages_binary_and_unit(tmp_path: Path):
     result = subprocess.run(
         ["sh", str(REPO / "systemd/install.sh"), str(launcher)],
         env={**os.environ, "ROOT": str(root), "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert (root / "usr/local/bin/llm-appliance").stat().st_mode & 0o111
@@ -183,13 +259,22 @@ def test_unit_sandbox_exposure_stays_low(tmp_path: Path):
     install_unit(tmp_path)
     unit_dir = tmp_path / UNIT_DIR
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", f"--root={tmp_path}",
-         "llm-appliance.service"],
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=true",
+            f"--root={tmp_path}",
+            "llm-appliance.service",
+        ],
         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    found = re.search(r"Overall exposure level for llm-appliance\.service: ([\d.]+)",
-                      result.stdout + result.stderr)
+    found = re.search(
+        r"Overall exposure level for llm-appliance\.service: ([\d.]+)",
+        result.stdout + result.stderr,
+    )
     if found is None:
         pytest.skip(f"this systemd-analyze has no offline security scoring: {result.stderr[:200]}")
     assert float(found.group(1)) <= 2.5
@@ -207,7 +292,9 @@ def test_install_script_stages_a_one_directory_build(tmp_path: Path):
     result = subprocess.run(
         ["sh", str(REPO / "systemd/install.sh"), str(onedir)],
         env={**os.environ, "ROOT": str(root), "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert (root / "usr/local/lib/llm-appliance/_internal/marker").read_text() == "bundle"

@@ -13,7 +13,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 async def read_json_object(*, allow_empty: bool = False) -> dict[str, Any]:
-    """The request's JSON object; 400 `missing request body` when empty, as Go's decoder sees EOF."""
+    """The request's JSON object; 400 `missing request body` when empty (Go's decoder: EOF)."""
     raw = await request.get_data(cache=False, as_text=False)
     if len(raw) > MAX_BODY_BYTES:
         raise BadRequest("request body too large")
@@ -44,7 +44,9 @@ def _go_type(value: Any) -> str:
     return "null"
 
 
-def field_of_type(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+def field_of_type(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None
+) -> Any:
     """A typed optional field; a wrong type is a 400 naming the field, as Go's decoder does."""
     value = body.get(name)
     if value is None:

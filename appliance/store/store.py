@@ -19,7 +19,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -107,7 +107,7 @@ class LocalModel:
     @property
     def modified_at(self) -> datetime:
         """The manifest's mtime in the local zone."""
-        return datetime.fromtimestamp(self.modified_ns / 1e9, tz=timezone.utc).astimezone()
+        return datetime.fromtimestamp(self.modified_ns / 1e9, tz=UTC).astimezone()
 
     def details(self, *, with_parent: bool = False) -> dict[str, Any]:
         """`details` of tags/show/ps, from the config blob (Go's `ModelDetails` field order)."""
@@ -521,7 +521,7 @@ class Store:
         base = self.manifests_dir
         if not base.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+        for dirpath, _dirnames, filenames in os.walk(base, topdown=False):
             for fname in filenames:
                 if fname.startswith(layout.TEMP_PREFIX):
                     path = Path(dirpath) / fname
