@@ -1,7 +1,7 @@
 """End to end: the official `ollama` Python client manages models on the real server.
 
-Conventions: the real app (`create_app` with a real Store in `tmp_path`, no scheduler: these routes
-need none) is served by hypercorn's trio worker in this process on 127.0.0.1 port 0 (`serving`);
+Conventions: the real appliance (tests/helpers.py `running_appliance`, a real Store in `tmp_path`)
+is served by hypercorn's trio worker in this process on 127.0.0.1 port 0 (`serving`);
 the synchronous `ollama` client runs in a worker thread; raw sockets where a test must misbehave
 as a client. Bounded by `trio.fail_after`; nothing asserts a duration.
 """
@@ -16,12 +16,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
+from helpers import running_appliance
 
-from appliance.api.app import create_app
-from appliance.api.context import Services
-from appliance.config import Settings
 from appliance.store.store import Store
 
 ollama = pytest.importorskip("ollama")
@@ -31,25 +27,9 @@ TIMEOUT = 120
 
 @asynccontextmanager
 async def serving(tmp_path: Path) -> AsyncIterator[tuple[str, Store]]:
-    """The model routes on a real loopback HTTP server; yields (base URL, store)."""
-    settings = Settings.for_tests(models_dir=tmp_path / "models", host="127.0.0.1")
-    store = Store(settings.models_dir)
-    store.startup(noprune=False)
-    app = create_app(Services(settings, store, scheduler=None))  # type: ignore[arg-type]
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve(
-                app, config, shutdown_trigger=stop.wait, task_status=task_status
-            )
-        )
-        try:
-            yield binds[0], store
-        finally:
-            stop.set()
+    """The real appliance on loopback with an empty store; yields (base URL, store)."""
+    async with running_appliance(tmp_path / "models") as server:
+        yield server.url, server.appliance.services.store
 
 
 async def test_ollama_client_creates_lists_shows_copies_and_deletes(
