@@ -31,8 +31,11 @@ from appliance.generation import (
 )
 from appliance.options import resolve_options
 from appliance.prompts import PromptTemplate, truncate_messages
+from appliance.reply import ReplyParser, ReplyPart
 from appliance.store.names import parse_model_name
+from appliance.thinking import thinking_parser
 from appliance.timefmt import go_time, utc_now_go
+from appliance.toolcalls import tool_call_parser
 
 bp = Blueprint("native", __name__)
 
@@ -94,11 +97,22 @@ def _think_requested(body: dict[str, Any]) -> bool:
     raise BadRequest(f"invalid think value: {think!r} (must be a boolean or low, medium, high, max)")
 
 
+def _think_setting(body: dict[str, Any], caps: set[str]) -> bool | None:
+    """The `think` the template sees (checked by `_think_requested` first): the request's, a
+    level counting as on; unset on a thinking model means on (Ollama defaults it so)."""
+    think = body.get("think")
+    if think is None:
+        return True if "thinking" in caps else None
+    return think is not False
+
+
 async def _template_for(model: Any, lease: Any, override: str | None = None) -> PromptTemplate:
     """The model's prompt template, parsed once per runner (a request's `template` is not cached)."""
     runner = lease.runner
-    if not override and runner.prompt_template is not None:
-        return runner.prompt_template
+    cached = runner.prompt_template
+    # Models that share weights share a runner but not always a template.
+    if not override and cached is not None and cached.go_template == model.template:
+        return cached
     backend = runner.backend
     info = await services().extras["catalog"].info(model.model_path)
     template = PromptTemplate(
@@ -191,6 +205,7 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
         raise BadRequest(f"{model.name.full()} does not support insert")
     if _think_requested(body) and "thinking" not in caps:
         raise BadRequest(f'"{model_text}" does not support thinking')
+    think = _think_setting(body, caps)
     if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
         raise BadRequest("json: cannot unmarshal context into Go struct field of type []int")
     options = _options(model, body)
@@ -202,6 +217,7 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
         lease.release()
         single = _generate_obj(model_text, "", done=True, done_reason="load")
         return NativeAnswer(model_text, stream, single=single)
+    reply = ReplyParser()
     try:
         if raw:
             text = prompt
@@ -212,7 +228,10 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
                 system=system if system is not None else model.system,
                 suffix=suffix or None,
                 messages_before=() if context else list(model.messages or ()),
+                think=think,
             )
+            if think:
+                reply = ReplyParser(thinking_parser(tmpl, text))
             if context:
                 text = await lease.runner.backend.detokenize(list(context)) + text
         tokens = await _tokenize_prompt(lease, text, raw=raw)
@@ -226,25 +245,36 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
     chunks = await primed(run_sequence(lease, seq))
     want_context = not raw
     return NativeAnswer(
-        model_text, stream, items=_generate_stream(chunks, model_text, timing, tokens, want_context)
+        model_text, stream, items=_generate_stream(
+            chunks, model_text, timing, tokens, want_context, reply
+        )
     )
 
 
-def _generate_obj(model: str, response: str, *, done: bool, **extra: Any) -> dict[str, Any]:
+def _generate_obj(
+    model: str, response: str, *, done: bool, thinking: str = "", **extra: Any
+) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "model": model,
         "created_at": utc_now_go(),
         "response": response,
-        "done": done,
     }
+    if thinking:
+        obj["thinking"] = thinking
+    obj["done"] = done
     obj.update(extra)
     return obj
 
 
 def _generate_final(
-    chunk: Any, model: str, timing: Timing, prompt_tokens: list[int], want_context: bool, text: str
+    chunk: Any,
+    model: str,
+    timing: Timing,
+    prompt_tokens: list[int],
+    want_context: bool,
+    tail: ReplyPart,
 ) -> dict[str, Any]:
-    final = _generate_obj(model, text, done=True)
+    final = _generate_obj(model, tail.content, done=True, thinking=tail.thinking)
     if chunk.done_reason:
         final["done_reason"] = chunk.done_reason
     if want_context:
@@ -254,34 +284,47 @@ def _generate_final(
 
 
 async def _generate_stream(
-    chunks: AsyncIterator[Any], model: str, timing: Timing, prompt_tokens: list[int],
+    chunks: AsyncIterator[Any],
+    model: str,
+    timing: Timing,
+    prompt_tokens: list[int],
     want_context: bool,
+    reply: ReplyParser,
 ) -> AsyncIterator[dict[str, Any]]:
     async for chunk in chunks:
         if chunk.text:
-            yield _generate_obj(model, chunk.text, done=False)
+            part = reply.add(chunk.text)
+            if part:
+                yield _generate_obj(model, part.content, done=False, thinking=part.thinking)
         if chunk.done:
-            yield _generate_final(chunk, model, timing, prompt_tokens, want_context, "")
+            yield _generate_final(
+                chunk, model, timing, prompt_tokens, want_context, reply.finish()
+            )
 
 
 async def whole_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
-    """The non-streamed answer: the final object carrying the whole text."""
-    return await _whole(items, lambda obj: obj["response"], _set_response)
+    """The non-streamed answer: the final object carrying the whole text and thinking."""
+    return await _whole(items, lambda obj: obj)
 
 
-def _set_response(final: dict[str, Any], text: str) -> None:
-    final["response"] = text
-
-
-async def _whole(
-    items: AsyncIterator[dict[str, Any]], text_of: Any, set_text: Any
-) -> dict[str, Any]:
-    parts: list[str] = []
+async def _whole(items: AsyncIterator[dict[str, Any]], fields_of: Any) -> dict[str, Any]:
+    """The final object with `content`/`response` and `thinking` concatenated and every tool call
+    collected (Ollama's non-stream mode); `fields_of` picks the dict that holds them."""
+    texts: dict[str, list[str]] = {}
+    calls: list[dict[str, Any]] = []
     try:
         async for obj in items:
-            parts.append(text_of(obj))
+            fields = fields_of(obj)
+            for key in ("response", "content", "thinking"):
+                if key in fields:
+                    texts.setdefault(key, []).append(fields[key])
+            calls.extend(fields.get("tool_calls") or [])
             if obj.get("done"):
-                set_text(obj, "".join(parts))
+                for key, parts in texts.items():
+                    if key != "thinking" or any(parts):
+                        fields[key] = "".join(parts)
+                if calls:
+                    fields["tool_calls"] = calls
                 return obj
     finally:
         await items.aclose()  # type: ignore[attr-defined]
@@ -350,6 +393,7 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
         raise BadRequest(f"{model.name.full()} does not support tools")
     if _think_requested(body) and "thinking" not in caps:
         raise BadRequest(f'"{model_text}" does not support thinking')
+    think = _think_setting(body, caps)
     options = _options(model, body)
     grammar = grammar_for(body.get("format"))
 
@@ -365,7 +409,11 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
         history = list(model.messages or []) + messages
         if model.system and messages[0]["role"] != "system":
             history.insert(0, {"role": "system", "content": model.system})
-        text, tokens = await _fit_chat(lease, tmpl, history, tools, body)
+        text, tokens = await _fit_chat(lease, tmpl, history, tools, body, think)
+        reply = ReplyParser(
+            thinking_parser(tmpl, text) if think else None,
+            tool_call_parser(tmpl, tools) if tools else None,
+        )
         seq = sequence_request(
             tokens, options, grammar=grammar, num_ctx=lease.runner.spec.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
@@ -374,11 +422,16 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
         lease.release()
         raise
     chunks = await primed(run_sequence(lease, seq))
-    return NativeAnswer(model_text, stream, items=_chat_stream(chunks, model_text, timing))
+    return NativeAnswer(model_text, stream, items=_chat_stream(chunks, model_text, timing, reply))
 
 
 async def _fit_chat(
-    lease: Any, tmpl: PromptTemplate, history: list[dict[str, Any]], tools: Any, body: dict[str, Any]
+    lease: Any,
+    tmpl: PromptTemplate,
+    history: list[dict[str, Any]],
+    tools: Any,
+    body: dict[str, Any],
+    think: bool | None = None,
 ) -> tuple[str, list[int]]:
     """Render and tokenize; drop the oldest messages while the prompt exceeds the context.
 
@@ -393,33 +446,37 @@ async def _fit_chat(
         bos = backend.bos_text or ""
         return backend.tokenize_blocking(text, add_special=not (bos and text.startswith(bos)))
 
+    def render(messages: list[dict[str, Any]]) -> str:
+        return tmpl.render_chat(messages, tools=tools, think=think)
+
     def fit() -> tuple[str, list[int]]:
-        text = tmpl.render_chat(history, tools=tools)
+        text = render(history)
         tokens = tokens_of(text)
         if len(tokens) <= num_ctx or not truncate:
             return text, tokens
-        kept = truncate_messages(
-            history, lambda c: len(tokens_of(tmpl.render_chat(c, tools=tools))) <= num_ctx
-        )
-        text = tmpl.render_chat(kept, tools=tools)
+        kept = truncate_messages(history, lambda c: len(tokens_of(render(c))) <= num_ctx)
+        text = render(kept)
         return text, tokens_of(text)
 
     return await trio.to_thread.run_sync(fit)
 
 
-def _chat_obj(model: str, content: str, *, done: bool, **extra: Any) -> dict[str, Any]:
+def _chat_obj(
+    model: str, content: str, *, done: bool, part: ReplyPart | None = None, **extra: Any
+) -> dict[str, Any]:
+    message = {"role": "assistant", **(part.message_fields() if part else {"content": content})}
     obj: dict[str, Any] = {
         "model": model,
         "created_at": utc_now_go(),
-        "message": {"role": "assistant", "content": content},
+        "message": message,
         "done": done,
     }
     obj.update(extra)
     return obj
 
 
-def _chat_final(chunk: Any, model: str, timing: Timing, text: str) -> dict[str, Any]:
-    final = _chat_obj(model, text, done=True)
+def _chat_final(chunk: Any, model: str, timing: Timing, tail: ReplyPart) -> dict[str, Any]:
+    final = _chat_obj(model, "", done=True, part=tail)
     if chunk.done_reason:
         final["done_reason"] = chunk.done_reason
     final.update(_final_metrics(chunk, timing))
@@ -427,22 +484,21 @@ def _chat_final(chunk: Any, model: str, timing: Timing, text: str) -> dict[str, 
 
 
 async def _chat_stream(
-    chunks: AsyncIterator[Any], model: str, timing: Timing
+    chunks: AsyncIterator[Any], model: str, timing: Timing, reply: ReplyParser
 ) -> AsyncIterator[dict[str, Any]]:
+    """Message chunks; text that may be the start of a tag or a tool call waits for the next."""
     async for chunk in chunks:
         if chunk.text:
-            yield _chat_obj(model, chunk.text, done=False)
+            part = reply.add(chunk.text)
+            if part:
+                yield _chat_obj(model, "", done=False, part=part)
         if chunk.done:
-            yield _chat_final(chunk, model, timing, "")
+            yield _chat_final(chunk, model, timing, reply.finish())
 
 
 async def whole_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     """The non-streamed answer: the final object carrying the whole message."""
-    return await _whole(items, lambda obj: obj["message"]["content"], _set_content)
-
-
-def _set_content(final: dict[str, Any], text: str) -> None:
-    final["message"]["content"] = text
+    return await _whole(items, lambda obj: obj["message"])
 
 
 # ---- embeddings -----------------------------------------------------------------------------------
