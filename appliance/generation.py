@@ -42,7 +42,9 @@ def grammar_for(format_value: Any) -> str | None:
     if format_value in (None, "", b""):
         return None
     if format_value != "json" and not isinstance(format_value, dict):
-        raise BadRequest(f'invalid format: {format_value!r}; expected "json" or a valid JSON schema')
+        raise BadRequest(
+            f'invalid format: {format_value!r}; expected "json" or a valid JSON schema'
+        )
     try:
         return format_grammar(format_value)
     except ValueError as exc:

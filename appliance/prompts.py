@@ -427,8 +427,11 @@ def _go_tool_call(call: dict[str, Any]) -> GoStruct:
     fn = GoStruct(
         {"Index": index, "Name": function.get("name") or "", "Arguments": arguments},
         _omit_empty(
-            [("index", index, False), ("name", function.get("name") or "", False),
-             ("arguments", arguments, False)]
+            [
+                ("index", index, False),
+                ("name", function.get("name") or "", False),
+                ("arguments", arguments, False),
+            ]
         ),
         stringer=False,
     )
@@ -524,8 +527,11 @@ def _go_tool(tool: dict[str, Any]) -> GoStruct:
     return GoStruct(
         tool_fields,
         _omit_empty(
-            [("type", tool_fields["Type"], False), ("items", tool_fields["Items"], True),
-             ("function", fn, False)]
+            [
+                ("type", tool_fields["Type"], False),
+                ("items", tool_fields["Items"], True),
+                ("function", fn, False),
+            ]
         ),
         stringer=True,
     )

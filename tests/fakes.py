@@ -72,7 +72,11 @@ class FakeBackend:
                 continue
             self._seqs[seq] = _Seq(request, prompt_left=len(request.tokens))
         self.steps.append(
-            {"releases": list(releases), "admits": [a[0] for a in admits], "active": sorted(self._seqs)}
+            {
+                "releases": list(releases),
+                "admits": [a[0] for a in admits],
+                "active": sorted(self._seqs),
+            }
         )
         await trio.sleep(self.step_seconds)
         budget = self.prompt_chunk
@@ -84,15 +88,21 @@ class FakeBackend:
                 if state.prompt_left:
                     continue
             state.generated += 1
-            limit = state.request.num_predict if state.request.num_predict > 0 else self.default_tokens
+            limit = (
+                state.request.num_predict if state.request.num_predict > 0 else self.default_tokens
+            )
             done = state.generated >= limit
             out.append(Chunk(seq, "t", done=False))
             if done:
                 del self._seqs[seq]
                 out.append(
                     Chunk(
-                        seq, "", done=True, done_reason="length",
-                        prompt_eval_count=len(state.request.tokens), eval_count=state.generated,
+                        seq,
+                        "",
+                        done=True,
+                        done_reason="length",
+                        prompt_eval_count=len(state.request.tokens),
+                        eval_count=state.generated,
                         tokens=[116] * state.generated,
                     )
                 )

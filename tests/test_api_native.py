@@ -11,9 +11,7 @@ import json
 
 import pytest
 import trio
-
 from helpers import ndjson
-
 
 LIMIT = 60
 
@@ -45,8 +43,13 @@ async def test_generate_streams_ndjson_token_by_token(server):
     with trio.fail_after(LIMIT):
         async with server.client() as client:
             async with client.stream(
-                "POST", "/api/generate",
-                json={"model": "tiny", "prompt": "hello", "options": {"num_predict": 8, "temperature": 0}},
+                "POST",
+                "/api/generate",
+                json={
+                    "model": "tiny",
+                    "prompt": "hello",
+                    "options": {"num_predict": 8, "temperature": 0},
+                },
             ) as r:
                 assert r.status_code == 200
                 assert r.headers["content-type"] == "application/x-ndjson"
@@ -63,8 +66,12 @@ async def test_generate_streams_ndjson_token_by_token(server):
 
 
 async def test_generate_without_stream_returns_one_object_with_the_whole_text(server):
-    body = {"model": "tiny", "prompt": "hello", "stream": False,
-            "options": {"num_predict": 6, "temperature": 0}}
+    body = {
+        "model": "tiny",
+        "prompt": "hello",
+        "stream": False,
+        "options": {"num_predict": 6, "temperature": 0},
+    }
     with trio.fail_after(LIMIT):
         async with server.client() as client:
             whole = (await client.post("/api/generate", json=body)).json()
@@ -75,8 +82,12 @@ async def test_generate_without_stream_returns_one_object_with_the_whole_text(se
 
 
 async def test_generate_at_temperature_zero_is_deterministic(server):
-    body = {"model": "tiny", "prompt": "abc", "stream": False,
-            "options": {"num_predict": 12, "temperature": 0}}
+    body = {
+        "model": "tiny",
+        "prompt": "abc",
+        "stream": False,
+        "options": {"num_predict": 12, "temperature": 0},
+    }
     with trio.fail_after(LIMIT):
         async with server.client() as client:
             a = (await client.post("/api/generate", json=body)).json()
@@ -87,14 +98,30 @@ async def test_generate_at_temperature_zero_is_deterministic(server):
 async def test_generate_stop_sequence_is_never_emitted(server):
     with trio.fail_after(LIMIT):
         async with server.client() as client:
-            free = (await client.post("/api/generate", json={
-                "model": "tiny", "prompt": "abc", "stream": False,
-                "options": {"num_predict": 20, "temperature": 0}})).json()["response"]
+            free = (
+                await client.post(
+                    "/api/generate",
+                    json={
+                        "model": "tiny",
+                        "prompt": "abc",
+                        "stream": False,
+                        "options": {"num_predict": 20, "temperature": 0},
+                    },
+                )
+            ).json()["response"]
             assert len(free) > 4
             stop = free[2:4]
-            cut = (await client.post("/api/generate", json={
-                "model": "tiny", "prompt": "abc", "stream": False,
-                "options": {"num_predict": 20, "temperature": 0, "stop": [stop]}})).json()
+            cut = (
+                await client.post(
+                    "/api/generate",
+                    json={
+                        "model": "tiny",
+                        "prompt": "abc",
+                        "stream": False,
+                        "options": {"num_predict": 20, "temperature": 0, "stop": [stop]},
+                    },
+                )
+            ).json()
     assert stop not in cut["response"]
     assert cut["done_reason"] == "stop"
     assert free.startswith(cut["response"])
@@ -105,7 +132,9 @@ async def test_empty_prompt_preloads_and_keep_alive_zero_unloads(server):
         async with server.client() as client:
             load = (await client.post("/api/generate", json={"model": "tiny"})).json()
             ps = (await client.get("/api/ps")).json()["models"]
-            unload = (await client.post("/api/generate", json={"model": "tiny", "keep_alive": 0})).json()
+            unload = (
+                await client.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
+            ).json()
             await trio.sleep(0.2)
             after = (await client.get("/api/ps")).json()["models"]
     assert load["done_reason"] == "load" and load["response"] == "" and load["done"] is True
@@ -118,9 +147,15 @@ async def test_empty_prompt_preloads_and_keep_alive_zero_unloads(server):
 async def test_chat_streams_assistant_messages(server):
     with trio.fail_after(LIMIT):
         async with server.client() as client:
-            async with client.stream("POST", "/api/chat", json={
-                "model": "tiny", "messages": [{"role": "User", "content": "hi"}],
-                "options": {"num_predict": 5}}) as r:
+            async with client.stream(
+                "POST",
+                "/api/chat",
+                json={
+                    "model": "tiny",
+                    "messages": [{"role": "User", "content": "hi"}],
+                    "options": {"num_predict": 5},
+                },
+            ) as r:
                 chunks = await ndjson(r)
     assert chunks[0]["message"]["role"] == "assistant"
     final = chunks[-1]
@@ -132,7 +167,9 @@ async def test_chat_preload_and_unload_shapes(server):
     with trio.fail_after(LIMIT):
         async with server.client() as client:
             load = (await client.post("/api/chat", json={"model": "tiny", "messages": []})).json()
-            unload = (await client.post("/api/chat", json={"model": "tiny", "keep_alive": 0})).json()
+            unload = (
+                await client.post("/api/chat", json={"model": "tiny", "keep_alive": 0})
+            ).json()
     assert load["message"] == {"role": "assistant", "content": ""} and load["done_reason"] == "load"
     assert unload["done_reason"] == "unload"
 
@@ -140,9 +177,16 @@ async def test_chat_preload_and_unload_shapes(server):
 async def test_format_json_constrains_the_answer_to_json(server):
     with trio.fail_after(LIMIT):
         async with server.client() as client:
-            r = await client.post("/api/generate", json={
-                "model": "tiny", "prompt": "x", "stream": False, "format": "json",
-                "options": {"num_predict": 40, "temperature": 0.5, "seed": 1}})
+            r = await client.post(
+                "/api/generate",
+                json={
+                    "model": "tiny",
+                    "prompt": "x",
+                    "stream": False,
+                    "format": "json",
+                    "options": {"num_predict": 40, "temperature": 0.5, "seed": 1},
+                },
+            )
     text = r.json()["response"]
     assert text.lstrip().startswith(("{", "["))
 
@@ -153,27 +197,58 @@ async def test_format_json_constrains_the_answer_to_json(server):
         ("/api/generate", {}, 404, "model '' not found"),
         ("/api/generate", {"model": "missing"}, 404, "model 'missing' not found"),
         ("/api/generate", {"model": "bad/name/x/y"}, 400, "invalid model name"),
-        ("/api/generate", {"model": "tiny", "keep_alive": "60"}, 400,
-         'time: missing unit in duration "60"'),
+        (
+            "/api/generate",
+            {"model": "tiny", "keep_alive": "60"},
+            400,
+            'time: missing unit in duration "60"',
+        ),
         ("/api/generate", {"model": "tiny", "keep_alive": True}, 400, "Unsupported type: 'bool'"),
-        ("/api/generate", {"model": "tiny", "raw": True, "system": "s", "prompt": "p"}, 400,
-         "raw mode does not support template, system, or context"),
-        ("/api/generate", {"model": "tiny", "top_logprobs": 21}, 400,
-         "top_logprobs must be between 0 and 20"),
-        ("/api/generate", {"model": "tiny", "prompt": "p", "think": True}, 400,
-         '"tiny" does not support thinking'),
+        (
+            "/api/generate",
+            {"model": "tiny", "raw": True, "system": "s", "prompt": "p"},
+            400,
+            "raw mode does not support template, system, or context",
+        ),
+        (
+            "/api/generate",
+            {"model": "tiny", "top_logprobs": 21},
+            400,
+            "top_logprobs must be between 0 and 20",
+        ),
+        (
+            "/api/generate",
+            {"model": "tiny", "prompt": "p", "think": True},
+            400,
+            '"tiny" does not support thinking',
+        ),
         ("/api/chat", {"messages": []}, 400, "model is required"),
         ("/api/chat", {"model": "missing"}, 404, "model 'missing' not found"),
-        ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
-                       "tools": [{"type": "function", "function": {"name": "f"}}]}, 400,
-         "registry.ollama.ai/library/tiny:latest does not support tools"),
+        (
+            "/api/chat",
+            {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+            400,
+            "registry.ollama.ai/library/tiny:latest does not support tools",
+        ),
         ("/api/embed", {"model": "tiny", "input": 3}, 400, "invalid input type"),
         ("/api/embed", {"input": "x"}, 404, "model '' not found"),
-        ("/api/embed", {"model": "missing", "input": "x"}, 404,
-         'model "missing" not found, try pulling it first'),
+        (
+            "/api/embed",
+            {"model": "missing", "input": "x"},
+            404,
+            'model "missing" not found, try pulling it first',
+        ),
         ("/api/embeddings", {"prompt": "x"}, 400, "model is required"),
-        ("/api/embeddings", {"model": "missing", "prompt": "x"}, 404,
-         'model "missing" not found, try pulling it first'),
+        (
+            "/api/embeddings",
+            {"model": "missing", "prompt": "x"},
+            404,
+            'model "missing" not found, try pulling it first',
+        ),
     ],
 )
 async def test_errors_answer_with_ollamas_status_and_message(server, path, body, status, message):
@@ -196,8 +271,10 @@ async def test_an_empty_body_is_missing_request_body(server):
 
 async def test_a_wrong_option_type_is_a_500_naming_the_option(server):
     async with server.client() as client:
-        r = await client.post("/api/generate", json={
-            "model": "tiny", "prompt": "x", "options": {"num_predict": "many"}})
+        r = await client.post(
+            "/api/generate",
+            json={"model": "tiny", "prompt": "x", "options": {"num_predict": "many"}},
+        )
     assert r.status_code == 500
     assert "num_predict" in r.json()["error"]
 
@@ -205,10 +282,16 @@ async def test_a_wrong_option_type_is_a_500_naming_the_option(server):
 async def test_prompt_longer_than_context_without_truncation_is_a_400(server):
     with trio.fail_after(LIMIT):
         async with server.client() as client:
-            r = await client.post("/api/chat", json={
-                "model": "tiny", "stream": False, "truncate": False,
-                "messages": [{"role": "user", "content": "word " * 3000}],
-                "options": {"num_ctx": 64}})
+            r = await client.post(
+                "/api/chat",
+                json={
+                    "model": "tiny",
+                    "stream": False,
+                    "truncate": False,
+                    "messages": [{"role": "user", "content": "word " * 3000}],
+                    "options": {"num_ctx": 64},
+                },
+            )
     assert r.status_code == 400
     assert r.json()["error"].startswith("the prompt is longer than the context length")
 
@@ -217,7 +300,9 @@ async def test_embed_returns_normalised_vectors_and_truncates_dimensions(server)
     with trio.fail_after(LIMIT):
         async with server.client() as client:
             r = await client.post("/api/embed", json={"model": "tiny", "input": ["a b", "c"]})
-            short = await client.post("/api/embed", json={"model": "tiny", "input": "a", "dimensions": 8})
+            short = await client.post(
+                "/api/embed", json={"model": "tiny", "input": "a", "dimensions": 8}
+            )
             empty = await client.post("/api/embed", json={"model": "tiny", "input": []})
     body = r.json()
     assert len(body["embeddings"]) == 2 and body["prompt_eval_count"] > 0
@@ -257,8 +342,15 @@ async def test_keep_alive_sticks_and_shows_in_ps(server):
 async def test_a_client_that_disconnects_frees_its_slot(server):
     with trio.fail_after(LIMIT):
         async with server.client() as client:
-            async with client.stream("POST", "/api/generate", json={
-                "model": "tiny", "prompt": "x", "options": {"num_predict": 100000, "num_ctx": 100000}}) as r:
+            async with client.stream(
+                "POST",
+                "/api/generate",
+                json={
+                    "model": "tiny",
+                    "prompt": "x",
+                    "options": {"num_predict": 100000, "num_ctx": 100000},
+                },
+            ) as r:
                 async for _ in r.aiter_lines():
                     break  # hang up after the first token
             scheduler = server.appliance.services.scheduler
@@ -272,8 +364,15 @@ async def test_parallel_requests_decode_in_the_same_steps(server):
     results: list[dict] = []
 
     async def one(client) -> None:
-        r = await client.post("/api/generate", json={
-            "model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 300, "temperature": 0}})
+        r = await client.post(
+            "/api/generate",
+            json={
+                "model": "tiny",
+                "prompt": "x",
+                "stream": False,
+                "options": {"num_predict": 300, "temperature": 0},
+            },
+        )
         results.append(r.json())
 
     with trio.fail_after(LIMIT):
@@ -292,22 +391,35 @@ async def test_parallel_requests_decode_in_the_same_steps(server):
 
 async def test_context_tokens_outside_the_vocabulary_are_a_400(server):
     async with server.client() as client:
-        r = await client.post("/api/generate", json={
-            "model": "tiny", "prompt": "x", "context": [10**12], "stream": False})
+        r = await client.post(
+            "/api/generate",
+            json={"model": "tiny", "prompt": "x", "context": [10**12], "stream": False},
+        )
     assert r.status_code == 400 and r.json()["error"].startswith("invalid context")
 
 
 async def test_hostile_option_values_are_clamped_not_fatal(server):
     bodies = [
-        {"num_thread": 1000}, {"num_thread": -1}, {"num_batch": -3}, {"num_ctx": 10**9},
-        {"top_k": -5, "top_p": 7, "temperature": -1}, {"seed": 2**70}, {"stop": ["zz"] * 2000},
+        {"num_thread": 1000},
+        {"num_thread": -1},
+        {"num_batch": -3},
+        {"num_ctx": 10**9},
+        {"top_k": -5, "top_p": 7, "temperature": -1},
+        {"seed": 2**70},
+        {"stop": ["zz"] * 2000},
     ]
     with trio.fail_after(LIMIT):
         async with server.client() as client:
             for options in bodies:
-                r = await client.post("/api/generate", json={
-                    "model": "tiny", "prompt": "x", "stream": False,
-                    "options": {"num_predict": 3, **options}})
+                r = await client.post(
+                    "/api/generate",
+                    json={
+                        "model": "tiny",
+                        "prompt": "x",
+                        "stream": False,
+                        "options": {"num_predict": 3, **options},
+                    },
+                )
                 assert r.status_code == 200, (options, r.text)
                 assert r.json()["done"] is True
 
@@ -315,7 +427,15 @@ async def test_hostile_option_values_are_clamped_not_fatal(server):
 async def test_a_lone_surrogate_in_the_prompt_is_replaced_not_a_crash(server):
     with trio.fail_after(LIMIT):
         async with server.client() as client:
-            r = await client.post("/api/generate", content=json.dumps({
-                "model": "tiny", "prompt": "x\ud800y", "stream": False,
-                "options": {"num_predict": 2}}))
+            r = await client.post(
+                "/api/generate",
+                content=json.dumps(
+                    {
+                        "model": "tiny",
+                        "prompt": "x\ud800y",
+                        "stream": False,
+                        "options": {"num_predict": 2},
+                    }
+                ),
+            )
     assert r.status_code == 200 and r.json()["done"] is True

@@ -17,8 +17,12 @@ import pytest
 import trio
 
 LIMIT = 60
-CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
-        "temperature": 0}
+CHAT = {
+    "model": "tiny",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 5,
+    "temperature": 0,
+}
 
 
 async def sse(response: Any) -> list[Any]:
@@ -107,15 +111,21 @@ async def test_chat_stop_string_and_list_both_stop(server):
     assert len(text) > 4
     stop = text[2:4]
     for value in (stop, [stop, "zzzz-never"]):
-        cut = (await post(server, "/v1/chat/completions",
-                          {**CHAT, "max_tokens": 20, "stop": value})).json()
+        cut = (
+            await post(server, "/v1/chat/completions", {**CHAT, "max_tokens": 20, "stop": value})
+        ).json()
         assert cut["choices"][0]["finish_reason"] == "stop"
         assert stop not in cut["choices"][0]["message"]["content"]
 
 
 async def test_chat_response_format_json_object_gives_json(server):
-    body = {**CHAT, "max_tokens": 40, "temperature": 0.5, "seed": 1,
-            "response_format": {"type": "json_object"}}
+    body = {
+        **CHAT,
+        "max_tokens": 40,
+        "temperature": 0.5,
+        "seed": 1,
+        "response_format": {"type": "json_object"},
+    }
     answer = (await post(server, "/v1/chat/completions", body)).json()
     text = answer["choices"][0]["message"]["content"]
     assert text.lstrip().startswith(("{", "["))
@@ -129,10 +139,21 @@ async def test_chat_seed_makes_sampling_repeatable(server):
 
 
 async def test_chat_content_parts_are_accepted(server):
-    body = {**CHAT, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "hi"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-    ]}]}
+    body = {
+        **CHAT,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "hi"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+                    },
+                ],
+            }
+        ],
+    }
     r = await post(server, "/v1/chat/completions", body)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
 
@@ -147,28 +168,100 @@ def _error(r: Any) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     "body, status, kind, message",
     [
-        ({"model": "tiny", "messages": []}, 400, "invalid_request_error",
-         "[] is too short - 'messages'"),
+        (
+            {"model": "tiny", "messages": []},
+            400,
+            "invalid_request_error",
+            "[] is too short - 'messages'",
+        ),
         ({"model": "tiny"}, 400, "invalid_request_error", "[] is too short - 'messages'"),
-        ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404,
-         "not_found_error", "model 'nope' not found"),
-        ({"model": "tiny", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
-         400, "invalid_request_error",
-         "image URLs are not currently supported, please use base64 encoded data instead"),
-        ({"model": "tiny", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": "data:image/gif;base64,R0lGOD=="}]}]},
-         400, "invalid_request_error", "invalid image input"),
-        ({"model": "tiny", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": "data:image/png;base64,***"}]}]},
-         400, "invalid_request_error", "invalid image input"),
-        ({"model": "tiny", "messages": [{"role": "user", "content": None}]}, 400,
-         "invalid_request_error", "invalid message content type: <nil>"),
-        ({**CHAT, "stop": ["a", 1]}, 400, "invalid_request_error",
-         "invalid type for 'stop' field: float64"),
-        ({**CHAT, "messages": [{"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{bad"}}]}]},
-         400, "invalid_request_error", "invalid tool call arguments"),
+        (
+            {"model": "nope", "messages": [{"role": "user", "content": "hi"}]},
+            404,
+            "not_found_error",
+            "model 'nope' not found",
+        ),
+        (
+            {
+                "model": "tiny",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                        ],
+                    }
+                ],
+            },
+            400,
+            "invalid_request_error",
+            "image URLs are not currently supported, please use base64 encoded data instead",
+        ),
+        (
+            {
+                "model": "tiny",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": "data:image/gif;base64,R0lGOD=="}
+                        ],
+                    }
+                ],
+            },
+            400,
+            "invalid_request_error",
+            "invalid image input",
+        ),
+        (
+            {
+                "model": "tiny",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": "data:image/png;base64,***"}
+                        ],
+                    }
+                ],
+            },
+            400,
+            "invalid_request_error",
+            "invalid image input",
+        ),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": None}]},
+            400,
+            "invalid_request_error",
+            "invalid message content type: <nil>",
+        ),
+        (
+            {**CHAT, "stop": ["a", 1]},
+            400,
+            "invalid_request_error",
+            "invalid type for 'stop' field: float64",
+        ),
+        (
+            {
+                **CHAT,
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "c1",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": "{bad"},
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "invalid_request_error",
+            "invalid tool call arguments",
+        ),
     ],
 )
 async def test_chat_errors_in_openai_shape(server, body, status, kind, message):
@@ -186,13 +279,30 @@ async def test_chat_reasoning_effort_none_is_accepted_and_unknown_is_400(server)
 async def test_chat_defaults_temperature_and_top_p_to_one():
     from appliance.api.openai import native_chat_request
 
-    native = native_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                                  "max_tokens": 3, "seed": 7, "frequency_penalty": 0.5,
-                                  "presence_penalty": 0.25, "stop": "x",
-                                  "response_format": {"type": "json_schema", "json_schema": {
-                                      "schema": {"type": "object"}}}})
-    assert native["options"] == {"stop": ["x"], "num_predict": 3, "temperature": 1.0, "seed": 7,
-                                 "frequency_penalty": 0.5, "presence_penalty": 0.25, "top_p": 1.0}
+    native = native_chat_request(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 3,
+            "seed": 7,
+            "frequency_penalty": 0.5,
+            "presence_penalty": 0.25,
+            "stop": "x",
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"schema": {"type": "object"}},
+            },
+        }
+    )
+    assert native["options"] == {
+        "stop": ["x"],
+        "num_predict": 3,
+        "temperature": 1.0,
+        "seed": 7,
+        "frequency_penalty": 0.5,
+        "presence_penalty": 0.25,
+        "top_p": 1.0,
+    }
     assert native["format"] == {"type": "object"} and native["stream"] is False
     assert "keep_alive" not in native
 
@@ -200,13 +310,26 @@ async def test_chat_defaults_temperature_and_top_p_to_one():
 async def test_chat_tool_message_takes_its_name_from_the_earlier_call():
     from appliance.api.openai import native_chat_request
 
-    native = native_chat_request({"model": "m", "messages": [
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function",
-             "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "cold"},
-        {"role": "assistant", "content": "ok", "reasoning": "hmm"},
-    ]})
+    native = native_chat_request(
+        {
+            "model": "m",
+            "messages": [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "cold"},
+                {"role": "assistant", "content": "ok", "reasoning": "hmm"},
+            ],
+        }
+    )
     first, tool, last = native["messages"]
     assert first["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
     assert tool == {"role": "tool", "content": "cold", "tool_name": "weather"}
@@ -255,9 +378,11 @@ async def test_completion_empty_prompt_preloads(server):
 @pytest.mark.parametrize(
     "body, message",
     [
-        ({"model": "tiny", "prompt": ["a"]},
-         "json: cannot unmarshal array into Go struct field CompletionRequest.prompt"
-         " of type string"),
+        (
+            {"model": "tiny", "prompt": ["a"]},
+            "json: cannot unmarshal array into Go struct field CompletionRequest.prompt"
+            " of type string",
+        ),
         ({**COMPLETE, "stop": ["a", True]}, "invalid type for 'stop' field: bool"),
     ],
 )
@@ -270,8 +395,12 @@ def test_completion_top_p_zero_means_one_and_penalties_are_always_sent():
     from appliance.api.openai import native_generate_request
 
     native = native_generate_request({"model": "m", "prompt": "p", "top_p": 0})
-    assert native["options"] == {"temperature": 1.0, "frequency_penalty": 0.0,
-                                 "presence_penalty": 0.0, "top_p": 1.0}
+    assert native["options"] == {
+        "temperature": 1.0,
+        "frequency_penalty": 0.0,
+        "presence_penalty": 0.0,
+        "top_p": 1.0,
+    }
 
 
 # ---- embeddings -----------------------------------------------------------------------------------
@@ -279,8 +408,13 @@ def test_completion_top_p_zero_means_one_and_penalties_are_always_sent():
 
 async def test_embeddings_float_and_base64_agree(server):
     floats = (await post(server, "/v1/embeddings", {"model": "tiny", "input": ["a b", "c"]})).json()
-    b64 = (await post(server, "/v1/embeddings", {"model": "tiny", "input": ["a b", "c"],
-                                                 "encoding_format": "BASE64"})).json()
+    b64 = (
+        await post(
+            server,
+            "/v1/embeddings",
+            {"model": "tiny", "input": ["a b", "c"], "encoding_format": "BASE64"},
+        )
+    ).json()
     assert floats["object"] == "list" and floats["model"] == "tiny"
     assert [d["index"] for d in floats["data"]] == [0, 1]
     assert all(d["object"] == "embedding" for d in floats["data"])
@@ -304,8 +438,10 @@ async def test_embeddings_empty_string_is_one_input(server):
     [
         ({"model": "tiny"}, "invalid input"),
         ({"model": "tiny", "input": []}, "invalid input"),
-        ({"model": "tiny", "input": "a", "encoding_format": "int8"},
-         "Invalid value for 'encoding_format' = int8. Supported values: ['float', 'base64']."),
+        (
+            {"model": "tiny", "input": "a", "encoding_format": "int8"},
+            "Invalid value for 'encoding_format' = int8. Supported values: ['float', 'base64'].",
+        ),
     ],
 )
 async def test_embeddings_request_errors(server, body, message):
@@ -328,8 +464,12 @@ async def test_models_list_and_retrieve(server):
     assert entry["id"] == tags[0]["name"] == "tiny:latest"
     assert entry["object"] == "model" and entry["owned_by"] == "library"
     assert isinstance(entry["created"], int) and entry["created"] > 1_600_000_000
-    assert one.json() == {"id": "tiny", "object": "model", "created": entry["created"],
-                          "owned_by": "library"}
+    assert one.json() == {
+        "id": "tiny",
+        "object": "model",
+        "created": entry["created"],
+        "owned_by": "library",
+    }
     assert _error(missing) == (404, "not_found_error", "model 'nope' not found")
 
 
@@ -350,19 +490,32 @@ async def test_official_openai_client_chats_completes_embeds_and_lists(server):
     openai = pytest.importorskip("openai")
 
     def use_client() -> dict[str, Any]:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="ignored", max_retries=0,
-                               timeout=LIMIT)
+        client = openai.OpenAI(
+            base_url=server.url + "/v1", api_key="ignored", max_retries=0, timeout=LIMIT
+        )
         with client:
             chat = client.chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
-            streamed = list(client.chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
-                stream=True, stream_options={"include_usage": True}))
+                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            )
+            streamed = list(
+                client.chat.completions.create(
+                    model="tiny",
+                    messages=[{"role": "user", "content": "hi"}],
+                    max_tokens=5,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
             completion = client.completions.create(model="tiny", prompt="hello", max_tokens=3)
             embedding = client.embeddings.create(model="tiny", input=["a", "b"])
             models = list(client.models.list())
-        return {"chat": chat, "streamed": streamed, "completion": completion,
-                "embedding": embedding, "models": models}
+        return {
+            "chat": chat,
+            "streamed": streamed,
+            "completion": completion,
+            "embedding": embedding,
+            "models": models,
+        }
 
     with trio.fail_after(LIMIT):
         got = await trio.to_thread.run_sync(use_client)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import trio
@@ -50,13 +50,15 @@ async def version() -> Response:
     return json_response({"version": OLLAMA_COMPAT_VERSION})
 
 
-# ---- request pieces -------------------------------------------------------------------------------
+# ---- request pieces ------------------------------------------------------------------------------
 
 
 def _common_checks(body: dict[str, Any]) -> float | None:
     """Decode-time checks shared by generate and chat: top_logprobs and keep_alive."""
     top = body.get("top_logprobs")
-    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20):
+    if top is not None and (
+        not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20
+    ):
         raise BadRequest("top_logprobs must be between 0 and 20")
     return parse_keep_alive(body.get("keep_alive"))
 
@@ -83,7 +85,9 @@ async def _resolve(model_text: str, *, missing: str = "single"):  # type: ignore
 def _options(model: Any, body: dict[str, Any]) -> Any:
     raw = body.get("options")
     if raw is not None and not isinstance(raw, dict):
-        raise BadRequest("json: cannot unmarshal options into Go struct field of type map[string]any")
+        raise BadRequest(
+            "json: cannot unmarshal options into Go struct field of type map[string]any"
+        )
     settings = services().settings
     return resolve_options(model.params or {}, raw or {}, default_num_ctx=settings.default_num_ctx)
 
@@ -94,7 +98,9 @@ def _think_requested(body: dict[str, Any]) -> bool:
         return False
     if think is True or think in ("low", "medium", "high", "max"):
         return True
-    raise BadRequest(f"invalid think value: {think!r} (must be a boolean or low, medium, high, max)")
+    raise BadRequest(
+        f"invalid think value: {think!r} (must be a boolean or low, medium, high, max)"
+    )
 
 
 def _think_setting(body: dict[str, Any], caps: set[str]) -> bool | None:
@@ -107,7 +113,8 @@ def _think_setting(body: dict[str, Any], caps: set[str]) -> bool | None:
 
 
 async def _template_for(model: Any, lease: Any, override: str | None = None) -> PromptTemplate:
-    """The model's prompt template, parsed once per runner (a request's `template` is not cached)."""
+    """The model's prompt template, parsed once per runner (a request's `template` is not
+    cached)."""
     runner = lease.runner
     cached = runner.prompt_template
     # Models that share weights share a runner but not always a template.
@@ -146,7 +153,7 @@ def _final_metrics(chunk: Any, timing: Timing) -> dict[str, int]:
     )
 
 
-# ---- generate -------------------------------------------------------------------------------------
+# ---- generate ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -206,7 +213,9 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
     if _think_requested(body) and "thinking" not in caps:
         raise BadRequest(f'"{model_text}" does not support thinking')
     think = _think_setting(body, caps)
-    if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
+    if context is not None and not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in context
+    ):
         raise BadRequest("json: cannot unmarshal context into Go struct field of type []int")
     options = _options(model, body)
     grammar = grammar_for(body.get("format"))
@@ -236,7 +245,10 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
                 text = await lease.runner.backend.detokenize(list(context)) + text
         tokens = await _tokenize_prompt(lease, text, raw=raw)
         seq = sequence_request(
-            tokens, options, grammar=grammar, num_ctx=lease.runner.spec.num_ctx,
+            tokens,
+            options,
+            grammar=grammar,
+            num_ctx=lease.runner.spec.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
     except BaseException:
@@ -245,9 +257,9 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
     chunks = await primed(run_sequence(lease, seq))
     want_context = not raw
     return NativeAnswer(
-        model_text, stream, items=_generate_stream(
-            chunks, model_text, timing, tokens, want_context, reply
-        )
+        model_text,
+        stream,
+        items=_generate_stream(chunks, model_text, timing, tokens, want_context, reply),
     )
 
 
@@ -297,9 +309,7 @@ async def _generate_stream(
             if part:
                 yield _generate_obj(model, part.content, done=False, thinking=part.thinking)
         if chunk.done:
-            yield _generate_final(
-                chunk, model, timing, prompt_tokens, want_context, reply.finish()
-            )
+            yield _generate_final(chunk, model, timing, prompt_tokens, want_context, reply.finish())
 
 
 async def whole_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
@@ -331,7 +341,7 @@ async def _whole(items: AsyncIterator[dict[str, Any]], fields_of: Any) -> dict[s
     raise ApplianceError("generation ended without a final chunk")
 
 
-# ---- chat -----------------------------------------------------------------------------------------
+# ---- chat ----------------------------------------------------------------------------------------
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -339,7 +349,10 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise BadRequest("json: cannot unmarshal messages into Go struct field ChatRequest.messages of type []api.Message")
+        raise BadRequest(
+            "json: cannot unmarshal messages into Go struct field ChatRequest.messages"
+            " of type []api.Message"
+        )
     out = []
     for item in raw:
         if not isinstance(item, dict):
@@ -347,7 +360,9 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         role = item.get("role", "")
         content = item.get("content", "")
         if not isinstance(role, str) or (content is not None and not isinstance(content, str)):
-            raise BadRequest("json: cannot unmarshal message field into Go struct field of type string")
+            raise BadRequest(
+                "json: cannot unmarshal message field into Go struct field of type string"
+            )
         message = dict(item)
         message["role"] = role.lower()
         message["content"] = content or ""
@@ -415,7 +430,10 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
             tool_call_parser(tmpl, tools) if tools else None,
         )
         seq = sequence_request(
-            tokens, options, grammar=grammar, num_ctx=lease.runner.spec.num_ctx,
+            tokens,
+            options,
+            grammar=grammar,
+            num_ctx=lease.runner.spec.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
     except BaseException:
@@ -501,7 +519,7 @@ async def whole_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     return await _whole(items, lambda obj: obj["message"])
 
 
-# ---- embeddings -----------------------------------------------------------------------------------
+# ---- embeddings ----------------------------------------------------------------------------------
 
 
 @bp.route("/api/embed", methods=["POST"])
@@ -537,7 +555,9 @@ async def embed_answer(body: dict[str, Any], timing: Timing) -> dict[str, Any]:
                 inputs, truncate=truncate, normalize=True, dimensions=dimensions or None
             )
         except ApplianceError as exc:
-            raise ApplianceError(exc.message, status=exc.status if exc.status != 500 else 400) from None
+            raise ApplianceError(
+                exc.message, status=exc.status if exc.status != 500 else 400
+            ) from None
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
     finally:
@@ -575,7 +595,7 @@ async def embeddings() -> Response:
     return json_response({"embedding": vectors[0]})
 
 
-# ---- ps -------------------------------------------------------------------------------------------
+# ---- ps ------------------------------------------------------------------------------------------
 
 
 @bp.route("/api/ps", methods=["GET"])
@@ -606,5 +626,5 @@ async def ps() -> Response:
 
 
 def _expires_text(epoch_seconds: float) -> str:
-    base = datetime.fromtimestamp(0, tz=timezone.utc)
+    base = datetime.fromtimestamp(0, tz=UTC)
     return go_time((base + timedelta(seconds=epoch_seconds)).astimezone())

@@ -40,11 +40,19 @@ bp = Blueprint("openai", __name__)
 
 FINGERPRINT = "fp_ollama"
 IMAGE_TYPES = ("jpeg", "jpg", "png", "webp")
-EFFORTS = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
-           "max": "max", "xhigh": "max", "ultra": "max"}
+EFFORTS = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
 
 
-# ---- request pieces -------------------------------------------------------------------------------
+# ---- request pieces ------------------------------------------------------------------------------
 
 
 async def _read_body() -> dict[str, Any]:
@@ -125,8 +133,11 @@ def _completion_id(prefix: str) -> str:
 def _usage(final: dict[str, Any]) -> dict[str, int]:
     prompt = final.get("prompt_eval_count", 0)
     completion = final.get("eval_count", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _decode_image_url(url: str) -> str:
@@ -264,8 +275,8 @@ def _think(body: dict[str, Any]) -> Any:
         return None
     if not isinstance(effort, str) or effort not in EFFORTS:
         raise BadRequest(
-            f"invalid reasoning value: '{effort}' (must be \"none\", \"minimal\", \"low\", "
-            "\"medium\", \"high\", \"xhigh\", \"max\" or \"ultra\")"
+            f'invalid reasoning value: \'{effort}\' (must be "none", "minimal", "low", '
+            '"medium", "high", "xhigh", "max" or "ultra")'
         )
     return EFFORTS[effort]
 
@@ -358,7 +369,7 @@ def native_generate_request(body: dict[str, Any]) -> dict[str, Any]:
     return native
 
 
-# ---- /v1/chat/completions -------------------------------------------------------------------------
+# ---- /v1/chat/completions ------------------------------------------------------------------------
 
 
 @bp.route("/v1/chat/completions", methods=["POST"])
@@ -395,15 +406,17 @@ def _openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for i, call in enumerate(calls):
         function = call.get("function", {})
-        out.append({
-            "id": call.get("id") or f"call_{random.randrange(1 << 32):08x}",
-            "index": function.get("index", i),
-            "type": "function",
-            "function": {
-                "name": function.get("name", ""),
-                "arguments": json.dumps(function.get("arguments", {}), separators=(",", ":")),
-            },
-        })
+        out.append(
+            {
+                "id": call.get("id") or f"call_{random.randrange(1 << 32):08x}",
+                "index": function.get("index", i),
+                "type": "function",
+                "function": {
+                    "name": function.get("name", ""),
+                    "arguments": json.dumps(function.get("arguments", {}), separators=(",", ":")),
+                },
+            }
+        )
     return out
 
 
@@ -439,7 +452,10 @@ async def _chat_events(
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return {
-            "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
             "system_fingerprint": FINGERPRINT,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
         }
@@ -473,7 +489,7 @@ async def _chat_events(
         await items.aclose()  # type: ignore[attr-defined]
 
 
-# ---- /v1/completions ------------------------------------------------------------------------------
+# ---- /v1/completions -----------------------------------------------------------------------------
 
 
 @bp.route("/v1/completions", methods=["POST"])
@@ -486,15 +502,21 @@ async def completions() -> Response:
     if answer.stream:
         return sse_response(_completion_events(items, cid, answer.model, _include_usage(body)))
     final = await whole_generate(items)
-    return json_response({**_completion_chunk(final, cid, model=answer.model,
-                                              created=int(time.time())),
-                          "usage": _usage(final)})
+    return json_response(
+        {
+            **_completion_chunk(final, cid, model=answer.model, created=int(time.time())),
+            "usage": _usage(final),
+        }
+    )
 
 
 def _completion_chunk(obj: dict[str, Any], cid: str, *, model: str, created: int) -> dict[str, Any]:
     reason = (obj.get("done_reason") or None) if obj.get("done") else None
     return {
-        "id": cid, "object": "text_completion", "created": created, "model": model,
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
         "system_fingerprint": FINGERPRINT,
         "choices": [{"text": obj.get("response", ""), "index": 0, "finish_reason": reason}],
     }
@@ -523,7 +545,7 @@ async def _completion_events(
         await items.aclose()  # type: ignore[attr-defined]
 
 
-# ---- /v1/embeddings -------------------------------------------------------------------------------
+# ---- /v1/embeddings ------------------------------------------------------------------------------
 
 
 @bp.route("/v1/embeddings", methods=["POST"])
@@ -549,17 +571,21 @@ async def embeddings() -> Response:
     result = await embed_answer(native, Timing())
     count = result.get("prompt_eval_count", 0)
     data = [
-        {"object": "embedding",
-         "embedding": _base64_floats(vector) if as_base64 else vector,
-         "index": i}
+        {
+            "object": "embedding",
+            "embedding": _base64_floats(vector) if as_base64 else vector,
+            "index": i,
+        }
         for i, vector in enumerate(result["embeddings"])
     ]
-    return json_response({
-        "object": "list",
-        "data": data,
-        "model": result["model"],
-        "usage": {"prompt_tokens": count, "total_tokens": count},
-    })
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": result["model"],
+            "usage": {"prompt_tokens": count, "total_tokens": count},
+        }
+    )
 
 
 def _base64_floats(vector: list[float]) -> str:
@@ -567,7 +593,7 @@ def _base64_floats(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-# ---- /v1/models -----------------------------------------------------------------------------------
+# ---- /v1/models ----------------------------------------------------------------------------------
 
 
 def _model_entry(model: Any, model_id: str) -> dict[str, Any]:
