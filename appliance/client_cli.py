@@ -198,12 +198,18 @@ class Client:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or base_url()
         timeout = httpx.Timeout(30.0, read=None, write=None)
+        headers = {"User-Agent": f"{PROGRAM}/{__version__}"}
+        from appliance.config import client_api_key
+
+        api_key = client_api_key()
+        if api_key:  # the server may require one (LLM_APPLIANCE_API_KEYS)
+            headers["Authorization"] = f"Bearer {api_key}"
         # Go's client never proxies loopback; httpx would, so skip the environment there.
         self.http = httpx.Client(
             base_url=self.url,
             timeout=timeout,
             trust_env=not _is_local(self.url),
-            headers={"User-Agent": f"{PROGRAM}/{__version__}"},
+            headers=headers,
         )
 
     def __enter__(self) -> Client:

@@ -80,6 +80,9 @@ FILE_KEYS: dict[str, str] = {
     "num_threads": "LLM_APPLIANCE_NUM_THREADS",
     "ca_file": "LLM_APPLIANCE_CA_FILE",
     "import_reference": "LLM_APPLIANCE_IMPORT_REFERENCE",
+    "metrics": "LLM_APPLIANCE_METRICS",
+    "api_keys": "LLM_APPLIANCE_API_KEYS",
+    "api_key_file": "LLM_APPLIANCE_API_KEY_FILE",
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
@@ -138,6 +141,9 @@ class Settings:
     ca_file: str | None = None
     config_file: Path | None = None
     import_reference: bool = True  # import the reference model into an empty store at start
+    metrics: bool = True  # serve GET /metrics (Prometheus text format)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # non-empty: every route needs one
+    api_key_file: Path | None = None  # one key per line, re-read when it changes
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -146,9 +152,15 @@ class Settings:
         if "models_dir" not in overrides:
             overrides["models_dir"] = Path(tempfile.mkdtemp(prefix="llm-appliance-models-"))
         overrides.setdefault("port", 0)
-        if "origins" in overrides:
-            overrides["origins"] = tuple(overrides["origins"])
+        for name in ("origins", "api_keys"):
+            if name in overrides:
+                overrides[name] = tuple(overrides[name])
         return cls(**overrides)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need an API key: any key given, or a key file (even an empty one)."""
+        return bool(self.api_keys) or self.api_key_file is not None
 
     @property
     def host_url(self) -> str:
@@ -211,6 +223,9 @@ class Settings:
             "LLM_APPLIANCE_NUM_THREADS": auto(self.num_threads),
             "LLM_APPLIANCE_CA_FILE": self.ca_file or "",
             "LLM_APPLIANCE_CONFIG": str(self.config_file or ""),
+            "LLM_APPLIANCE_METRICS": str(self.metrics).lower(),
+            "LLM_APPLIANCE_API_KEYS": f"{len(self.api_keys)} keys" if self.api_keys else "",
+            "LLM_APPLIANCE_API_KEY_FILE": str(self.api_key_file or ""),
             "HTTPS_PROXY": mask_url_credentials(self.https_proxy or ""),
             "HTTP_PROXY": mask_url_credentials(self.http_proxy or ""),
             "NO_PROXY": self.no_proxy or "",
@@ -495,6 +510,9 @@ class _Loader:
             ca_file=self.ca_file(),
             config_file=self.path,
             import_reference=self.flag("LLM_APPLIANCE_IMPORT_REFERENCE", "import_reference", True),
+            metrics=bool(self.flag("LLM_APPLIANCE_METRICS", "metrics", True)),
+            api_keys=self.api_keys(),
+            api_key_file=self.api_key_file(),
             warnings=tuple(self.warnings),
         )
 
@@ -640,6 +658,47 @@ class _Loader:
             return str(path)
 
         return self.file_value("ca_file", convert)
+
+    def api_keys(self) -> tuple[str, ...]:
+        text = self.env.get("LLM_APPLIANCE_API_KEYS", "").strip()
+        if text:
+            return _key_list(text.split(","))
+        return self.file_value("api_keys", lambda v: _key_list(_file_str_list(v))) or ()
+
+    def api_key_file(self) -> Path | None:
+        text = env_var(self.env, "LLM_APPLIANCE_API_KEY_FILE")
+        if text:
+            path = Path(text)
+            if not path.is_file():
+                raise ConfigError(f"LLM_APPLIANCE_API_KEY_FILE: {text!r} is not a readable file")
+            return path
+
+        def convert(value: Any) -> Path:
+            path = Path(_require_str(value))
+            if not path.is_absolute() and self.path is not None:
+                path = self.path.parent / path
+            if not path.is_file():
+                raise ValueError(f"{str(path)!r} is not a readable file")
+            return path
+
+        return self.file_value("api_key_file", convert)
+
+
+def read_api_key_file(text: str) -> tuple[str, ...]:
+    """The keys of a key file: one a line, blank lines and `#` comment lines skipped."""
+    lines = (line.strip() for line in text.splitlines())
+    return _key_list(line for line in lines if line and not line.startswith("#"))
+
+
+def client_api_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """The key the CLI client sends (LLM_APPLIANCE_API_KEY), or None."""
+    env = os.environ if environ is None else environ
+    return env_var(env, "LLM_APPLIANCE_API_KEY") or None
+
+
+def _key_list(keys: Any) -> tuple[str, ...]:
+    """Keys stripped, empty entries dropped, order kept, duplicates removed."""
+    return tuple(dict.fromkeys(k.strip() for k in keys if k.strip()))
 
 
 def _expand_home(text: str, home: Path) -> Path:

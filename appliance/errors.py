@@ -27,6 +27,15 @@ class BadRequest(ApplianceError):
     status = 400
 
 
+class Unauthorized(ApplianceError):
+    """No valid API key (only when keys are configured); answered with `WWW-Authenticate`."""
+
+    status = 401
+
+    def __init__(self, message: str = "unauthorized") -> None:
+        super().__init__(message)
+
+
 class Forbidden(ApplianceError):
     status = 403
 

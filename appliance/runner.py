@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -29,6 +29,16 @@ MAX_INT64_SECONDS = (2**63 - 1) / 1e9  # Go's "forever" duration
 
 #: What a generation channel carries: engine chunks, or the error that ended the sequence.
 Item = Chunk | ApplianceError
+
+
+class RunnerObserver(Protocol):
+    """What a runner reports as it works (metrics); called on the trio thread, must not block."""
+
+    def model_loaded(self, runner: Runner, seconds: float) -> None: ...
+
+    def decode_step(self, runner: Runner) -> None: ...
+
+    def sequence_done(self, runner: Runner, chunk: Chunk) -> None: ...
 
 
 @dataclass(eq=False)
@@ -49,6 +59,7 @@ class Runner:
         keep_alive: float,
         on_ready: Callable[[Runner], None],
         on_exit: Callable[[Runner], None],
+        observer: RunnerObserver | None = None,
     ) -> None:
         self.spec = spec
         self.model = model
@@ -64,6 +75,7 @@ class Runner:
         self._loader = loader
         self._on_ready = on_ready
         self._on_exit = on_exit
+        self._observer = observer
         self._scope = trio.CancelScope()
         self._jobs: dict[int, _Job] = {}
         self._admits: list[tuple[int, SequenceRequest]] = []
@@ -78,6 +90,7 @@ class Runner:
         """Load, serve until unloaded, then free the model; never raises."""
         try:
             with self._scope:
+                started = time.monotonic()
                 try:
                     self.backend = await self._loader(self.spec)
                 except ApplianceError as exc:
@@ -89,6 +102,8 @@ class Runner:
                     return
                 self.state = "ready"
                 self.loaded_at = time.time()
+                if self._observer is not None:
+                    self._observer.model_loaded(self, time.monotonic() - started)
                 self._on_ready(self)  # hands out slots to the requests that waited for the load
                 self.set_idle_if_unused()
                 async with trio.open_nursery() as nursery:
@@ -202,10 +217,14 @@ class Runner:
                 self._releases.extend(slots)
                 continue
             self.steps += 1
+            if self._observer is not None:
+                self._observer.decode_step(self)
             for chunk in chunks:
                 self._deliver(chunk)
 
     def _deliver(self, chunk: Chunk | Rejected) -> None:
+        if self._observer is not None and isinstance(chunk, Chunk) and chunk.done:
+            self._observer.sequence_done(self, chunk)  # the work was done, read or not
         job = self._jobs.get(chunk.seq)
         if job is None:
             return

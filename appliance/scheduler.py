@@ -23,7 +23,7 @@ import trio
 
 from appliance.backend import Loader, LoadSpec
 from appliance.errors import ApplianceError, ServerBusy, ShuttingDown
-from appliance.runner import Runner
+from appliance.runner import Runner, RunnerObserver
 
 if TYPE_CHECKING:
     from appliance.store.store import LocalModel
@@ -70,8 +70,16 @@ SpecPlanner = Callable[["LocalModel", Any], Awaitable[LoadSpec]]
 
 
 class Scheduler:
-    def __init__(self, *, limits: Limits, loader: Loader, planner: SpecPlanner) -> None:
+    def __init__(
+        self,
+        *,
+        limits: Limits,
+        loader: Loader,
+        planner: SpecPlanner,
+        observer: RunnerObserver | None = None,
+    ) -> None:
         self.limits = limits
+        self.observer = observer  # handed to every runner (metrics)
         self._loader = loader
         self._planner = planner
         self._pending: deque[_Waiter] = deque()
@@ -238,6 +246,7 @@ class Scheduler:
             keep_alive=keep_alive,
             on_ready=self._on_ready,
             on_exit=self._on_exit,
+            observer=self.observer,
         )
         log.info(
             "loading %s (%d slots x %d ctx, ~%d MiB)",

@@ -26,6 +26,7 @@ from appliance.api.context import Services
 from appliance.catalog import Catalog, SlotPolicy
 from appliance.config import Settings, load_settings
 from appliance.llama_backend import make_loader
+from appliance.metrics import Metrics
 from appliance.scheduler import Limits, Scheduler
 from appliance.store.download import Downloads
 from appliance.store.store import Store
@@ -66,14 +67,18 @@ class Appliance:
         await trio.to_thread.run_sync(_prepare_store, store, settings)
         limits, policy = resolve_limits(settings)
         catalog = Catalog(policy)
+        metrics = Metrics() if settings.metrics else None
         scheduler = Scheduler(
             limits=limits,
             loader=self.loader or make_loader(settings.num_threads),
             planner=catalog.plan,
+            observer=metrics,
         )
-        self.services = Services(
-            settings, store, scheduler, {"catalog": catalog, "downloads": Downloads()}
-        )
+        extras: dict[str, Any] = {"catalog": catalog, "downloads": Downloads()}
+        if metrics is not None:
+            metrics.track(scheduler)
+            extras["metrics"] = metrics
+        self.services = Services(settings, store, scheduler, extras)
         app = self.app = create_app(self.services)
         config = hypercorn_config(settings, self.grace, self.http_keep_alive)
         http_done = trio.Event()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 
 from appliance.api.asgi import ApplianceQuart
+from appliance.api.auth import wrap_auth
 from appliance.api.context import Services
 from appliance.api.errors import install_error_handlers
+from appliance.api.metrics_route import wrap_http_metrics
 from appliance.api.security import wrap_security
 
 # Each module exposes `bp`, a quart Blueprint. Listed here so the layout reads as the API.
@@ -15,6 +17,7 @@ ROUTE_MODULES = (
     "appliance.api.models",  # tags, show, copy, delete, create, blobs
     "appliance.api.transfer",  # pull, push
     "appliance.api.openai",  # /v1/*
+    "appliance.api.metrics_route",  # /metrics
 )
 
 
@@ -28,5 +31,11 @@ def create_app(services: Services) -> ApplianceQuart:
     for name in ROUTE_MODULES:
         app.register_blueprint(importlib.import_module(name).bp)
     install_error_handlers(app)
-    app.asgi_app = wrap_security(app.asgi_app, services.settings)  # type: ignore[method-assign]
+    # Outermost first: count every answer, then CORS and allowed hosts, then API keys.
+    asgi = wrap_auth(app.asgi_app, services.settings)
+    asgi = wrap_security(asgi, services.settings)
+    metrics = services.extras.get("metrics")
+    if metrics is not None:
+        asgi = wrap_http_metrics(asgi, metrics, app.url_map)
+    app.asgi_app = asgi  # type: ignore[method-assign]
     return app

@@ -13,7 +13,7 @@ from typing import Any
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from appliance.errors import ApplianceError, ServerBusy
+from appliance.errors import ApplianceError, ServerBusy, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +28,32 @@ def error_status_and_message(exc: BaseException) -> tuple[int, str]:
 
 
 def openai_error_body(status: int, message: str) -> dict[str, Any]:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+    kind = kinds.get(status, "api_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-def error_response(exc: BaseException, *, openai: bool = False) -> Response:
+def error_parts(exc: BaseException, *, openai: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the answer to `exc`; also used by ASGI middleware."""
     status, message = error_status_and_message(exc)
     if openai:
         body = json.dumps(openai_error_body(status, message))
-        response = Response(body, status=status, content_type="application/json")
+        headers = {"Content-Type": "application/json"}
     else:
         body = json.dumps({"error": message})
-        response = Response(body, status=status, content_type=JSON_UTF8)
+        headers = {"Content-Type": JSON_UTF8}
     if isinstance(exc, ServerBusy):
-        response.headers["Retry-After"] = str(exc.retry_after)
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return status, headers, body.encode()
+
+
+def error_response(exc: BaseException, *, openai: bool = False) -> Response:
+    status, headers, body = error_parts(exc, openai=openai)
+    content_type = headers.pop("Content-Type")
+    response = Response(body, status=status, content_type=content_type)
+    response.headers.update(headers)
     return response
 
 
