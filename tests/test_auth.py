@@ -229,3 +229,30 @@ def test_a_missing_key_file_stops_start_up(tmp_path: Path):
     env = {"HOME": str(tmp_path), "LLM_APPLIANCE_API_KEY_FILE": str(tmp_path / "missing")}
     with pytest.raises(ConfigError, match="LLM_APPLIANCE_API_KEY_FILE"):
         load_settings(env, default_config_path=tmp_path / "none.toml")
+
+
+# --- the key ring on real files --------------------------------------------------------------------
+
+
+async def test_a_vanished_key_file_keeps_the_last_good_keys(tmp_path: Path):
+    from appliance.api.auth import KeyRing
+
+    key_file = tmp_path / "keys"
+    write_keys(key_file, "kept")
+    ring = KeyRing((), key_file, recheck=0)
+    await ring.refresh()
+    assert ring.accepts(b"kept")
+    key_file.unlink()
+    await ring.refresh()
+    assert ring.accepts(b"kept") and not ring.accepts(b"other")
+
+
+async def test_an_empty_key_file_lets_nobody_in(tmp_path: Path, tiny_gguf: Path):
+    key_file = tmp_path / "keys"
+    write_keys(key_file, "# no keys yet")
+    with trio.fail_after(LIMIT):
+        async with appliance(tmp_path, tiny_gguf, api_key_file=key_file) as running:
+            async with running.client() as client:
+                r = await client.get("/api/tags", headers={"X-Api-Key": "# no keys yet"})
+                health = await client.get("/")
+    assert (r.status_code, health.status_code) == (401, 200)
