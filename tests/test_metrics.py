@@ -45,6 +45,7 @@ async def test_token_counters_move_after_a_generate(server):
             answer = r.json()
             after = await scrape(client)
     model = {"model": "tiny:latest"}
+    assert answer["prompt_eval_count"] > 0 and answer["eval_count"] > 0
     assert value(before, "llamacpp:prompt_tokens_total", **model) == 0
     assert value(after, "llamacpp:prompt_tokens_total", **model) == answer["prompt_eval_count"]
     assert value(after, "llamacpp:tokens_predicted_total", **model) == answer["eval_count"]
