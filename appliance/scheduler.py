@@ -1,8 +1,8 @@
 """Admission, the bounded queue, loads, eviction and the memory budget.
 
 Every request for a model, loaded or not, waits in one bounded FIFO (`OLLAMA_MAX_QUEUE`): Ollama
-lets requests for a loaded model bypass its bound (ollama#7758); here the bound holds on every path. A
-waiter leaves the queue the moment its client goes away and is never run (llama.cpp#13262).
+lets requests for a loaded model bypass its bound (ollama#7758); here the bound holds on every
+path. A waiter leaves the queue the moment its client goes away and is never run (llama.cpp#13262).
 
 Requests for one model are served strictly in arrival order; a waiter for one model does not block
 another model's free slots. Only one model loads at a time, in arrival order. All state changes
