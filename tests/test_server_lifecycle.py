@@ -100,7 +100,7 @@ async def test_a_burst_past_the_queue_bound_gets_503s_and_every_accepted_request
     async def one(client: httpx.AsyncClient) -> None:
         r = await client.post(
             "/api/generate",
-            json={"model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 20}},
+            json={"model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 60}},
         )
         outcomes.append((r.status_code, r.json() if r.status_code != 200 else r.json()["done"]))
         if r.status_code == 503:
