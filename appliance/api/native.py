@@ -7,7 +7,7 @@ the one Ollama would answer with.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -168,16 +168,23 @@ class NativeAnswer:
     items: AsyncIterator[dict[str, Any]] | None = None
 
 
-@bp.route("/api/generate", methods=["POST"])
-async def generate() -> Response:
-    timing = Timing()
-    answer = await prepare_generate(await read_json_object(), timing)
+async def _respond(
+    answer: NativeAnswer,
+    whole: Callable[[AsyncIterator[dict[str, Any]]], Awaitable[dict[str, Any]]],
+) -> Response:
+    """A preload/unload object, an NDJSON stream, or the stream folded into one object."""
     if answer.single is not None:
         return json_response(answer.single)
     assert answer.items is not None
     if answer.stream:
         return ndjson_response(answer.items)
-    return json_response(await whole_generate(answer.items))
+    return json_response(await whole(answer.items))
+
+
+@bp.route("/api/generate", methods=["POST"])
+async def generate() -> Response:
+    answer = await prepare_generate(await read_json_object(), Timing())
+    return await _respond(answer, whole_generate)
 
 
 async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer:
@@ -372,14 +379,8 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 @bp.route("/api/chat", methods=["POST"])
 async def chat() -> Response:
-    timing = Timing()
-    answer = await prepare_chat(await read_json_object(), timing)
-    if answer.single is not None:
-        return json_response(answer.single)
-    assert answer.items is not None
-    if answer.stream:
-        return ndjson_response(answer.items)
-    return json_response(await whole_chat(answer.items))
+    answer = await prepare_chat(await read_json_object(), Timing())
+    return await _respond(answer, whole_chat)
 
 
 async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:

@@ -294,10 +294,8 @@ def _format(response_format: Any) -> Any:
     return None
 
 
-def native_chat_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The /api/chat body for an OpenAI chat completion request (Ollama's `FromChatRequest`)."""
-    where = "ChatCompletionRequest"
-    messages = _chat_messages(body.get("messages"))
+def _shared_options(body: dict[str, Any], where: str) -> dict[str, Any]:
+    """Options both request kinds map alike: stop, max_tokens, temperature (default 1.0), seed."""
     options: dict[str, Any] = {}
     stop = _stop(body.get("stop"))
     if stop is not None:
@@ -310,6 +308,14 @@ def native_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     seed = _int(body, "seed", where)
     if seed is not None:
         options["seed"] = seed
+    return options
+
+
+def native_chat_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The /api/chat body for an OpenAI chat completion request (Ollama's `FromChatRequest`)."""
+    where = "ChatCompletionRequest"
+    messages = _chat_messages(body.get("messages"))
+    options = _shared_options(body, where)
     for name in ("frequency_penalty", "presence_penalty"):
         value = _number(body, name, where)
         if value is not None:
@@ -340,18 +346,7 @@ def native_generate_request(body: dict[str, Any]) -> dict[str, Any]:
     """The /api/generate body for an OpenAI completion request (Ollama's `FromCompleteRequest`)."""
     where = "CompletionRequest"
     prompt = _field(body, "prompt", (str,), "string", where) or ""
-    options: dict[str, Any] = {}
-    stop = _stop(body.get("stop"))
-    if stop is not None:
-        options["stop"] = stop
-    max_tokens = _int(body, "max_tokens", where)
-    if max_tokens is not None:
-        options["num_predict"] = max_tokens
-    temperature = _number(body, "temperature", where)
-    options["temperature"] = 1.0 if temperature is None else temperature
-    seed = _int(body, "seed", where)
-    if seed is not None:
-        options["seed"] = seed
+    options = _shared_options(body, where)
     options["frequency_penalty"] = _number(body, "frequency_penalty", where) or 0.0
     options["presence_penalty"] = _number(body, "presence_penalty", where) or 0.0
     options["top_p"] = _number(body, "top_p", where) or 1.0
