@@ -202,7 +202,7 @@ class Client:
         from appliance.config import client_api_key
 
         api_key = client_api_key()
-        if api_key:  # the server may require one (LLM_APPLIANCE_API_KEYS)
+        if api_key:  # the admin key, else the API key (LLM_APPLIANCE_ADMIN_KEYS / _API_KEYS)
             headers["Authorization"] = f"Bearer {api_key}"
         # Go's client never proxies loopback; httpx would, so skip the environment there.
         self.http = httpx.Client(

@@ -83,6 +83,9 @@ FILE_KEYS: dict[str, str] = {
     "metrics": "LLM_APPLIANCE_METRICS",
     "api_keys": "LLM_APPLIANCE_API_KEYS",
     "api_key_file": "LLM_APPLIANCE_API_KEY_FILE",
+    "admin_keys": "LLM_APPLIANCE_ADMIN_KEYS",
+    "admin_key_file": "LLM_APPLIANCE_ADMIN_KEY_FILE",
+    "metrics_keys": "LLM_APPLIANCE_METRICS_KEYS",
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
@@ -145,6 +148,11 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # non-empty: every route needs one
     api_key_file: Path | None = None  # one key per line, re-read when it changes
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # Key scopes (appliance.api.auth): admin keys guard the routes that change the store; metrics
+    # keys guard /metrics alone. Either set without inference keys leaves inference open.
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
+    admin_key_file: Path | None = None
+    metrics_keys: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -152,7 +160,7 @@ class Settings:
         if "models_dir" not in overrides:
             overrides["models_dir"] = Path(tempfile.mkdtemp(prefix="llm-appliance-models-"))
         overrides.setdefault("port", 0)
-        for name in ("origins", "api_keys"):
+        for name in ("origins", "api_keys", "admin_keys", "metrics_keys"):
             if name in overrides:
                 overrides[name] = tuple(overrides[name])
         return cls(**overrides)
@@ -161,6 +169,21 @@ class Settings:
     def auth_enabled(self) -> bool:
         """Whether requests need an API key: any key given, or a key file (even an empty one)."""
         return bool(self.api_keys) or self.api_key_file is not None
+
+    @property
+    def admin_auth_enabled(self) -> bool:
+        """Whether store changes need an admin key: any admin key, or an admin key file."""
+        return bool(self.admin_keys) or self.admin_key_file is not None
+
+    @property
+    def any_auth_enabled(self) -> bool:
+        """Whether any route needs a key (inference, admin or metrics)."""
+        return self.auth_enabled or self.admin_auth_enabled or bool(self.metrics_keys)
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the bind address is reachable from this machine only."""
+        return is_loopback_host(self.host)
 
     @property
     def host_url(self) -> str:
@@ -226,6 +249,11 @@ class Settings:
             "LLM_APPLIANCE_METRICS": str(self.metrics).lower(),
             "LLM_APPLIANCE_API_KEYS": f"{len(self.api_keys)} keys" if self.api_keys else "",
             "LLM_APPLIANCE_API_KEY_FILE": str(self.api_key_file or ""),
+            "LLM_APPLIANCE_ADMIN_KEYS": f"{len(self.admin_keys)} keys" if self.admin_keys else "",
+            "LLM_APPLIANCE_ADMIN_KEY_FILE": str(self.admin_key_file or ""),
+            "LLM_APPLIANCE_METRICS_KEYS": (
+                f"{len(self.metrics_keys)} keys" if self.metrics_keys else ""
+            ),
             "HTTPS_PROXY": mask_url_credentials(self.https_proxy or ""),
             "HTTP_PROXY": mask_url_credentials(self.http_proxy or ""),
             "NO_PROXY": self.no_proxy or "",
@@ -327,6 +355,22 @@ def parse_host(value: str) -> tuple[HostSpec, str | None]:
         warning = f"invalid port {port!r} in OLLAMA_HOST, using default {default_port}"
         port = default_port
     return HostSpec(scheme=scheme, host=host, port=int(port), path=path), warning
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind host is loopback only: `localhost`, 127.0.0.0/8, ::1 (also IPv4-mapped).
+
+    "" and 0.0.0.0 / :: mean every interface; any other name may resolve to a public address.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def connectable_host(host: str) -> str:
@@ -514,6 +558,9 @@ class _Loader:
             api_keys=self.api_keys(),
             api_key_file=self.api_key_file(),
             warnings=tuple(self.warnings),
+            admin_keys=self.keys("LLM_APPLIANCE_ADMIN_KEYS", "admin_keys"),
+            admin_key_file=self.key_file("LLM_APPLIANCE_ADMIN_KEY_FILE", "admin_key_file"),
+            metrics_keys=self.keys("LLM_APPLIANCE_METRICS_KEYS", "metrics_keys"),
         )
 
     # Each method below handles one setting.
@@ -660,17 +707,25 @@ class _Loader:
         return self.file_value("ca_file", convert)
 
     def api_keys(self) -> tuple[str, ...]:
-        text = self.env.get("LLM_APPLIANCE_API_KEYS", "").strip()
-        if text:
-            return _key_list(text.split(","))
-        return self.file_value("api_keys", lambda v: _key_list(_file_str_list(v))) or ()
+        return self.keys("LLM_APPLIANCE_API_KEYS", "api_keys")
 
     def api_key_file(self) -> Path | None:
-        text = env_var(self.env, "LLM_APPLIANCE_API_KEY_FILE")
+        return self.key_file("LLM_APPLIANCE_API_KEY_FILE", "api_key_file")
+
+    def keys(self, var: str, key: str) -> tuple[str, ...]:
+        """A comma-separated key list from `var`, else a list of strings under `key`."""
+        text = self.env.get(var, "").strip()
+        if text:
+            return _key_list(text.split(","))
+        return self.file_value(key, lambda v: _key_list(_file_str_list(v))) or ()
+
+    def key_file(self, var: str, key: str) -> Path | None:
+        """A key file that must exist at start (it may be emptied or rotated later)."""
+        text = env_var(self.env, var)
         if text:
             path = Path(text)
             if not path.is_file():
-                raise ConfigError(f"LLM_APPLIANCE_API_KEY_FILE: {text!r} is not a readable file")
+                raise ConfigError(f"{var}: {text!r} is not a readable file")
             return path
 
         def convert(value: Any) -> Path:
@@ -681,7 +736,7 @@ class _Loader:
                 raise ValueError(f"{str(path)!r} is not a readable file")
             return path
 
-        return self.file_value("api_key_file", convert)
+        return self.file_value(key, convert)
 
 
 def read_api_key_file(text: str) -> tuple[str, ...]:
@@ -691,9 +746,10 @@ def read_api_key_file(text: str) -> tuple[str, ...]:
 
 
 def client_api_key(environ: Mapping[str, str] | None = None) -> str | None:
-    """The key the CLI client sends (LLM_APPLIANCE_API_KEY), or None."""
+    """The key the CLI client sends: LLM_APPLIANCE_ADMIN_KEY when set (an admin key works on
+    every route, and pull/create/rm need one once admin keys exist), else LLM_APPLIANCE_API_KEY."""
     env = os.environ if environ is None else environ
-    return env_var(env, "LLM_APPLIANCE_API_KEY") or None
+    return env_var(env, "LLM_APPLIANCE_ADMIN_KEY") or env_var(env, "LLM_APPLIANCE_API_KEY") or None
 
 
 def _key_list(keys: Any) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from appliance import __version__, notify
 from appliance.api.app import create_app
+from appliance.api.auth import exposure_warning
 from appliance.api.context import Services
 from appliance.catalog import Catalog, SlotPolicy
 from appliance.config import Settings, load_settings
@@ -95,6 +96,8 @@ class Appliance:
 
         binds = await nursery.start(run_http)
         log.info("llm-appliance %s listening on %s", __version__, ", ".join(binds))
+        if exposed := exposure_warning(settings):
+            log.warning("%s", exposed)
         notify.ready()
         task_status.started(binds)
 

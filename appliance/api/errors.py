@@ -28,7 +28,12 @@ def error_status_and_message(exc: BaseException) -> tuple[int, str]:
 
 
 def openai_error_body(status: int, message: str) -> dict[str, Any]:
-    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+    }
     kind = kinds.get(status, "api_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
