@@ -338,6 +338,34 @@ def check_proxy(environ: Mapping[str, str]) -> Check:
     return Check("proxy", Status.OK, summary, detail)
 
 
+# -- exposure ------------------------------------------------------------------------------------
+
+
+def check_exposure(settings: Any) -> Check:
+    """Fail a bind reachable from the network without API keys (the usual exposed-Ollama story)."""
+    if settings is None:
+        return Check("exposure", Status.INFO, "settings not available in this build")
+    from appliance.api.auth import exposure_warning
+
+    detail = {
+        "host": settings.host,
+        "loopback_only": settings.loopback_only,
+        "api_keys": settings.auth_enabled,
+        "admin_keys": settings.admin_auth_enabled,
+        "metrics_keys": bool(settings.metrics_keys),
+    }
+    warning = exposure_warning(settings)
+    if warning is None:
+        if settings.loopback_only:
+            summary = f"bound to {settings.host}: reachable from this machine only"
+        else:
+            summary = f"bound to {settings.host or '0.0.0.0'}: every route needs a key"
+        return Check("exposure", Status.OK, summary, detail)
+    status = Status.WARN if settings.admin_auth_enabled else Status.FAIL
+    summary, _, hint = warning.partition(": ")
+    return Check("exposure", status, summary, detail, hint)
+
+
 # -- the port and the server ---------------------------------------------------------------------
 
 
@@ -473,6 +501,7 @@ async def run_checks(
         check_glibc(facts),
         check_models_dir(target.models_dir),
         check_proxy(environ),
+        check_exposure(target.settings),
         await check_server(target.host, target.port, timeout=server_timeout),
         check_platform(target.settings),
     ]

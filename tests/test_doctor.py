@@ -200,7 +200,9 @@ async def test_full_report_renders_as_text_and_json(tmp_path: Path):
             facts, {"HTTPS_PROXY": "http://u:pw@p:1"}, doctor.Target("127.0.0.1", port, tmp_path)
         )
     names = [check.name for check in checks]
-    assert names == ["wsl", "cpu", "memory", "glibc", "models", "proxy", "server", "platform"]
+    assert names == [
+        "wsl", "cpu", "memory", "glibc", "models", "proxy", "exposure", "server", "platform"
+    ]  # fmt: skip
     text = doctor.render_text(checks)
     assert "Large Send Offload" in text and "pw@" not in text
     data = json.loads(json.dumps([check.as_json() for check in checks]))
@@ -258,3 +260,64 @@ def test_save_wsl_script_copies_the_shipped_script(tmp_path: Path):
     target = doctor.save_wsl_script(tmp_path / "public")
     repo_script = Path(__file__).resolve().parents[1] / "wsl" / "Tune-WslNetwork.ps1"
     assert target.read_bytes() == repo_script.read_bytes()
+
+
+# -- exposure: a bind reachable from the network without API keys --------------------------------
+
+
+def test_all_interfaces_without_keys_fails_and_says_how_to_set_one():
+    from appliance.config import Settings
+
+    check = doctor.check_exposure(Settings(host="0.0.0.0"))
+    assert check.status is Status.FAIL
+    assert check.summary == "bound to 0.0.0.0 (every network interface) without an API key"
+    assert "LLM_APPLIANCE_API_KEYS=" in check.hint and "LLM_APPLIANCE_ADMIN_KEYS=" in check.hint
+    assert "/api/pull" in check.hint and "OLLAMA_HOST=127.0.0.1" in check.hint
+    assert doctor.exit_code([check]) == 1
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost", "::ffff:127.0.0.1"])
+def test_loopback_binds_pass_without_keys(host: str):
+    from appliance.config import Settings
+
+    assert doctor.check_exposure(Settings(host=host)).status is Status.OK
+
+
+@pytest.mark.parametrize("host", ["", "::", "192.168.1.20", "box.lan"])
+def test_other_binds_without_keys_fail(host: str):
+    from appliance.config import Settings
+
+    assert doctor.check_exposure(Settings(host=host)).status is Status.FAIL
+
+
+def test_an_exposed_bind_with_api_keys_passes():
+    from appliance.config import Settings
+
+    check = doctor.check_exposure(Settings(host="0.0.0.0", api_keys=("k",)))
+    assert check.status is Status.OK and check.summary.endswith("every route needs a key")
+
+
+def test_admin_keys_alone_warn_that_inference_is_open():
+    from appliance.config import Settings
+
+    check = doctor.check_exposure(Settings(host="0.0.0.0", admin_keys=("a",)))
+    assert check.status is Status.WARN
+    assert "store changes need an admin key" in check.hint
+
+
+def test_doctor_command_fails_on_an_all_interfaces_bind_without_keys(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from serverproc import free_port
+
+    monkeypatch.setenv("OLLAMA_HOST", f"0.0.0.0:{free_port()}")
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "models"))
+    for name in ("LLM_APPLIANCE_API_KEYS", "LLM_APPLIANCE_API_KEY_FILE", "LLM_APPLIANCE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    parser = argparse.ArgumentParser()
+    doctor.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["doctor"])
+    code = args.func(args)
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "[fail] exposure  bound to 0.0.0.0 (every network interface) without an API key" in out
