@@ -1,6 +1,6 @@
 """packaging/nginx.conf in a real nginx on loopback: streams relayed line by line, Host rewritten.
 
-Conventions: nginx (Debian's nginx-light; `make test` installs it when missing) runs in the
+Conventions: nginx (Debian's nginx-light, started by tests/nginxproc.py) runs in the
 foreground with `master_process off`, its prefix, temp paths, pid and logs in tmp_path, on a free
 127.0.0.1 port, with the shipped file included after replacing only its listen and upstream ports.
 Line by line is proven by order, not by time: the upstream sends the next chunk only after the
@@ -13,8 +13,6 @@ Skipped, with the reason, when nginx is not installed.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from nginxproc import NGINX, NGINX_MISSING, nginx_check, running_nginx, write_nginx_conf
 from serverproc import (
     clean_env,
     free_port,
@@ -35,11 +34,7 @@ from serverproc import (
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = REPO / "packaging/nginx.conf"
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-
-pytestmark = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed (apt-get install nginx-light; make test does it)"
-)
+pytestmark = pytest.mark.skipif(NGINX is None, reason=NGINX_MISSING)
 
 
 def render_site(upstream_port: int, listen_port: int) -> str:
@@ -49,64 +44,16 @@ def render_site(upstream_port: int, listen_port: int) -> str:
     return text.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
 
 
-def write_nginx_conf(tmp: Path, upstream_port: int, listen_port: int) -> Path:
-    (tmp / "site.conf").write_text(render_site(upstream_port, listen_port))
-    temp = tmp / "temp"
-    temp.mkdir()
-    conf = tmp / "nginx.conf"
-    conf.write_text(f"""
-daemon off;
-master_process off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    include {tmp}/site.conf;
-}}
-""")
-    return conf
+def write_site_conf(tmp: Path, upstream_port: int, listen_port: int) -> Path:
+    return write_nginx_conf(tmp, render_site(upstream_port, listen_port))
 
 
 @asynccontextmanager
-async def running_nginx(tmp: Path, upstream_port: int) -> AsyncIterator[str]:
+async def running_site(tmp: Path, upstream_port: int) -> AsyncIterator[str]:
     """nginx with the shipped site in front of `upstream_port`; yields its base URL."""
     listen_port = free_port()
-    conf = write_nginx_conf(tmp, upstream_port, listen_port)
-    check = subprocess.run(
-        [NGINX, "-t", "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert check.returncode == 0, check.stderr
-    async with trio.open_nursery() as nursery:
-        process = await nursery.start(
-            partial(
-                trio.run_process,
-                [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
-                check=False,
-            )
-        )
-        while True:  # until it listens
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", listen_port)
-            except OSError:
-                if process.returncode is not None:
-                    raise AssertionError((tmp / "error.log").read_text()) from None
-                await trio.sleep(0.02)
-                continue
-            await stream.aclose()
-            break
-        try:
-            yield f"http://127.0.0.1:{listen_port}"
-        finally:
-            nursery.cancel_scope.cancel()
+    async with running_nginx(tmp, render_site(upstream_port, listen_port), listen_port) as base:
+        yield base
 
 
 class LockstepUpstream:
@@ -144,13 +91,8 @@ class LockstepUpstream:
 
 
 async def test_nginx_config_passes_syntax_check(tmp_path: Path):
-    conf = write_nginx_conf(tmp_path, 11434, free_port())
-    result = subprocess.run(
-        [NGINX, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    conf = write_site_conf(tmp_path, 11434, free_port())
+    result = nginx_check(tmp_path, conf)
     assert result.returncode == 0, result.stderr
 
 
@@ -166,7 +108,7 @@ async def test_stream_passes_through_chunk_by_chunk_with_host_rewritten(tmp_path
                 partial(trio.serve_tcp, upstream.handle, 0, host="127.0.0.1")
             )
             upstream_port = listeners[0].socket.getsockname()[1]
-            async with running_nginx(tmp_path, upstream_port) as base:
+            async with running_site(tmp_path, upstream_port) as base:
                 got = []
                 async with httpx.AsyncClient(trust_env=False, timeout=None) as client:
                     async with client.stream(
@@ -216,7 +158,7 @@ async def test_generate_streams_through_nginx_from_the_real_server(tmp_path: Pat
             await wait_until_answers(server)
             nginx_dir = tmp_path / "nginx"
             nginx_dir.mkdir()
-            async with running_nginx(nginx_dir, port) as base:
+            async with running_site(nginx_dir, port) as base:
                 async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
                     body = {
                         "model": "tiny",
