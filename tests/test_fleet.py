@@ -46,9 +46,6 @@ LIMIT = 60
 QUEUE = 2  # per box: one running + QUEUE waiting
 BURST = 2 * (1 + QUEUE)  # what two boxes hold, twice what one holds
 BUSY_TEXT = "server busy, please try again.  maximum pending requests exceeded"
-BUSY_METRIC = re.compile(
-    r'ollama_http_requests_total\{method="POST",route="/api/generate",status="503"\} (\S+)'
-)
 GENERATE = {"model": "tiny", "prompt": "x", "options": {"num_predict": 3}}
 _UPSTREAM = re.compile(r"^(\s*server )10\.0\.0\.1[12]:11434( .*;)$", re.M)
 
@@ -96,11 +93,13 @@ async def box(tmp: Path, tiny_gguf: Path, gate: trio.Event) -> AsyncIterator[Run
 
 
 @asynccontextmanager
-async def fleet(tmp: Path, ports: list[int]) -> AsyncIterator[str]:
+async def fleet(tmp: Path, ports: list[int], *, balance: str = "least_conn;") -> AsyncIterator[str]:
+    """nginx with the shipped fleet file in front of `ports`; `balance` replaces `least_conn;`."""
     nginx_dir = tmp / "nginx"
     nginx_dir.mkdir()
     listen_port = free_port()
-    async with running_nginx(nginx_dir, render_fleet(ports, listen_port), listen_port) as url:
+    site = render_fleet(ports, listen_port).replace("least_conn;", balance)
+    async with running_nginx(nginx_dir, site, listen_port) as url:
         yield url
 
 
@@ -138,9 +137,10 @@ async def burst(url: str, admitted: Any) -> list[Outcome]:
     return outcomes
 
 
-def answered_503(metrics: httpx.Response) -> float:
-    """How many generate requests a box answered with 503, from its /metrics."""
-    match = BUSY_METRIC.search(metrics.text)
+def answered(metrics: httpx.Response, status: int) -> float:
+    """How many generate requests a box answered with `status`, from its /metrics."""
+    line = f'ollama_http_requests_total{{method="POST",route="/api/generate",status="{status}"}} '
+    match = re.search(re.escape(line) + r"(\S+)", metrics.text)
     return float(match.group(1)) if match else 0.0
 
 
@@ -206,7 +206,7 @@ async def test_a_503_from_a_full_box_is_retried_on_the_other(tmp_path, tiny_gguf
                 while shed == 0 and len(statuses) < 20:  # until nginx has tried the full box
                     r = await client.post(url + "/api/generate", json=GENERATE | {"stream": False})
                     statuses.append((r.status_code, r.json().get("done")))
-                    shed = answered_503(await direct.get("/metrics"))
+                    shed = answered(await direct.get("/metrics"), 503)
             closed.set()
             nursery.cancel_scope.cancel()
     assert shed >= 1  # the full box answered nginx with 503s ...
@@ -275,6 +275,35 @@ async def test_a_stopped_box_is_routed_around(tmp_path: Path):
                 after.append((r.status_code, r.json().get("done")))
     assert before == [200, 200]
     assert after == [(200, True)] * 6
+
+
+async def test_hashing_on_a_model_header_keeps_a_model_on_one_box(tmp_path, tiny_gguf):
+    """The README's affinity recipe: `hash $http_x_model consistent;` instead of least_conn."""
+    gate = trio.Event()
+    gate.set()
+    with trio.fail_after(LIMIT):
+        async with AsyncExitStack() as stack:
+            boxes = [
+                await stack.enter_async_context(box(tmp_path / name, tiny_gguf, gate))
+                for name in ("a", "b")
+            ]
+            url = await stack.enter_async_context(
+                fleet(
+                    tmp_path, [port_of(b) for b in boxes], balance="hash $http_x_model consistent;"
+                )
+            )
+            async with httpx.AsyncClient(trust_env=False, timeout=LIMIT) as client:
+                for _ in range(6):
+                    r = await client.post(
+                        url + "/api/generate",
+                        json=GENERATE | {"stream": False},
+                        headers={"X-Model": "tiny"},
+                    )
+                    assert r.status_code == 200
+                served = []
+                for b in boxes:
+                    served.append(answered(await client.get(b.url + "/metrics"), 200) - 1)
+    assert sorted(served) == [0, 6]  # (the 1 is each box's warm-up load)
 
 
 def test_fleet_file_passes_nginx_syntax_check(tmp_path: Path):
