@@ -322,7 +322,35 @@ def test_fleet_file_balances_by_load_retries_503s_and_streams_unbuffered():
         "proxy_read_timeout 1h;",
         "proxy_http_version 1.1;",
         "keepalive 32;",
+        "error_page 502 504 = @no_box;",
     ):
         assert directive in text, directive
     assert "proxy_request_buffering off" not in text  # a retry needs the buffered body
     assert "never started" in text and "appliance/scheduler.py" in text
+
+
+async def test_when_every_box_is_full_clients_get_503_with_retry_after(tmp_path, tiny_gguf):
+    gate = trio.Event()
+    with trio.fail_after(LIMIT):
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(box(tmp_path / "a", tiny_gguf, gate))
+            b = await stack.enter_async_context(box(tmp_path / "b", tiny_gguf, gate))
+            url = await stack.enter_async_context(fleet(tmp_path, [port_of(a), port_of(b)]))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(trust_env=False, timeout=LIMIT,
+                                  limits=httpx.Limits(max_connections=BURST * 3))
+            )  # fmt: skip
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            fill = [Outcome() for _ in range(BURST)]
+            for outcome in fill:
+                nursery.start_soon(stream_generate, client, url, outcome)
+            while queued(a, b) < 2 * QUEUE:
+                await trio.sleep(0.01)
+            shed = []
+            for _ in range(8):
+                r = await client.post(url + "/api/generate", json=GENERATE)
+                shed.append((r.status_code, r.headers.get("retry-after"), r.text))
+            gate.set()
+    assert all(completed(o) for o in fill)
+    assert [s[:2] for s in shed] == [(503, "1")] * 8  # never nginx's own 502
+    assert all(json.loads(s[2])["error"].startswith("server busy, please try again.") for s in shed)
