@@ -86,6 +86,7 @@ FILE_KEYS: dict[str, str] = {
     "admin_keys": "LLM_APPLIANCE_ADMIN_KEYS",
     "admin_key_file": "LLM_APPLIANCE_ADMIN_KEY_FILE",
     "metrics_keys": "LLM_APPLIANCE_METRICS_KEYS",
+    "metrics_key_file": "LLM_APPLIANCE_METRICS_KEY_FILE",
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
@@ -153,6 +154,7 @@ class Settings:
     admin_keys: tuple[str, ...] = field(default=(), repr=False)
     admin_key_file: Path | None = None
     metrics_keys: tuple[str, ...] = field(default=(), repr=False)
+    metrics_key_file: Path | None = None
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -178,7 +180,12 @@ class Settings:
     @property
     def any_auth_enabled(self) -> bool:
         """Whether any route needs a key (inference, admin or metrics)."""
-        return self.auth_enabled or self.admin_auth_enabled or bool(self.metrics_keys)
+        return self.auth_enabled or self.admin_auth_enabled or self.metrics_auth_enabled
+
+    @property
+    def metrics_auth_enabled(self) -> bool:
+        """Whether /metrics has keys of its own: any metrics key, or a metrics key file."""
+        return bool(self.metrics_keys) or self.metrics_key_file is not None
 
     @property
     def loopback_only(self) -> bool:
@@ -254,6 +261,7 @@ class Settings:
             "LLM_APPLIANCE_METRICS_KEYS": (
                 f"{len(self.metrics_keys)} keys" if self.metrics_keys else ""
             ),
+            "LLM_APPLIANCE_METRICS_KEY_FILE": str(self.metrics_key_file or ""),
             "HTTPS_PROXY": mask_url_credentials(self.https_proxy or ""),
             "HTTP_PROXY": mask_url_credentials(self.http_proxy or ""),
             "NO_PROXY": self.no_proxy or "",
@@ -561,6 +569,7 @@ class _Loader:
             admin_keys=self.keys("LLM_APPLIANCE_ADMIN_KEYS", "admin_keys"),
             admin_key_file=self.key_file("LLM_APPLIANCE_ADMIN_KEY_FILE", "admin_key_file"),
             metrics_keys=self.keys("LLM_APPLIANCE_METRICS_KEYS", "metrics_keys"),
+            metrics_key_file=self.key_file("LLM_APPLIANCE_METRICS_KEY_FILE", "metrics_key_file"),
         )
 
     # Each method below handles one setting.

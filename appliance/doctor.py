@@ -352,7 +352,7 @@ def check_exposure(settings: Any) -> Check:
         "loopback_only": settings.loopback_only,
         "api_keys": settings.auth_enabled,
         "admin_keys": settings.admin_auth_enabled,
-        "metrics_keys": bool(settings.metrics_keys),
+        "metrics_keys": settings.metrics_auth_enabled,
     }
     warning = exposure_warning(settings)
     if warning is None:

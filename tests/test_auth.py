@@ -382,6 +382,17 @@ async def test_a_metrics_key_alone_guards_metrics_only(tmp_path, tiny_gguf):
     assert (tags.status_code, denied.status_code, allowed.status_code) == (200, 401, 200)
 
 
+async def test_a_metrics_key_file_guards_metrics(tmp_path, tiny_gguf):
+    key_file = tmp_path / "scrapers"
+    write_keys(key_file, "# prometheus", SCRAPER)
+    with trio.fail_after(LIMIT):
+        async with appliance(tmp_path, tiny_gguf, metrics_key_file=key_file) as running:
+            async with running.client() as client:
+                denied = await client.get("/metrics")
+                allowed = await client.get("/metrics", headers=bearer(SCRAPER))
+    assert (denied.status_code, allowed.status_code) == (401, 200)
+
+
 async def test_admin_key_file_rotation_is_picked_up_without_restart(tmp_path, tiny_gguf):
     key_file = tmp_path / "admin-keys"
     write_keys(key_file, "old-admin")
@@ -485,11 +496,14 @@ def test_scoped_key_settings_come_from_the_environment_and_the_toml_file(tmp_pat
     )  # fmt: skip
 
 
-def test_a_missing_admin_key_file_stops_start_up(tmp_path: Path):
+def test_a_missing_admin_or_metrics_key_file_stops_start_up(tmp_path: Path):
     from appliance.config import ConfigError, load_settings
 
     env = {"HOME": str(tmp_path), "LLM_APPLIANCE_ADMIN_KEY_FILE": str(tmp_path / "missing")}
     with pytest.raises(ConfigError, match="LLM_APPLIANCE_ADMIN_KEY_FILE"):
+        load_settings(env, default_config_path=tmp_path / "none.toml")
+    env = {"HOME": str(tmp_path), "LLM_APPLIANCE_METRICS_KEY_FILE": str(tmp_path / "missing")}
+    with pytest.raises(ConfigError, match="LLM_APPLIANCE_METRICS_KEY_FILE"):
         load_settings(env, default_config_path=tmp_path / "none.toml")
 
 

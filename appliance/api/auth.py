@@ -7,8 +7,8 @@ thousands of exposed servers show how that goes. Keys come in scopes, each with 
 - admin (LLM_APPLIANCE_ADMIN_KEYS / _ADMIN_KEY_FILE): the routes that change the store or what it
   holds (`/api/pull`, `/api/push`, `/api/create`, `/api/copy`, `/api/delete`, `/api/blobs/*`);
   an admin key also works on every other route;
-- metrics (LLM_APPLIANCE_METRICS_KEYS): `/metrics`, so a Prometheus scraper holds no key that
-  can generate.
+- metrics (LLM_APPLIANCE_METRICS_KEYS / _METRICS_KEY_FILE): `/metrics`, so a Prometheus scraper
+  holds no key that can generate.
 
 A route whose own scope has no keys falls back to the inference keys (today's behaviour: one key
 for everything), and is open when those are unset too. So admin keys without inference keys mean
@@ -174,8 +174,10 @@ class ScopedKeys:
             rings[KeyScope.INFERENCE] = KeyRing(settings.api_keys, settings.api_key_file, **kwargs)
         if settings.admin_auth_enabled:
             rings[KeyScope.ADMIN] = KeyRing(settings.admin_keys, settings.admin_key_file, **kwargs)
-        if settings.metrics_keys:
-            rings[KeyScope.METRICS] = KeyRing(settings.metrics_keys, None, **kwargs)
+        if settings.metrics_auth_enabled:
+            rings[KeyScope.METRICS] = KeyRing(
+                settings.metrics_keys, settings.metrics_key_file, **kwargs
+            )
         return cls(rings)
 
     async def refresh(self) -> None:
