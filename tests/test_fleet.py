@@ -354,3 +354,45 @@ async def test_when_every_box_is_full_clients_get_503_with_retry_after(tmp_path,
     assert all(completed(o) for o in fill)
     assert [s[:2] for s in shed] == [(503, "1")] * 8  # never nginx's own 502
     assert all(json.loads(s[2])["error"].startswith("server busy, please try again.") for s in shed)
+
+
+def readme_affinity_block() -> str:
+    """The ```nginx block of the README's model-affinity recipe."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```nginx\n(.*?)```", readme, re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+async def test_the_readmes_per_model_upstream_sends_a_model_to_its_own_boxes(tmp_path, tiny_gguf):
+    gate = trio.Event()
+    gate.set()
+    with trio.fail_after(LIMIT):
+        async with AsyncExitStack() as stack:
+            general = await stack.enter_async_context(box(tmp_path / "a", tiny_gguf, gate))
+            llama = await stack.enter_async_context(box(tmp_path / "b", tiny_gguf, gate))
+            listen_port = free_port()
+            block = readme_affinity_block()
+            assert block.count("server 10.0.0.2") == 2
+            block = re.sub(
+                r"server 10\.0\.0\.21:11434", f"server 127.0.0.1:{port_of(llama)}", block
+            )
+            block = re.sub(r"\s*server 10\.0\.0\.22:11434[^;]*;", "", block)
+            site = render_fleet([port_of(general)], listen_port) + block
+            assert site.count("proxy_pass http://llm_fleet;") == 1
+            site = site.replace("proxy_pass http://llm_fleet;", "proxy_pass http://$llm_pool;")
+            nginx_dir = tmp_path / "nginx"
+            nginx_dir.mkdir()
+            url = await stack.enter_async_context(running_nginx(nginx_dir, site, listen_port))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(trust_env=False, timeout=LIMIT)
+            )
+            body = GENERATE | {"stream": False}
+            for model in ("llama3.2", "llama3.1", "gemma3", None):
+                headers = {"X-Model": model} if model else {}
+                r = await client.post(url + "/api/generate", json=body, headers=headers)
+                assert r.status_code == 200
+            served = [
+                answered(await client.get(b.url + "/metrics"), 200) - 1 for b in (general, llama)
+            ]
+    assert served == [2, 2]  # gemma3 and no header to the fleet, llama3.x to its own box
