@@ -200,7 +200,17 @@ async def test_full_report_renders_as_text_and_json(tmp_path: Path):
             facts, {"HTTPS_PROXY": "http://u:pw@p:1"}, doctor.Target("127.0.0.1", port, tmp_path)
         )
     names = [check.name for check in checks]
-    assert names == ["wsl", "cpu", "memory", "glibc", "models", "proxy", "server", "platform"]
+    assert names == [
+        "wsl",
+        "cpu",
+        "memory",
+        "glibc",
+        "models",
+        "proxy",
+        "server",
+        "platform",
+        "updates",
+    ]
     text = doctor.render_text(checks)
     assert "Large Send Offload" in text and "pw@" not in text
     data = json.loads(json.dumps([check.as_json() for check in checks]))

@@ -23,7 +23,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from appliance import __version__
-from appliance.net import NetConfig, describe_failure, open_client
+from appliance.net import NetConfig, describe_failure, open_client, via
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,14 @@ class TrioFetcher(FetcherInterface):
     def __init__(self, client: httpx.AsyncClient, net: NetConfig) -> None:
         self._client = client
         self._net = net
+        self._token = trio.lowlevel.current_trio_token()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        response = trio.from_thread.run(self._open, url)
+        response = trio.from_thread.run(self._open, url, trio_token=self._token)
         if response.status_code != 200:
-            trio.from_thread.run(response.aclose)
+            trio.from_thread.run(response.aclose, trio_token=self._token)
             raise tuf_errors.DownloadHTTPError(
-                f"{httpx.URL(url).host} answered {response.status_code} for {url}",
+                f"{via(self._net, url)} answered {response.status_code} for {url}",
                 response.status_code,
             )
         return self._chunks(response, url)
@@ -80,13 +81,18 @@ class TrioFetcher(FetcherInterface):
         try:
             while True:
                 try:
-                    yield trio.from_thread.run(chunks.__anext__)
+                    yield trio.from_thread.run(chunks.__anext__, trio_token=self._token)
                 except StopAsyncIteration:
                     return
                 except httpx.HTTPError as exc:
                     raise tuf_errors.DownloadError(describe_failure(exc, url, self._net)) from None
         finally:
-            trio.from_thread.run(response.aclose)
+            # tuf may drop the iterator early (a file longer than signed); it is then closed by
+            # the garbage collector, possibly after the run: the client's own close frees it.
+            try:
+                trio.from_thread.run(response.aclose, trio_token=self._token)
+            except (RuntimeError, trio.RunFinishedError):
+                pass
 
 
 @dataclass
