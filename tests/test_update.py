@@ -300,3 +300,22 @@ async def test_a_restart_that_never_gets_ready_is_rolled_back_and_not_retried(
     feed.publish("0.3.0", script_binary(tmp_path / "r030", "0.3.0"))
     assert await update(ctx, binary) == run.EXIT_OK
     assert b"0.3.0" in binary.read_bytes()
+
+
+async def test_the_command_line_checks_the_feed_named_in_the_environment(
+    tmp_path, feed, served, monkeypatch
+):
+    from appliance import cli
+
+    feed.publish("0.2.0", script_binary(tmp_path / "r020", "0.2.0"))
+    monkeypatch.setenv("LLM_APPLIANCE_UPDATE_URL", "http://updates.test")
+    monkeypatch.setenv("LLM_APPLIANCE_UPDATE_ROOT", str(feed.trusted_root))
+    monkeypatch.setenv("LLM_APPLIANCE_UPDATE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("HTTP_PROXY", served[1].url)
+    monkeypatch.setenv("LLM_APPLIANCE_CONFIG", "")
+    code = await trio.to_thread.run_sync(cli.main, ["update", "--check"])
+    assert code == run.EXIT_UPDATE_AVAILABLE
+    binary = installed(tmp_path)
+    argv = ["update", "--yes", "--binary", str(binary)]
+    assert await trio.to_thread.run_sync(cli.main, argv) == run.EXIT_OK
+    assert b"0.2.0" in binary.read_bytes()

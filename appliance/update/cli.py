@@ -10,6 +10,7 @@ from pathlib import Path
 from appliance.config import ConfigError, load_settings
 from appliance.update import run, service
 from appliance.update.feed import UpdateError
+from appliance.update.state import default_state_dir
 
 
 def _confirm(question: str) -> bool:
@@ -25,7 +26,7 @@ def command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return run.EXIT_ERROR
-    ctx = run.Context(settings, run.default_state_dir(settings, dict(os.environ)))
+    ctx = run.Context(settings, default_state_dir(settings, os.environ))
     try:
         if args.check:
             return run.check(ctx)
