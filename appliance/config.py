@@ -87,6 +87,9 @@ FILE_KEYS: dict[str, str] = {
     "admin_key_file": "LLM_APPLIANCE_ADMIN_KEY_FILE",
     "metrics_keys": "LLM_APPLIANCE_METRICS_KEYS",
     "metrics_key_file": "LLM_APPLIANCE_METRICS_KEY_FILE",
+    "update_url": "LLM_APPLIANCE_UPDATE_URL",
+    "update_root": "LLM_APPLIANCE_UPDATE_ROOT",
+    "update_state_dir": "LLM_APPLIANCE_UPDATE_STATE_DIR",
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
@@ -155,6 +158,9 @@ class Settings:
     admin_key_file: Path | None = None
     metrics_keys: tuple[str, ...] = field(default=(), repr=False)
     metrics_key_file: Path | None = None
+    update_url: str | None = None  # base URL of the TUF release feed; None: updates are off
+    update_root: Path | None = None  # the trusted root.json the box starts from
+    update_state_dir: Path | None = None  # tuf's trusted metadata and the last check
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -262,6 +268,8 @@ class Settings:
                 f"{len(self.metrics_keys)} keys" if self.metrics_keys else ""
             ),
             "LLM_APPLIANCE_METRICS_KEY_FILE": str(self.metrics_key_file or ""),
+            "LLM_APPLIANCE_UPDATE_URL": self.update_url or "",
+            "LLM_APPLIANCE_UPDATE_ROOT": str(self.update_root or ""),
             "HTTPS_PROXY": mask_url_credentials(self.https_proxy or ""),
             "HTTP_PROXY": mask_url_credentials(self.http_proxy or ""),
             "NO_PROXY": self.no_proxy or "",
@@ -565,6 +573,9 @@ class _Loader:
             metrics=bool(self.flag("LLM_APPLIANCE_METRICS", "metrics", True)),
             api_keys=self.api_keys(),
             api_key_file=self.api_key_file(),
+            update_url=self.update_url(),
+            update_root=self.readable_path("LLM_APPLIANCE_UPDATE_ROOT", "update_root"),
+            update_state_dir=self.directory("LLM_APPLIANCE_UPDATE_STATE_DIR", "update_state_dir"),
             warnings=tuple(self.warnings),
             admin_keys=self.keys("LLM_APPLIANCE_ADMIN_KEYS", "admin_keys"),
             admin_key_file=self.key_file("LLM_APPLIANCE_ADMIN_KEY_FILE", "admin_key_file"),
@@ -743,6 +754,53 @@ class _Loader:
                 path = self.path.parent / path
             if not path.is_file():
                 raise ValueError(f"{str(path)!r} is not a readable file")
+            return path
+
+        return self.file_value(key, convert)
+
+    def update_url(self) -> str | None:
+        def convert(value: Any) -> str | None:
+            text = _require_str(value).strip()
+            if text and not text.startswith(("http://", "https://")):
+                raise ValueError(f"{text!r} is not an http:// or https:// URL")
+            return text.rstrip("/") or None
+
+        text = env_var(self.env, "LLM_APPLIANCE_UPDATE_URL")
+        if text:
+            try:
+                return convert(text)
+            except ValueError as exc:
+                raise ConfigError(f"LLM_APPLIANCE_UPDATE_URL: {exc}") from None
+        return self.file_value("update_url", convert)
+
+    def readable_path(self, var: str, key: str) -> Path | None:
+        """A file that must exist; relative file values are relative to the config file."""
+        text = env_var(self.env, var)
+        if text:
+            if not Path(text).is_file():
+                raise ConfigError(f"{var}: {text!r} is not a readable file")
+            return Path(text)
+
+        def convert(value: Any) -> Path:
+            path = Path(_require_str(value))
+            if not path.is_absolute() and self.path is not None:
+                path = self.path.parent / path
+            if not path.is_file():
+                raise ValueError(f"{str(path)!r} is not a readable file")
+            return path
+
+        return self.file_value(key, convert)
+
+    def directory(self, var: str, key: str) -> Path | None:
+        """A directory path (created when first used); relative to the config file in it."""
+        text = env_var(self.env, var)
+        if text:
+            return Path(text)
+
+        def convert(value: Any) -> Path:
+            path = Path(_require_str(value))
+            if not path.is_absolute() and self.path is not None:
+                path = self.path.parent / path
             return path
 
         return self.file_value(key, convert)

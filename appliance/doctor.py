@@ -18,6 +18,7 @@ import os
 import platform
 import stat
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,6 +446,55 @@ def check_platform(settings: Any = None) -> Check:
     )
 
 
+def check_updates(settings: Any, environ: Mapping[str, str]) -> Check:
+    """The update feed, and when it was last checked with what result (`llm-appliance update`)."""
+    url = getattr(settings, "update_url", None)
+    if not url:
+        return Check(
+            "updates",
+            Status.INFO,
+            "self-update is off (no LLM_APPLIANCE_UPDATE_URL)",
+            hint="to update from your own verified feed: packaging/README.md, 'Self-update'",
+        )
+    from appliance.update.state import UpdateState, default_state_dir
+
+    state_dir = default_state_dir(settings, environ)
+    state = UpdateState.load(state_dir)
+    detail = {
+        "feed": url,
+        "trusted_root": str(getattr(settings, "update_root", "") or ""),
+        "state_dir": str(state_dir),
+        "last_check": state.last_check,
+        "last_result": state.last_result,
+        "failed_versions": state.failed_versions,
+    }
+    if getattr(settings, "update_root", None) is None:
+        return Check(
+            "updates",
+            Status.FAIL,
+            f"feed {url} but no trusted root",
+            detail,
+            "set LLM_APPLIANCE_UPDATE_ROOT to the feed's root.json",
+        )
+    if state.last_check is None:
+        return Check(
+            "updates",
+            Status.INFO,
+            f"feed {url}, never checked",
+            detail,
+            "run: llm-appliance update --check",
+        )
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(state.last_check))
+    status = Status.WARN if state.last_result.startswith("error") else Status.OK
+    return Check(
+        "updates",
+        status,
+        f"feed {url}, last checked {when}: {state.last_result}",
+        detail,
+        "see `llm-appliance update --check`" if status is Status.WARN else None,
+    )
+
+
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -504,6 +554,7 @@ async def run_checks(
         check_exposure(target.settings),
         await check_server(target.host, target.port, timeout=server_timeout),
         check_platform(target.settings),
+        check_updates(target.settings, environ),
     ]
 
 

@@ -109,6 +109,56 @@ ENV_TEMPLATE = """\
 """
 
 
+UPDATE_SERVICE_NAME = "llm-appliance-update.service"
+UPDATE_TIMER_NAME = "llm-appliance-update.timer"
+
+UPDATE_SERVICE_TEMPLATE = """\
+# Written by `llm-appliance systemd install --auto-update`: checks the operator's release feed
+# (LLM_APPLIANCE_UPDATE_URL and LLM_APPLIANCE_UPDATE_ROOT in /etc/llm-appliance/env), installs a
+# verified newer release, restarts llm-appliance.service and rolls back if it does not come up.
+# Nothing is updated while LLM_APPLIANCE_UPDATE_URL is unset.
+[Unit]
+Description=llm-appliance verified self-update
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+# Root: it replaces {binary} and restarts the service.
+ExecStart={binary} update --yes
+EnvironmentFile=-/etc/llm-appliance/env
+StateDirectory=llm-appliance
+Environment="LLM_APPLIANCE_UPDATE_STATE_DIR={state_dir}/update"
+# The health gate may wait for the restarted service (TimeoutStartSec=180) and a rollback.
+TimeoutStartSec=900
+NoNewPrivileges=yes
+ProtectSystem=full
+ProtectHome=yes
+PrivateTmp=yes
+"""
+
+UPDATE_TIMER_TEMPLATE = """\
+# Written by `llm-appliance systemd install --auto-update`. The randomized delay spreads a fleet's
+# checks over {delay}, so a release does not reach every box (and the feed) at once.
+[Unit]
+Description=Check for a verified llm-appliance release
+
+[Timer]
+OnCalendar=daily
+RandomizedDelaySec={delay}
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+
+
+def render_update_units(binary: str = DEFAULT_BINARY, delay: str = "6h") -> tuple[str, str]:
+    """The oneshot update service and its timer."""
+    service = UPDATE_SERVICE_TEMPLATE.format(binary=binary, state_dir=STATE_DIR)
+    return service, UPDATE_TIMER_TEMPLATE.format(delay=delay)
+
+
 def render_unit(binary: str = DEFAULT_BINARY) -> str:
     """The unit text with ExecStart pointing at `binary`."""
     if any(c.isspace() for c in binary) or not binary.startswith("/"):
@@ -244,11 +294,21 @@ def install(args: argparse.Namespace) -> int:
         dropin = root / UNIT_DIR / f"{UNIT_NAME}.d" / "models.conf"
         _write(dropin, render_models_dropin(args.models), 0o644)
         print(f"wrote {dropin}; the directory must be writable by user {SERVICE_USER}")
+    if args.auto_update:
+        service, timer = render_update_units(binary, args.update_delay)
+        for name, text in ((UPDATE_SERVICE_NAME, service), (UPDATE_TIMER_NAME, timer)):
+            _write(root / UNIT_DIR / name, text, 0o644)
+            print(f"wrote {root / UNIT_DIR / name}")
     if not args.no_user:
         print(ensure_user(root))
     rc = _reload(args.no_reload)
     if rc == 0:
         print(f"start it with: systemctl enable --now {UNIT_NAME}")
+        if args.auto_update:
+            print(
+                "set LLM_APPLIANCE_UPDATE_URL and LLM_APPLIANCE_UPDATE_ROOT in "
+                f"/etc/llm-appliance/env, then: systemctl enable --now {UPDATE_TIMER_NAME}"
+            )
     return rc
 
 
@@ -311,6 +371,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p_install.add_argument("--binary", default=_default_binary(), help="path for ExecStart")
     p_install.add_argument("--models", help="models directory outside the state directory")
     p_install.add_argument("--no-user", action="store_true", help="do not create the system user")
+    p_install.add_argument(
+        "--auto-update",
+        action="store_true",
+        help="also write the update timer and service (verified updates from your feed)",
+    )
+    p_install.add_argument(
+        "--update-delay", default="6h", help="the timer's RandomizedDelaySec (default 6h)"
+    )
     p_install.set_defaults(func=install)
 
     p_proxy = sub.add_parser("proxy", parents=[common], help="write the proxy drop-in")

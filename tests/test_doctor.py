@@ -201,7 +201,8 @@ async def test_full_report_renders_as_text_and_json(tmp_path: Path):
         )
     names = [check.name for check in checks]
     assert names == [
-        "wsl", "cpu", "memory", "glibc", "models", "proxy", "exposure", "server", "platform"
+        "wsl", "cpu", "memory", "glibc", "models", "proxy", "exposure", "server", "platform",
+        "updates",
     ]  # fmt: skip
     text = doctor.render_text(checks)
     assert "Large Send Offload" in text and "pw@" not in text
