@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from appliance.api.errors import error_parts
+from appliance.api.errors import dialect_for_path, error_parts
 from appliance.api.security import ASGIApp, Receive, Scope, Send
 from appliance.config import Settings, read_api_key_file
 from appliance.errors import Unauthorized
@@ -114,7 +114,8 @@ def presented_key(scope: Scope) -> bytes | None:
 
 
 class AuthMiddleware:
-    """401 for a request without a valid key, in the client's dialect (native or OpenAI)."""
+    """401 for a request without a valid key, in the client's dialect (native, OpenAI or
+    Anthropic)."""
 
     def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
         self.app = app
@@ -130,7 +131,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        status, headers, body = error_parts(Unauthorized(), openai=path.startswith("/v1/"))
+        status, headers, body = error_parts(Unauthorized(), dialect=dialect_for_path(path))
         raw = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
         raw.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw})

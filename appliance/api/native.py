@@ -166,6 +166,7 @@ class NativeAnswer:
     stream: bool
     single: dict[str, Any] | None = None
     items: AsyncIterator[dict[str, Any]] | None = None
+    prompt_tokens: int = 0  # known before the first byte (Anthropic's message_start usage)
 
 
 async def _respond(
@@ -383,8 +384,12 @@ async def chat() -> Response:
     return await _respond(answer, whole_chat)
 
 
-async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
-    """Everything /api/chat does before its first byte; shared with /v1/chat/completions."""
+async def prepare_chat(
+    body: dict[str, Any], timing: Timing, *, relax_thinking: bool = False
+) -> NativeAnswer:
+    """Everything /api/chat does before its first byte; shared with /v1/chat/completions,
+    /v1/responses and /v1/messages. `relax_thinking` (Anthropic clients, as Ollama's
+    `relax_thinking`) drops a `think` the model cannot do instead of refusing the request."""
     keep_alive = _common_checks(body)
     model_text = _model_field(body, "model")
     if not model_text:
@@ -407,6 +412,8 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
         raise BadRequest(f'"{model_text}" does not support chat')
     if tools and "tools" not in caps:
         raise BadRequest(f"{model.name.full()} does not support tools")
+    if relax_thinking and "thinking" not in caps:
+        body = {**body, "think": None}
     if _think_requested(body) and "thinking" not in caps:
         raise BadRequest(f'"{model_text}" does not support thinking')
     think = _think_setting(body, caps)
@@ -441,7 +448,45 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
         lease.release()
         raise
     chunks = await primed(run_sequence(lease, seq))
-    return NativeAnswer(model_text, stream, items=_chat_stream(chunks, model_text, timing, reply))
+    return NativeAnswer(
+        model_text,
+        stream,
+        items=_chat_stream(chunks, model_text, timing, reply),
+        prompt_tokens=len(tokens),
+    )
+
+
+async def count_chat_tokens(body: dict[str, Any], *, relax_thinking: bool = False) -> int:
+    """How many tokens the chat prompt for `body` renders to (whole, never truncated): the model
+    is loaded as for a chat, nothing is generated. For Anthropic's `count_tokens`."""
+    model_text = _model_field(body, "model")
+    if not model_text:
+        raise BadRequest("model is required")
+    messages = _messages(body)
+    model = await _resolve(model_text)
+    tools = field_of_type(body, "tools", list, None)
+    svc = services()
+    caps = await svc.extras["catalog"].capabilities(model)
+    if "completion" not in caps:
+        raise BadRequest(f'"{model_text}" does not support chat')
+    if tools and "tools" not in caps:
+        raise BadRequest(f"{model.name.full()} does not support tools")
+    if relax_thinking and "thinking" not in caps:
+        body = {**body, "think": None}
+    if _think_requested(body) and "thinking" not in caps:
+        raise BadRequest(f'"{model_text}" does not support thinking')
+    think = _think_setting(body, caps)
+    options = _options(model, body)
+    lease = await svc.scheduler.acquire(model, options, None)
+    try:
+        tmpl = await _template_for(model, lease)
+        history = list(model.messages or []) + messages
+        if model.system and (not messages or messages[0]["role"] != "system"):
+            history.insert(0, {"role": "system", "content": model.system})
+        _, tokens = await _fit_chat(lease, tmpl, history, tools, {"truncate": False}, think)
+    finally:
+        lease.release()
+    return len(tokens)
 
 
 async def _fit_chat(
