@@ -285,7 +285,26 @@ def native_request(body: dict[str, Any]) -> dict[str, Any]:
     think = _think(body)
     if think is not None:
         native["think"] = think
+    fmt = _output_format(body)
+    if fmt is not None:
+        native["format"] = fmt
     return native
+
+
+def _output_format(body: dict[str, Any]) -> Any:
+    """Structured outputs (`output_config.format` or `output_format`, a JSON schema) as native
+    `format`."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt is None:
+        fmt = body.get("output_format")  # the structured-outputs beta's spelling
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise BadRequest('output_config.format must be {"type": "json_schema", "schema": {...}}')
+    if not isinstance(fmt.get("schema"), dict):
+        raise BadRequest("output_config.format.schema must be an object")
+    return fmt["schema"]
 
 
 # ---- response ------------------------------------------------------------------------------------
