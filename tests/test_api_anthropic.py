@@ -417,21 +417,42 @@ async def test_without_a_key_the_answer_is_anthropics_401(tmp_path, tiny_gguf):
 
 @pytest.mark.reference
 @pytest.mark.slow
-async def test_reference_model_answers_a_question_through_the_official_client(
-    tmp_path, reference_gguf
-):
+async def test_reference_model_answers_through_the_official_client_as_native_chat_does(tmp_path):
+    """gemma3:270m is a base model (it continues text rather than answering), so the check is that
+    the client gets the native path's real answer, its stop reason and its token counts."""
+    question = [{"role": "user", "content": "What is the capital of France?"}]
     async with running_appliance(tmp_path / "models", import_reference=True) as running:
 
-        def use() -> Any:
-            return client_for(running).messages.create(
+        def use() -> tuple[Any, int]:
+            client = client_for(running)
+            message = client.messages.create(
                 model="gemma3:270m",
-                max_tokens=40,
-                extra_body={"temperature": 0},
+                max_tokens=24,
                 system="Answer briefly.",
-                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                messages=question,
+                extra_body={"temperature": 0},
             )
+            count = client.messages.count_tokens(
+                model="gemma3:270m", system="Answer briefly.", messages=question
+            )
+            return message, count.input_tokens
 
         with trio.fail_after(300):
-            message = await trio.to_thread.run_sync(use)
-    assert "Paris" in message.content[0].text
-    assert message.stop_reason in ("end_turn", "max_tokens")
+            message, counted = await trio.to_thread.run_sync(use)
+            async with running.client(timeout=300) as client:
+                native = await client.post(
+                    "/api/chat",
+                    json={
+                        "model": "gemma3:270m",
+                        "stream": False,
+                        "options": {"temperature": 0, "num_predict": 24},
+                        "messages": [{"role": "system", "content": "Answer briefly."}, *question],
+                    },
+                )
+    answer = native.json()
+    assert message.content[0].text == answer["message"]["content"] != ""
+    assert (
+        message.stop_reason == {"length": "max_tokens", "stop": "end_turn"}[answer["done_reason"]]
+    )
+    assert message.usage.input_tokens == answer["prompt_eval_count"] == counted
+    assert message.usage.output_tokens == answer["eval_count"]
