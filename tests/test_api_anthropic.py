@@ -211,6 +211,20 @@ async def test_count_tokens_is_the_prompt_a_message_evaluates(app):
     assert r.json()["input_tokens"] == answer["usage"]["input_tokens"]
 
 
+async def test_count_tokens_counts_a_prompt_longer_than_the_context_whole(app):
+    """The tiny model's context is 512 tokens; a longer history is counted, not truncated."""
+    text = "hello world, " * 300
+
+    async def count(content: str) -> int:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": content}]}
+        r = await post(app, "/v1/messages/count_tokens", body)
+        assert r.status_code == 200, r.text
+        return r.json()["input_tokens"]
+
+    once, twice = await count(text), await count(text * 2)
+    assert 512 < once < twice
+
+
 async def test_thinking_enabled_on_a_model_without_thinking_is_dropped_not_refused(app):
     body = {**BODY, "thinking": {"type": "enabled", "budget_tokens": 1024}}
     r = await post(app, "/v1/messages", body)

@@ -3,11 +3,12 @@
 
 This is what Claude Code and other Anthropic clients call through `ANTHROPIC_BASE_URL`. Each request
 is rewritten into a native /api/chat body and answered by the native path (`prepare_chat`,
-`whole_chat`, `count_chat_tokens`); only shapes are translated here. As in Ollama, a `thinking`
-request on a model that cannot think is dropped rather than refused (`relax_thinking`), since these
-clients ask for it by default. Errors are raised; `appliance/api/errors.py` answers them in
-Anthropic's shape for these paths (`{"type":"error","error":{"type","message"}}`), and a stream
-that fails after its first byte ends with an `error` event of that shape.
+`whole_chat`; `count_tokens` renders the prompt without generating); only shapes are translated
+here. As in Ollama, a `thinking` request on a model that cannot think is dropped rather than
+refused (`relax_thinking`), since these clients ask for it by default. Errors are raised;
+`appliance/api/errors.py` answers them in Anthropic's shape for these paths
+(`{"type":"error","error":{"type","message"}}`), and a stream that fails after its first byte ends
+with an `error` event of that shape.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from quart import Blueprint, Response
 
 from appliance.api.errors import ANTHROPIC
-from appliance.api.native import count_chat_tokens, prepare_chat, whole_chat
+from appliance.api.native import prepare_chat, whole_chat
 from appliance.api.openai import answer_items
 from appliance.api.requests import read_json_object
 from appliance.api.streaming import SSEEvent, json_response, sse_response
@@ -498,12 +499,13 @@ async def count_tokens() -> Response:
         raise BadRequest("model is required")
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise BadRequest("messages is required")
-    native: dict[str, Any] = {"model": model, "messages": native_messages(body)}
+    # The whole prompt, never truncated to the context: the count says whether it fits.
+    native: dict[str, Any] = {"model": model, "messages": native_messages(body), "truncate": False}
     tools = _tools(body.get("tools"), body.get("tool_choice"))
     if tools:
         native["tools"] = tools
     think = _think(body)
     if think is not None:
         native["think"] = think
-    count = await count_chat_tokens(native, relax_thinking=True)
-    return json_response({"input_tokens": count})
+    answer = await prepare_chat(native, Timing(), relax_thinking=True, render_only=True)
+    return json_response({"input_tokens": answer.prompt_tokens})

@@ -385,11 +385,16 @@ async def chat() -> Response:
 
 
 async def prepare_chat(
-    body: dict[str, Any], timing: Timing, *, relax_thinking: bool = False
+    body: dict[str, Any],
+    timing: Timing,
+    *,
+    relax_thinking: bool = False,
+    render_only: bool = False,
 ) -> NativeAnswer:
     """Everything /api/chat does before its first byte; shared with /v1/chat/completions,
     /v1/responses and /v1/messages. `relax_thinking` (Anthropic clients, as Ollama's
-    `relax_thinking`) drops a `think` the model cannot do instead of refusing the request."""
+    `relax_thinking`) drops a `think` the model cannot do instead of refusing the request;
+    `render_only` stops once the prompt is tokenized (its `prompt_tokens`), generating nothing."""
     keep_alive = _common_checks(body)
     model_text = _model_field(body, "model")
     if not model_text:
@@ -433,6 +438,10 @@ async def prepare_chat(
         if model.system and messages[0]["role"] != "system":
             history.insert(0, {"role": "system", "content": model.system})
         text, tokens = await _fit_chat(lease, tmpl, history, tools, body, think)
+        if render_only:
+            lease.release()
+            single = _chat_obj(model_text, "", done=True, done_reason="load")
+            return NativeAnswer(model_text, stream, single=single, prompt_tokens=len(tokens))
         reply = ReplyParser(
             thinking_parser(tmpl, text) if think else None,
             tool_call_parser(tmpl, tools) if tools else None,
@@ -454,39 +463,6 @@ async def prepare_chat(
         items=_chat_stream(chunks, model_text, timing, reply),
         prompt_tokens=len(tokens),
     )
-
-
-async def count_chat_tokens(body: dict[str, Any], *, relax_thinking: bool = False) -> int:
-    """How many tokens the chat prompt for `body` renders to (whole, never truncated): the model
-    is loaded as for a chat, nothing is generated. For Anthropic's `count_tokens`."""
-    model_text = _model_field(body, "model")
-    if not model_text:
-        raise BadRequest("model is required")
-    messages = _messages(body)
-    model = await _resolve(model_text)
-    tools = field_of_type(body, "tools", list, None)
-    svc = services()
-    caps = await svc.extras["catalog"].capabilities(model)
-    if "completion" not in caps:
-        raise BadRequest(f'"{model_text}" does not support chat')
-    if tools and "tools" not in caps:
-        raise BadRequest(f"{model.name.full()} does not support tools")
-    if relax_thinking and "thinking" not in caps:
-        body = {**body, "think": None}
-    if _think_requested(body) and "thinking" not in caps:
-        raise BadRequest(f'"{model_text}" does not support thinking')
-    think = _think_setting(body, caps)
-    options = _options(model, body)
-    lease = await svc.scheduler.acquire(model, options, None)
-    try:
-        tmpl = await _template_for(model, lease)
-        history = list(model.messages or []) + messages
-        if model.system and (not messages or messages[0]["role"] != "system"):
-            history.insert(0, {"role": "system", "content": model.system})
-        _, tokens = await _fit_chat(lease, tmpl, history, tools, {"truncate": False}, think)
-    finally:
-        lease.release()
-    return len(tokens)
 
 
 async def _fit_chat(
