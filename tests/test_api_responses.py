@@ -246,6 +246,13 @@ async def test_a_streamed_tool_call_sends_function_call_events(app):
     (item,) = got[-1]["response"]["output"]
     assert item["name"] == "get_weather" and json.loads(item["arguments"]) == {"city": "Paris"}
 
+    def final() -> Any:
+        with client_for(app).responses.stream(**TOOL_BODY) as stream:
+            return stream.get_final_response()
+
+    (call,) = (await in_thread(final)).output
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
+
 
 async def test_function_call_and_its_output_go_back_into_the_prompt(app):
     first = (await post(app, TOOL_BODY)).json()
@@ -288,6 +295,14 @@ async def test_thinking_comes_back_as_a_reasoning_item_before_the_message(app):
     assert names.index("response.reasoning_summary_text.done") < names.index(
         "response.output_text.delta"
     )
+
+    def final() -> Any:
+        with client_for(app).responses.stream(**body) as stream:
+            return stream.get_final_response()
+
+    response = await in_thread(final)
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.output_text.startswith('done"')
 
 
 async def test_reasoning_effort_none_turns_thinking_off(app):
