@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from quart import Response
@@ -49,15 +50,13 @@ def ndjson_response(items: AsyncIterable[dict[str, Any]], *, status: int = 200) 
     return response
 
 
+@dataclass(frozen=True, slots=True)
 class SSEEvent:
     """A typed server-sent event: an `event: <name>` line before its `data:` line, as the
     Responses and Anthropic streams send them."""
 
-    __slots__ = ("name", "data")
-
-    def __init__(self, name: str, data: dict[str, Any]) -> None:
-        self.name = name
-        self.data = data
+    name: str
+    data: dict[str, Any]
 
 
 def _sse_frame(item: dict[str, Any] | str | SSEEvent) -> bytes:
