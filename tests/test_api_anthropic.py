@@ -414,16 +414,21 @@ async def test_without_a_key_the_answer_is_anthropics_401(tmp_path, tiny_gguf):
             "error": {"type": "authentication_error", "message": "unauthorized"},
         }
 
-        def use() -> tuple[Any, type]:
+        def use() -> tuple[Any, Any, type]:
             ok = client_for(keyed, api_key=KEY).messages.create(**sdk(BODY))  # sends x-api-key
+            # ANTHROPIC_AUTH_TOKEN (Claude Code behind a gateway) sends `Authorization: Bearer`.
+            bearer = anthropic.Anthropic(
+                base_url=keyed.url, auth_token=KEY, max_retries=0, timeout=LIMIT
+            ).messages.create(**sdk(BODY))
             try:
                 client_for(keyed, api_key="wrong").messages.create(**sdk(BODY))
             except anthropic.APIStatusError as exc:
-                return ok, type(exc)
-            return ok, type(None)
+                return ok, bearer, type(exc)
+            return ok, bearer, type(None)
 
-        ok, refused = await in_thread(use)
-        assert ok.usage.output_tokens == 5 and refused is anthropic.AuthenticationError
+        ok, bearer, refused = await in_thread(use)
+        assert ok.usage.output_tokens == bearer.usage.output_tokens == 5
+        assert refused is anthropic.AuthenticationError
 
 
 # ---- the reference model -------------------------------------------------------------------------

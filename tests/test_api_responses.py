@@ -12,6 +12,7 @@ fail_after.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -215,6 +216,38 @@ async def test_instructions_and_history_reach_the_prompt(app):
 async def test_max_output_tokens_is_num_predict(app):
     r = await post(app, {**BODY, "max_output_tokens": 2})
     assert r.json()["usage"]["output_tokens"] == 2
+
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+
+
+async def test_an_input_image_is_answered_as_the_native_path_answers_it(app):
+    parts = [
+        {"type": "input_image", "image_url": f"data:image/png;base64,{PNG}", "detail": "auto"},
+        {"type": "input_text", "text": "what is this?"},
+    ]
+    r = await post(app, {**BODY, "input": [{"role": "user", "content": parts}]})
+    with trio.fail_after(LIMIT):
+        async with app.client() as client:
+            native = await client.post(
+                "/api/chat",
+                json={
+                    "model": "tiny",
+                    "stream": False,
+                    "options": {"num_predict": 5},
+                    "messages": [{"role": "user", "content": "what is this?", "images": [PNG]}],
+                },
+            )
+    assert r.status_code == native.status_code
+    if native.status_code != 200:
+        assert r.json()["error"]["message"] == native.json()["error"]
+
+
+async def test_an_image_url_that_is_not_a_data_uri_is_400(app):
+    parts = [{"type": "input_image", "image_url": "https://example.com/cat.png"}]
+    r = await post(app, {**BODY, "input": [{"role": "user", "content": parts}]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith("image URLs are not currently supported")
 
 
 # ---- function tools ------------------------------------------------------------------------------
