@@ -391,3 +391,45 @@ async def test_official_client_raises_not_found_for_an_unknown_model(app):
         return type(None)
 
     assert await in_thread(use) is openai.NotFoundError
+
+
+# ---- the reference model -------------------------------------------------------------------------
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+async def test_reference_model_answers_through_the_official_client_as_native_chat_does(tmp_path):
+    """gemma3:270m is a base model (it continues text rather than answering), so the check is that
+    the client gets the native path's real answer and its token counts."""
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    async with running_appliance(tmp_path / "models", import_reference=True) as running:
+
+        def use() -> Any:
+            client = openai.OpenAI(
+                base_url=running.url + "/v1", api_key="ignored", max_retries=0, timeout=300
+            )
+            with client.responses.stream(
+                model="gemma3:270m",
+                instructions="Answer briefly.",
+                input="What is the capital of France?",
+                max_output_tokens=24,
+                temperature=0,
+            ) as stream:
+                return stream.get_final_response()
+
+        with trio.fail_after(300):
+            response = await trio.to_thread.run_sync(use)
+            async with running.client(timeout=300) as client:
+                native = await client.post(
+                    "/api/chat",
+                    json={
+                        "model": "gemma3:270m",
+                        "stream": False,
+                        "options": {"temperature": 0, "num_predict": 24},
+                        "messages": [{"role": "system", "content": "Answer briefly."}, *question],
+                    },
+                )
+    answer = native.json()
+    assert response.output_text == answer["message"]["content"] != ""
+    assert response.usage.input_tokens == answer["prompt_eval_count"]
+    assert response.usage.output_tokens == answer["eval_count"]
