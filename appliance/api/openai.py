@@ -567,6 +567,8 @@ async def completions() -> Response:
 
 
 def _completion_chunk(obj: dict[str, Any], cid: str, *, model: str, created: int) -> dict[str, Any]:
+    # TODO(issue 11 item 1): with native `logprobs` on the objects, add `choices[].logprobs` in
+    # the completions shape (tokens, token_logprobs, top_logprobs, text_offset) here.
     reason = (obj.get("done_reason") or None) if obj.get("done") else None
     return {
         "id": cid,
