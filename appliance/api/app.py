@@ -18,6 +18,8 @@ ROUTE_MODULES = (
     "appliance.api.transfer",  # pull, push
     "appliance.api.openai",  # /v1/*
     "appliance.api.metrics_route",  # /metrics
+    "appliance.api.responses",  # /v1/responses
+    "appliance.api.anthropic",  # /v1/messages, /v1/messages/count_tokens
 )
 
 

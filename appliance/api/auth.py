@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from appliance.api.errors import error_parts
+from appliance.api.errors import dialect_for_path, error_parts
 from appliance.api.security import ASGIApp, Receive, Scope, Send
 from appliance.config import Settings, read_api_key_file
 from appliance.errors import Forbidden, Unauthorized
@@ -218,12 +218,12 @@ class AuthMiddleware:
         if held & {guard, KeyScope.ADMIN}:
             await self.app(scope, receive, send)
             return
-        openai = path.startswith("/v1/")
+        dialect = dialect_for_path(path)
         if not held:
-            await _answer(send, Unauthorized(), openai)
+            await _answer(send, Unauthorized(), dialect)
             return
         extra = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{guard.value}"'}
-        await _answer(send, Forbidden(f"forbidden: {route} {NEEDS[guard]}"), openai, extra)
+        await _answer(send, Forbidden(f"forbidden: {route} {NEEDS[guard]}"), dialect, extra)
 
     @staticmethod
     def _open(scope: Scope) -> bool:
@@ -234,9 +234,10 @@ class AuthMiddleware:
 
 
 async def _answer(
-    send: Send, exc: Exception, openai: bool, extra: dict[str, str] | None = None
+    send: Send, exc: Exception, dialect: str, extra: dict[str, str] | None = None
 ) -> None:
-    status, headers, body = error_parts(exc, openai=openai)
+    """The error answer in the client's dialect (native, OpenAI or Anthropic)."""
+    status, headers, body = error_parts(exc, dialect=dialect)
     headers.update(extra or {})
     raw = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
     raw.append((b"content-length", str(len(body)).encode()))

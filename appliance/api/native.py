@@ -166,6 +166,7 @@ class NativeAnswer:
     stream: bool
     single: dict[str, Any] | None = None
     items: AsyncIterator[dict[str, Any]] | None = None
+    prompt_tokens: int = 0  # known before the first byte (Anthropic's message_start usage)
 
 
 async def _respond(
@@ -383,8 +384,17 @@ async def chat() -> Response:
     return await _respond(answer, whole_chat)
 
 
-async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
-    """Everything /api/chat does before its first byte; shared with /v1/chat/completions."""
+async def prepare_chat(
+    body: dict[str, Any],
+    timing: Timing,
+    *,
+    relax_thinking: bool = False,
+    render_only: bool = False,
+) -> NativeAnswer:
+    """Everything /api/chat does before its first byte; shared with /v1/chat/completions,
+    /v1/responses and /v1/messages. `relax_thinking` (Anthropic clients, as Ollama's
+    `relax_thinking`) drops a `think` the model cannot do instead of refusing the request;
+    `render_only` stops once the prompt is tokenized (its `prompt_tokens`), generating nothing."""
     keep_alive = _common_checks(body)
     model_text = _model_field(body, "model")
     if not model_text:
@@ -407,6 +417,8 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
         raise BadRequest(f'"{model_text}" does not support chat')
     if tools and "tools" not in caps:
         raise BadRequest(f"{model.name.full()} does not support tools")
+    if relax_thinking and "thinking" not in caps:
+        body = {**body, "think": None}
     if _think_requested(body) and "thinking" not in caps:
         raise BadRequest(f'"{model_text}" does not support thinking')
     think = _think_setting(body, caps)
@@ -426,6 +438,10 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
         if model.system and messages[0]["role"] != "system":
             history.insert(0, {"role": "system", "content": model.system})
         text, tokens = await _fit_chat(lease, tmpl, history, tools, body, think)
+        if render_only:
+            lease.release()
+            single = _chat_obj(model_text, "", done=True, done_reason="load")
+            return NativeAnswer(model_text, stream, single=single, prompt_tokens=len(tokens))
         reply = ReplyParser(
             thinking_parser(tmpl, text) if think else None,
             tool_call_parser(tmpl, tools) if tools else None,
@@ -441,7 +457,12 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
         lease.release()
         raise
     chunks = await primed(run_sequence(lease, seq))
-    return NativeAnswer(model_text, stream, items=_chat_stream(chunks, model_text, timing, reply))
+    return NativeAnswer(
+        model_text,
+        stream,
+        items=_chat_stream(chunks, model_text, timing, reply),
+        prompt_tokens=len(tokens),
+    )
 
 
 async def _fit_chat(

@@ -55,7 +55,7 @@ EFFORTS = {
 # ---- request pieces ------------------------------------------------------------------------------
 
 
-async def _read_body() -> dict[str, Any]:
+async def read_body() -> dict[str, Any]:
     """The request object; Go's decoder answers an empty body with `EOF`."""
     body = await read_json_object(allow_empty=True)
     if not body:
@@ -140,7 +140,7 @@ def _usage(final: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _decode_image_url(url: str) -> str:
+def decode_image_url(url: str) -> str:
     """A base64 data URI's payload (checked), as native `images` carry it."""
     if url.startswith(("http://", "https://")):
         raise BadRequest(
@@ -180,7 +180,7 @@ def _content_messages(role: str, content: list[Any]) -> list[dict[str, Any]]:
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str):
                 raise BadRequest("invalid message format")
-            out.append({"role": role, "content": "", "images": [_decode_image_url(url)]})
+            out.append({"role": role, "content": "", "images": [decode_image_url(url)]})
         elif kind == "input_audio":
             audio = part.get("input_audio")
             data = audio.get("data") if isinstance(audio, dict) else None
@@ -264,7 +264,7 @@ def _chat_messages(raw: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def _think(body: dict[str, Any]) -> Any:
+def think_of(body: dict[str, Any]) -> Any:
     """`reasoning.effort` or `reasoning_effort` as native `think`; None leaves the model default."""
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict):
@@ -311,11 +311,51 @@ def _shared_options(body: dict[str, Any], where: str) -> dict[str, Any]:
     return options
 
 
+def _check_n(body: dict[str, Any], where: str) -> None:
+    """`n`: one choice is all a request gets (Ollama ignores `n`); asking for more is a 400 rather
+    than a silent single answer."""
+    n = _int(body, "n", where)
+    if n is not None and n != 1:
+        raise BadRequest(f"n = {n} is not supported: this server answers one choice per request")
+
+
+def chosen_tools(tools: Any, choice: Any) -> Any:
+    """The tools the model sees under `tool_choice`: `"none"` hides them all, a named function
+    keeps only that one; `"auto"` and `"required"` (which a template cannot enforce) keep all."""
+    if not tools or choice is None:
+        return tools
+    if choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none"):
+        return None
+    name = None
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else choice.get("name")
+    if isinstance(name, str) and name:
+        kept = [t for t in tools if _tool_name(t) == name]
+        if not kept:
+            raise BadRequest(f"tool_choice names {name!r}, which is not among the tools")
+        return kept
+    return tools
+
+
+def _tool_name(tool: Any) -> Any:
+    if not isinstance(tool, dict):
+        return None
+    function = tool.get("function")
+    return function.get("name") if isinstance(function, dict) else tool.get("name")
+
+
 def native_chat_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The /api/chat body for an OpenAI chat completion request (Ollama's `FromChatRequest`)."""
+    """The /api/chat body for an OpenAI chat completion request (Ollama's `FromChatRequest`).
+    `max_completion_tokens` (what current SDKs send) wins over the older `max_tokens`; `user`,
+    `logit_bias`, `parallel_tool_calls`, `store` and `metadata` do not change an answer here."""
     where = "ChatCompletionRequest"
     messages = _chat_messages(body.get("messages"))
+    _check_n(body, where)
     options = _shared_options(body, where)
+    max_completion = _int(body, "max_completion_tokens", where)
+    if max_completion is not None:
+        options["num_predict"] = max_completion
     for name in ("frequency_penalty", "presence_penalty"):
         value = _number(body, name, where)
         if value is not None:
@@ -331,9 +371,10 @@ def native_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     fmt = _format(body.get("response_format"))
     if fmt is not None:
         native["format"] = fmt
-    if body.get("tools"):
-        native["tools"] = body["tools"]
-    think = _think(body)
+    tools = chosen_tools(body.get("tools"), body.get("tool_choice"))
+    if tools:
+        native["tools"] = tools
+    think = think_of(body)
     if think is not None:
         native["think"] = think
     for name in ("logprobs", "top_logprobs"):
@@ -369,17 +410,18 @@ def native_generate_request(body: dict[str, Any]) -> dict[str, Any]:
 
 @bp.route("/v1/chat/completions", methods=["POST"])
 async def chat_completions() -> Response:
-    body = await _read_body()
+    body = await read_body()
     native = native_chat_request(body)
     answer = await prepare_chat(native, Timing())
     cid = _completion_id("chatcmpl")
-    items = _items(answer)
+    items = answer_items(answer)
     if answer.stream:
         return sse_response(_chat_events(items, cid, answer.model, _include_usage(body)))
     return json_response(_chat_completion(await whole_chat(items), cid, answer.model))
 
 
-def _items(answer: NativeAnswer) -> AsyncIterator[dict[str, Any]]:
+def answer_items(answer: NativeAnswer) -> AsyncIterator[dict[str, Any]]:
+    """The native objects of an answer: the stream, or the one preload/unload object."""
     if answer.items is not None:
         return answer.items
     assert answer.single is not None
@@ -423,17 +465,33 @@ def _chat_completion(final: dict[str, Any], cid: str, model: str) -> dict[str, A
     calls = native.get("tool_calls") or []
     if calls:
         message["tool_calls"] = _openai_tool_calls(calls)
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": message,
+        "finish_reason": _finish_reason(final, bool(calls)),
+    }
+    _add_logprobs(choice, final)
     return {
         "id": cid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": FINGERPRINT,
-        "choices": [
-            {"index": 0, "message": message, "finish_reason": _finish_reason(final, bool(calls))}
-        ],
+        "choices": [choice],
         "usage": _usage(final),
     }
+
+
+def _add_logprobs(choice: dict[str, Any], obj: dict[str, Any]) -> None:
+    """`choices[].logprobs.content` from a native object's `logprobs` (Ollama's entries already
+    have OpenAI's shape: token, logprob, bytes, top_logprobs).
+
+    TODO(issue 11 item 1): the engine does not produce `logprobs` on this branch yet; once the
+    native objects carry them (and `whole_chat` gathers them), this shows them as they come.
+    """
+    logprobs = obj.get("logprobs")
+    if logprobs:
+        choice["logprobs"] = {"content": logprobs}
 
 
 async def _chat_events(
@@ -468,11 +526,14 @@ async def _chat_events(
             if message.get("tool_calls"):
                 deltas.append({"tool_calls": _openai_tool_calls(message["tool_calls"])})
                 tool_calls_sent = True
-            for delta in deltas:
+            for i, delta in enumerate(deltas):
                 if first:
                     delta = {"role": "assistant", **delta}
                     first = False
-                yield chunk(delta)
+                out = chunk(delta)
+                if i == 0:
+                    _add_logprobs(out["choices"][0], obj)
+                yield out
             if obj.get("done"):
                 reason = obj.get("done_reason") or "stop"
                 yield chunk({}, "tool_calls" if tool_calls_sent else reason)
@@ -489,11 +550,11 @@ async def _chat_events(
 
 @bp.route("/v1/completions", methods=["POST"])
 async def completions() -> Response:
-    body = await _read_body()
+    body = await read_body()
     native = native_generate_request(body)
     answer = await prepare_generate(native, Timing())
     cid = _completion_id("cmpl")
-    items = _items(answer)
+    items = answer_items(answer)
     if answer.stream:
         return sse_response(_completion_events(items, cid, answer.model, _include_usage(body)))
     final = await whole_generate(items)
@@ -506,6 +567,8 @@ async def completions() -> Response:
 
 
 def _completion_chunk(obj: dict[str, Any], cid: str, *, model: str, created: int) -> dict[str, Any]:
+    # TODO(issue 11 item 1): with native `logprobs` on the objects, add `choices[].logprobs` in
+    # the completions shape (tokens, token_logprobs, top_logprobs, text_offset) here.
     reason = (obj.get("done_reason") or None) if obj.get("done") else None
     return {
         "id": cid,
@@ -545,7 +608,7 @@ async def _completion_events(
 
 @bp.route("/v1/embeddings", methods=["POST"])
 async def embeddings() -> Response:
-    body = await _read_body()
+    body = await read_body()
     raw_input = body.get("input")
     if raw_input == "":
         raw_input = [""]
