@@ -158,6 +158,18 @@ async def test_allowed_preflight_gets_204_with_cors_headers() -> None:
     assert "Openai-Beta" in allowed and "X-Stainless-Retry-Count" in allowed
 
 
+async def test_a_browser_may_send_an_api_key_and_anthropic_headers() -> None:
+    asgi, app = stack()
+    answer = await call(
+        asgi,
+        "OPTIONS",
+        headers={"Origin": "http://127.0.0.1:5173", "Access-Control-Request-Method": "POST"},
+        recorder=app,
+    )
+    allowed = (answer.get("access-control-allow-headers") or "").split(",")
+    assert {"X-Api-Key", "Anthropic-Version", "Anthropic-Beta"} <= set(allowed)
+
+
 async def test_disallowed_preflight_gets_403() -> None:
     asgi, app = stack()
     answer = await call(asgi, "OPTIONS", headers={"Origin": "https://evil.example"}, recorder=app)

@@ -48,6 +48,12 @@ ALLOW_HEADERS = (
     "x-stainless-runtime",
     "x-stainless-runtime-version",
     "x-stainless-timeout",
+    "x-stainless-read-timeout",
+    # Our API keys, and Anthropic's SDK in a browser (/v1/messages)
+    "X-Api-Key",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
 )
 MAX_AGE_SECONDS = 12 * 3600
 LOCAL_TLDS = ("localhost", "local", "internal")
