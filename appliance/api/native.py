@@ -142,6 +142,46 @@ async def _tokenize_prompt(lease: Any, text: str, *, raw: bool) -> list[int]:
     return await lease.runner.tokenize(text, add_special=add_special)
 
 
+def _decode_fields(seq: Any, body: dict[str, Any]) -> Any:
+    """The request's `logprobs`, `top_logprobs` and `shift` on its sequence (checked already by
+    `_common_checks`); top_logprobs only counts when logprobs is on, as in Ollama."""
+    seq.logprobs = field_of_type(body, "logprobs", bool, False)
+    seq.top_logprobs = (body.get("top_logprobs") or 0) if seq.logprobs else 0
+    seq.shift = field_of_type(body, "shift", bool, True)
+    return seq
+
+
+def logprob_json(entry: Any) -> dict[str, Any]:
+    """One generated token as Ollama's `api.Logprob`: token, logprob, bytes, top_logprobs."""
+    out = _token_logprob_json(entry)
+    if entry.top:
+        out["top_logprobs"] = [_token_logprob_json(t) for t in entry.top]
+    return out
+
+
+def _token_logprob_json(entry: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"token": entry.token, "logprob": max(entry.logprob, -1e30)}
+    if entry.bytes:
+        out["bytes"] = list(entry.bytes)
+    return out
+
+
+class _Logprobs:
+    """Log-probabilities of tokens whose text is not out yet: they go with the next object."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+
+    def add(self, chunk: Any) -> None:
+        if chunk.logprobs:
+            self.pending.extend(logprob_json(e) for e in chunk.logprobs)
+
+    def attach(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if self.pending:
+            obj["logprobs"], self.pending = self.pending, []
+        return obj
+
+
 def _final_metrics(chunk: Any, timing: Timing) -> dict[str, int]:
     return nonzero(
         total_duration=timing.total_duration(),
@@ -258,6 +298,7 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
             num_ctx=lease.runner.spec.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
+        _decode_fields(seq, body)
     except BaseException:
         lease.release()
         raise
@@ -310,13 +351,19 @@ async def _generate_stream(
     want_context: bool,
     reply: ReplyParser,
 ) -> AsyncIterator[dict[str, Any]]:
+    logprobs = _Logprobs()
     async for chunk in chunks:
+        logprobs.add(chunk)
         if chunk.text:
             part = reply.add(chunk.text)
             if part:
-                yield _generate_obj(model, part.content, done=False, thinking=part.thinking)
+                obj = _generate_obj(model, part.content, done=False, thinking=part.thinking)
+                yield logprobs.attach(obj)
         if chunk.done:
-            yield _generate_final(chunk, model, timing, prompt_tokens, want_context, reply.finish())
+            final = _generate_final(
+                chunk, model, timing, prompt_tokens, want_context, reply.finish()
+            )
+            yield logprobs.attach(final)
 
 
 async def whole_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
@@ -329,8 +376,10 @@ async def _whole(items: AsyncIterator[dict[str, Any]], fields_of: Any) -> dict[s
     collected (Ollama's non-stream mode); `fields_of` picks the dict that holds them."""
     texts: dict[str, list[str]] = {}
     calls: list[dict[str, Any]] = []
+    logprobs: list[dict[str, Any]] = []
     try:
         async for obj in items:
+            logprobs.extend(obj.get("logprobs") or [])
             fields = fields_of(obj)
             for key in ("response", "content", "thinking"):
                 if key in fields:
@@ -342,6 +391,8 @@ async def _whole(items: AsyncIterator[dict[str, Any]], fields_of: Any) -> dict[s
                         fields[key] = "".join(parts)
                 if calls:
                     fields["tool_calls"] = calls
+                if logprobs:
+                    obj["logprobs"] = logprobs
                 return obj
     finally:
         await items.aclose()  # type: ignore[attr-defined]
@@ -437,6 +488,7 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
             num_ctx=lease.runner.spec.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
+        _decode_fields(seq, body)
     except BaseException:
         lease.release()
         raise
@@ -506,13 +558,15 @@ async def _chat_stream(
     chunks: AsyncIterator[Any], model: str, timing: Timing, reply: ReplyParser
 ) -> AsyncIterator[dict[str, Any]]:
     """Message chunks; text that may be the start of a tag or a tool call waits for the next."""
+    logprobs = _Logprobs()
     async for chunk in chunks:
+        logprobs.add(chunk)
         if chunk.text:
             part = reply.add(chunk.text)
             if part:
-                yield _chat_obj(model, "", done=False, part=part)
+                yield logprobs.attach(_chat_obj(model, "", done=False, part=part))
         if chunk.done:
-            yield _chat_final(chunk, model, timing, reply.finish())
+            yield logprobs.attach(_chat_final(chunk, model, timing, reply.finish()))
 
 
 async def whole_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
