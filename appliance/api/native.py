@@ -15,7 +15,8 @@ from typing import Any
 import trio
 from quart import Blueprint, Response
 
-from appliance import OLLAMA_COMPAT_VERSION
+from appliance import OLLAMA_COMPAT_VERSION, __version__
+from appliance.api.asgi import note_model
 from appliance.api.context import services
 from appliance.api.requests import field_of_type, read_json_object
 from appliance.api.streaming import json_response, ndjson_response
@@ -47,7 +48,9 @@ async def root() -> Response:
 
 @bp.route("/api/version", methods=["GET", "HEAD"])
 async def version() -> Response:
-    return json_response({"version": OLLAMA_COMPAT_VERSION})
+    # `version` is the Ollama release whose API this is (clients gate features on it); our
+    # own version rides along for `llm-appliance --version`.
+    return json_response({"version": OLLAMA_COMPAT_VERSION, "appliance_version": __version__})
 
 
 # ---- request pieces ------------------------------------------------------------------------------
@@ -72,6 +75,7 @@ def _model_field(body: dict[str, Any], *names: str) -> str:
 
 
 async def _resolve(model_text: str, *, missing: str = "single"):  # type: ignore[no-untyped-def]
+    note_model(model_text)
     parse_model_name(model_text)  # 400 invalid model name
     store = services().store
     try:
