@@ -18,9 +18,7 @@ SUBCOMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-appliance", description=__doc__)
-    parser.add_argument(
-        "-v", "--version", action="store_true", help="show version information"
-    )
+    parser.add_argument("-v", "--version", action="store_true", help="show version information")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)

@@ -83,6 +83,7 @@ FILE_KEYS: dict[str, str] = {
     "metrics": "LLM_APPLIANCE_METRICS",
     "api_keys": "LLM_APPLIANCE_API_KEYS",
     "api_key_file": "LLM_APPLIANCE_API_KEY_FILE",
+    "drop_unsupported_tools": "LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS",
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
@@ -145,6 +146,9 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # non-empty: every route needs one
     api_key_file: Path | None = None  # one key per line, re-read when it changes
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # Chat with tools on a model whose template has no tools: drop them (logged once per model)
+    # instead of Ollama's 400 (Open WebUI attaches its built-in tools to every chat).
+    drop_unsupported_tools: bool = False
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -226,6 +230,7 @@ class Settings:
             "LLM_APPLIANCE_METRICS": str(self.metrics).lower(),
             "LLM_APPLIANCE_API_KEYS": f"{len(self.api_keys)} keys" if self.api_keys else "",
             "LLM_APPLIANCE_API_KEY_FILE": str(self.api_key_file or ""),
+            "LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS": str(self.drop_unsupported_tools).lower(),
             "HTTPS_PROXY": mask_url_credentials(self.https_proxy or ""),
             "HTTP_PROXY": mask_url_credentials(self.http_proxy or ""),
             "NO_PROXY": self.no_proxy or "",
@@ -514,6 +519,9 @@ class _Loader:
             api_keys=self.api_keys(),
             api_key_file=self.api_key_file(),
             warnings=tuple(self.warnings),
+            drop_unsupported_tools=bool(
+                self.flag("LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS", "drop_unsupported_tools", False)
+            ),
         )
 
     # Each method below handles one setting.

@@ -212,15 +212,31 @@ async def delete() -> Response:
     name = parse_model_name(text, message=f'name "{text}" is invalid')
     store = _store()
 
-    def run() -> None:
+    def run() -> tuple[Any, list[LocalModel]]:
         existing = store.existing_name(name)
         try:
             store.delete(existing)
         except FileNotFoundError:
             raise NotFound(f"model '{text}' not found") from None
+        return existing, store.list_models()
 
-    await trio.to_thread.run_sync(run)
+    deleted, remaining = await trio.to_thread.run_sync(run)
+    _forget_deleted_name(deleted, remaining)
     return _empty_ok()
+
+
+def _forget_deleted_name(deleted: Any, remaining: list[LocalModel]) -> None:
+    """A loaded model must not keep showing a deleted name (in /api/ps and /metrics labels):
+    it goes on under another name for the same weights, or unloads once idle."""
+    for runner in services().scheduler.runners:
+        if runner.model.name != deleted:
+            continue
+        same = [m for m in remaining if m.model_path == runner.model.model_path]
+        if same:
+            runner.model = same[0]
+            runner.prompt_template = None  # the other name may carry another template
+        else:
+            runner.expire()
 
 
 # ---- blobs ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ the one Ollama would answer with.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from appliance.timefmt import go_time, utc_now_go
 from appliance.toolcalls import tool_call_parser
 
 bp = Blueprint("native", __name__)
+log = logging.getLogger(__name__)
 
 
 @bp.route("/", methods=["GET", "HEAD"])
@@ -146,6 +148,45 @@ async def _tokenize_prompt(lease: Any, text: str, *, raw: bool) -> list[int]:
     return await lease.runner.tokenize(text, add_special=add_special)
 
 
+_tools_dropped_for: set[str] = set()
+
+
+def _note_dropped_tools(model_name: str) -> None:
+    """LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS: the tools go, logged once per model."""
+    if model_name not in _tools_dropped_for:
+        _tools_dropped_for.add(model_name)
+        log.warning(
+            "%s does not support tools; dropping the tools of its chat requests "
+            "(LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS)",
+            model_name,
+        )
+
+
+def _check_images(model_text: str, caps: set[str], images: list[Any]) -> None:
+    """Images sent to a model without vision are refused (llama-server's words, which clients
+    match on), never dropped in silence. Runs after the images were parsed and checked."""
+    if images and "vision" not in caps:
+        raise BadRequest(
+            f'image input is not supported - "{model_text}" does not support vision '
+            "(it has no vision projector)"
+        )
+
+
+async def _unload(model: Any) -> None:
+    """keep_alive 0 without a prompt: an idle model is unloaded now and the answer waits until
+    it is gone, so a client that lists /api/ps right after (Open WebUI's eject) no longer sees
+    it. A model still generating for others goes when they finish; that is not waited for."""
+    if model.model_path is None:
+        return
+    scheduler = services().scheduler
+    key = str(model.model_path)
+    runner = scheduler.runner_for(key)
+    if not scheduler.unload(key) or runner is None:
+        return
+    if runner.ref_count == 0 and runner.state != "loading":
+        await runner.exited.wait()
+
+
 def _decode_fields(seq: Any, body: dict[str, Any]) -> Any:
     """The request's `logprobs`, `top_logprobs` and `shift` on its sequence (checked already by
     `_common_checks`); top_logprobs only counts when logprobs is on, as in Ollama."""
@@ -249,8 +290,7 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
     svc = services()
 
     if prompt == "" and keep_alive == 0 and "keep_alive" in body:
-        if model.model_path is not None:
-            svc.scheduler.unload(str(model.model_path))
+        await _unload(model)
         single = _generate_obj(model_text, "", done=True, done_reason="unload")
         return NativeAnswer(model_text, stream, single=single)
 
@@ -263,6 +303,7 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
         raise BadRequest(f"{model.name.full()} does not support insert")
     if _think_requested(body) and "thinking" not in caps:
         raise BadRequest(f'"{model_text}" does not support thinking')
+    _check_images(model_text, caps, field_of_type(body, "images", list, None) or [])
     think = _think_setting(body, caps)
     if context is not None and not all(
         isinstance(t, int) and not isinstance(t, bool) for t in context
@@ -451,8 +492,7 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
     svc = services()
 
     if not messages and keep_alive == 0 and "keep_alive" in body:
-        if model.model_path is not None:
-            svc.scheduler.unload(str(model.model_path))
+        await _unload(model)
         return NativeAnswer(
             model_text, stream, single=_chat_obj(model_text, "", done=True, done_reason="unload")
         )
@@ -461,7 +501,11 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
     if "completion" not in caps:
         raise BadRequest(f'"{model_text}" does not support chat')
     if tools and "tools" not in caps:
-        raise BadRequest(f"{model.name.full()} does not support tools")
+        if not svc.settings.drop_unsupported_tools:
+            raise BadRequest(f"{model.name.full()} does not support tools")
+        _note_dropped_tools(model.name.full())
+        tools = None
+    _check_images(model_text, caps, [img for m in messages for img in m.get("images") or ()])
     if _think_requested(body) and "thinking" not in caps:
         raise BadRequest(f'"{model_text}" does not support thinking')
     think = _think_setting(body, caps)
