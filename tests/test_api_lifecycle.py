@@ -152,3 +152,85 @@ async def test_removed_options_are_ignored_with_one_warning_each_per_process(ser
     warned = [r.getMessage() for r in caplog.records if r.name == "appliance.options"]
     for name in ("mirostat", "tfs_z", "penalize_newline", "numa", "low_vram", "use_mlock"):
         assert sum(f": {name} " in line for line in warned) <= 1
+
+
+# ---- settings that reach the engine -------------------------------------------------------------
+
+
+async def _loaded_size(models: Path, **settings: object) -> tuple[int, dict]:
+    async with running_appliance(models, num_parallel=1, **settings) as running:
+        async with running.client() as client:
+            r = await client.post(
+                "/api/generate",
+                json={"model": "tiny", "prompt": "hi", "stream": False,
+                      "options": {"num_predict": 3, "num_ctx": 512}},
+            )  # fmt: skip
+            assert r.status_code == 200, r.text
+            ps = (await client.get("/api/ps")).json()["models"]
+    return ps[0]["size"], r.json()
+
+
+async def test_quantized_kv_cache_with_flash_attention_is_smaller_in_ps(
+    tmp_path, tiny_gguf_factory
+):
+    models = tmp_path / "models"
+    add_model(models, "tiny", tiny_gguf_factory(n_embd=128, n_head=4))  # heads of 32 values
+    with trio.fail_after(LIMIT):
+        f16, _ = await _loaded_size(models)
+        q8, answer = await _loaded_size(models, flash_attention=True, kv_cache_type="q8_0")
+        q4, _ = await _loaded_size(models, flash_attention=True, kv_cache_type="q4_0")
+    assert q4 < q8 < f16
+    assert answer["eval_count"] == 3  # the quantized cache decodes
+
+
+async def test_quantized_kv_cache_without_flash_attention_falls_back_to_f16(tmp_path, tiny_gguf):
+    models = tmp_path / "models"
+    add_model(models, "tiny", tiny_gguf)
+    with trio.fail_after(LIMIT):
+        f16, _ = await _loaded_size(models)
+        off, answer = await _loaded_size(models, flash_attention=False, kv_cache_type="q8_0")
+    assert off == f16 and answer["eval_count"] == 3
+
+
+async def test_quantized_kv_cache_on_heads_it_cannot_split_falls_back_to_f16(tmp_path, tiny_gguf):
+    models = tmp_path / "models"
+    add_model(models, "tiny", tiny_gguf)  # heads of 16 values: not whole q8_0 blocks
+    with trio.fail_after(LIMIT):
+        f16, _ = await _loaded_size(models)
+        q8, answer = await _loaded_size(models, flash_attention=True, kv_cache_type="q8_0")
+    assert q8 == f16 and answer["eval_count"] == 3
+
+
+async def test_a_load_that_outlives_the_load_timeout_fails_and_is_freed_later(tmp_path, tiny_gguf):
+    import threading
+    import time
+
+    from appliance.llama_backend import _load_sync, make_loader
+
+    freed = threading.Event()
+
+    def stalled_load(spec, n_threads):  # type: ignore[no-untyped-def]
+        time.sleep(1.5)
+        backend = _load_sync(spec, n_threads)
+        close = backend._close
+
+        def recording_close() -> None:
+            close()
+            freed.set()
+
+        backend._close = recording_close
+        return backend
+
+    models = tmp_path / "models"
+    add_model(models, "tiny", tiny_gguf)
+    loader = make_loader(load_timeout=0.3, load_sync=stalled_load)
+    with trio.fail_after(LIMIT):
+        async with running_appliance(models, loader=loader) as running:
+            async with running.client() as client:
+                r = await client.post("/api/generate", json={"model": "tiny", "prompt": "hi"})
+                ps = (await client.get("/api/ps")).json()["models"]
+            while not freed.is_set():
+                await trio.sleep(0.05)
+    assert r.status_code == 500
+    assert r.json()["error"].startswith("timed out waiting for llama runner to start")
+    assert ps == []
