@@ -16,6 +16,7 @@ from appliance.api.context import services
 from appliance.api.requests import field_of_type, read_json_object
 from appliance.api.streaming import json_response, ndjson_response
 from appliance.errors import BadRequest, NotFound
+from appliance.prompts import builtin_chat_template
 from appliance.store.create import create_model, parse_create_request
 from appliance.store.modelfile import go_sharp_value, param_lines, render_modelfile
 from appliance.store.names import parse_model_name
@@ -112,7 +113,9 @@ def show_model(store: Store, text: str, *, verbose: bool, system: str) -> dict[s
             log.warning("cannot read GGUF of %s: %s", m.name, exc)
     template = m.template
     if template is None and info is not None:
-        template = info.chat_template
+        # The template in use: the GGUF's own, else the built-in one for its architecture
+        # (the reference Gemma 3 GGUF ships none and renders with Gemma 3's published one).
+        template = info.chat_template or builtin_chat_template(info.architecture)
     system = system or m.system
     params = "\n".join(f"{k:<30} {go_sharp_value(v)}" for k, v in param_lines(m.params))
     body: dict[str, Any] = {}
@@ -143,6 +146,7 @@ def show_model(store: Store, text: str, *, verbose: bool, system: str) -> dict[s
     body["details"] = m.details(with_parent=True)
     if m.messages:
         body["messages"] = m.messages
+    body["model_info"] = {}  # always present: several integrations crash without it (Ollama)
     if info is not None:
         body["model_info"] = model_info(info, verbose=verbose)
         if m.projector_path is not None:
