@@ -232,7 +232,8 @@ async def delete() -> Response:
 def _forget_deleted_name(deleted: Any, remaining: list[LocalModel]) -> None:
     """A loaded model must not keep showing a deleted name (in /api/ps and /metrics labels):
     it goes on under another name for the same weights, or unloads once idle."""
-    for runner in services().scheduler.runners:
+    scheduler = services().scheduler
+    for runner in scheduler.runners if scheduler is not None else ():
         if runner.model.name != deleted:
             continue
         same = [m for m in remaining if m.model_path == runner.model.model_path]
