@@ -56,7 +56,9 @@ class SequenceRequest:
     truncate: bool = True
     logprobs: bool = False  # report each generated token's log-probability
     top_logprobs: int = 0  # and this many most likely alternatives (0..20)
-    shift: bool = True  # at the end of the context, drop half of it and go on (Ollama's shift)
+    # At the end of the context, drop half of it and go on (Ollama's `shift`); the API turns it
+    # on unless a request says `shift: false`, as Ollama defaults it.
+    shift: bool = False
 
 
 @dataclass
