@@ -234,3 +234,16 @@ async def test_a_load_that_outlives_the_load_timeout_fails_and_is_freed_later(tm
     assert r.status_code == 500
     assert r.json()["error"].startswith("timed out waiting for llama runner to start")
     assert ps == []
+
+
+def test_drop_unsupported_tools_is_read_from_the_variable_and_the_file(tmp_path: Path) -> None:
+    from appliance.config import load_settings
+
+    none = tmp_path / "absent.toml"
+    assert load_settings({}, default_config_path=none).drop_unsupported_tools is False
+    on = load_settings({"LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS": "1"}, default_config_path=none)
+    assert on.drop_unsupported_tools is True
+    assert on.as_log_map()["LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS"] == "true"
+    toml = tmp_path / "config.toml"
+    toml.write_text("drop_unsupported_tools = true\n")
+    assert load_settings({}, config_path=toml).drop_unsupported_tools is True
