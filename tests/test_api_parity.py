@@ -188,3 +188,19 @@ async def test_shift_false_ends_at_the_context_edge_with_length(long_server):
     answer = r.json()
     assert answer["done_reason"] == "length"
     assert answer["prompt_eval_count"] + answer["eval_count"] <= 65
+
+
+async def test_shift_false_refuses_a_prompt_longer_than_the_context(long_server):
+    body = {
+        "model": "long",
+        "prompt": "hello " * 40,
+        "stream": False,
+        "options": {**GREEDY, "num_ctx": 32, "num_predict": 4},
+    }
+    with trio.fail_after(LIMIT):
+        async with long_server.client() as client:
+            refused = await client.post("/api/generate", json={**body, "shift": False})
+            truncated = await client.post("/api/generate", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("the prompt is longer than the context length")
+    assert truncated.status_code == 200 and truncated.json()["eval_count"] == 4

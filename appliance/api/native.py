@@ -189,10 +189,13 @@ async def _unload(model: Any) -> None:
 
 def _decode_fields(seq: Any, body: dict[str, Any]) -> Any:
     """The request's `logprobs`, `top_logprobs` and `shift` on its sequence (checked already by
-    `_common_checks`); top_logprobs only counts when logprobs is on, as in Ollama."""
+    `_common_checks`); top_logprobs only counts when logprobs is on, as in Ollama, and without
+    shift the runner does not cut a prompt that is still too long (llm/llama_server.go)."""
     seq.logprobs = field_of_type(body, "logprobs", bool, False)
     seq.top_logprobs = (body.get("top_logprobs") or 0) if seq.logprobs else 0
     seq.shift = field_of_type(body, "shift", bool, True)
+    if not seq.shift:  # no shift, no token-level truncation: a prompt too long is a 400
+        seq.truncate = False
     return seq
 
 

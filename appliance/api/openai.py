@@ -509,7 +509,10 @@ async def _chat_events(
                 yield event
             if obj.get("done"):
                 reason = obj.get("done_reason") or "stop"
-                yield chunk({}, "tool_calls" if tool_calls_sent else reason)
+                finish = chunk({}, "tool_calls" if tool_calls_sent else reason)
+                if logprobs is not None:  # tokens whose text never showed (a stop sequence)
+                    finish["choices"][0]["logprobs"] = logprobs
+                yield finish
                 if include_usage:
                     yield {**chunk({}), "choices": [], "usage": _usage(obj)}
                 yield "[DONE]"
