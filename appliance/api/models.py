@@ -12,6 +12,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, request
 
+from appliance.api.asgi import note_model
 from appliance.api.context import services
 from appliance.api.requests import field_of_type, read_json_object
 from appliance.api.streaming import json_response, ndjson_response
@@ -176,6 +177,7 @@ async def show() -> Response:
         raise BadRequest("model is required")
     verbose = bool(field_of_type(body, "verbose", bool, False))
     system = field_of_type(body, "system", str, "")
+    note_model(text)
     parse_model_name(text)
     result = await trio.to_thread.run_sync(
         lambda: show_model(_store(), text, verbose=verbose, system=system)
