@@ -7,6 +7,7 @@ penalties, temperature and truncation samplers do not change what is reported.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,26 +33,38 @@ class Logprob(TokenLogprob):
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log(softmax(logits)) in float64, stable for large logits; -inf logits stay -inf."""
+    """log(softmax(logits)) for a whole row (float64); -inf logits stay -inf."""
     row = np.asarray(logits, dtype=np.float64)
-    finite = row[np.isfinite(row)]
-    peak = float(finite.max()) if finite.size else 0.0
-    shifted = row - peak
-    return shifted - np.log(np.exp(shifted).sum())
+    return row - logsumexp(row)
+
+
+def logsumexp(logits: np.ndarray) -> float:
+    """log(sum(exp(logits))), stable for large logits; one pass of exp over the row."""
+    row = np.asarray(logits)
+    peak = float(row.max())
+    if not math.isfinite(peak):
+        finite = row[np.isfinite(row)]
+        peak = float(finite.max()) if finite.size else 0.0
+    return peak + math.log(float(np.exp(row - peak).sum(dtype=np.float64)))
 
 
 def token_logprob(
     logits: np.ndarray, token: int, top: int, piece: Callable[[int], bytes]
 ) -> Logprob:
-    """The entry for `token` sampled from `logits`; `piece(id)` gives a token's bytes."""
-    logp = log_softmax(logits)
+    """The entry for `token` sampled from `logits`; `piece(id)` gives a token's bytes.
+
+    Only the normaliser is computed over the whole row (no log-probability array), so a 262k
+    vocabulary costs one exp pass, plus a partial sort when alternatives are asked for.
+    """
+    row = np.asarray(logits)
+    norm = logsumexp(row)
     alternatives: tuple[TokenLogprob, ...] = ()
-    top = max(0, min(top, MAX_TOP_LOGPROBS, logp.size))
+    top = max(0, min(top, MAX_TOP_LOGPROBS, row.size))
     if top:
-        ids = np.argpartition(-logp, top - 1)[:top]
-        ids = ids[np.argsort(-logp[ids], kind="stable")]
-        alternatives = tuple(_entry(int(i), float(logp[i]), piece) for i in ids)
-    chosen = _entry(token, float(logp[token]), piece)
+        ids = np.argpartition(row, row.size - top)[row.size - top :]
+        ids = ids[np.argsort(-row[ids], kind="stable")]
+        alternatives = tuple(_entry(int(i), float(row[i]) - norm, piece) for i in ids)
+    chosen = _entry(token, float(row[token]) - norm, piece)
     return Logprob(chosen.token, chosen.logprob, chosen.bytes, alternatives)
 
 
