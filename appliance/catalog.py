@@ -6,6 +6,7 @@ worker thread, once per blob: blobs are content-addressed, so a path's header ne
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,32 @@ if TYPE_CHECKING:
     from appliance.options import Options
     from appliance.store.store import LocalModel
 
+log = logging.getLogger(__name__)
+
+
+KV_BLOCK = {"q8_0": 32, "q4_0": 32}  # a quantized row holds whole blocks of this many values
+_kv_fallbacks: set[Path] = set()
+
+
+def _kv_type_for(info: GGUFInfo, wanted: str) -> str:
+    """`wanted`, or f16 when the model's head size is not a whole number of quantized blocks
+    (llama.cpp would refuse to create the context); logged once per model file."""
+    block = KV_BLOCK.get(wanted)
+    if block is None:
+        return wanted
+    dims = [d for d in (info.key_length, info.value_length) if d]
+    if dims and all(d % block == 0 for d in dims):
+        return wanted
+    if info.path not in _kv_fallbacks:
+        _kv_fallbacks.add(info.path)
+        log.warning(
+            "%s: KV cache type %s needs a head size that is a multiple of %d; using f16",
+            info.path.name,
+            wanted,
+            block,
+        )
+    return "f16"
+
 
 @dataclass(frozen=True)
 class SlotPolicy:
@@ -28,6 +55,16 @@ class SlotPolicy:
 
     num_parallel: int  # >= 1
     default_num_ctx: int
+    flash_attention: bool | None = None  # OLLAMA_FLASH_ATTENTION; None lets llama.cpp decide
+    kv_cache_type: str = ""  # OLLAMA_KV_CACHE_TYPE: "" (f16), "q8_0", "q4_0"
+
+    def kv_type(self) -> str:
+        """The KV cache type to use: a quantized cache needs flash attention, so with flash
+        attention turned off it falls back to f16 (warned once at start by `server`)."""
+        kind = self.kv_cache_type or "f16"
+        if kind != "f16" and self.flash_attention is False:
+            return "f16"
+        return kind
 
 
 class Catalog:
@@ -85,6 +122,7 @@ class Catalog:
         num_batch = options.num_batch if options.num_batch > 0 else 512
         cores = os.cpu_count() or 1
         num_thread = options.num_thread if 0 < options.num_thread <= cores else 0
+        kv_type = _kv_type_for(info, self.policy.kv_type())
         return LoadSpec(
             key=str(model.model_path),
             model_path=model.model_path,
@@ -96,6 +134,11 @@ class Catalog:
             num_gpu=options.num_gpu,
             adapters=tuple(str(a) for a in model.adapters),
             embedding_only=embedding_only,
-            memory_bytes=info.estimate_memory(num_ctx, n_seq),
+            memory_bytes=info.estimate_memory(num_ctx, n_seq, kv_type=kv_type),
+            extra={
+                "flash_attn": self.policy.flash_attention,
+                "type_k": kv_type,
+                "type_v": kv_type,
+            },
             options_key=options.load_key(info.context_length),
         )

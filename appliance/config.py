@@ -90,6 +90,7 @@ FILE_KEYS: dict[str, str] = {
     "update_url": "LLM_APPLIANCE_UPDATE_URL",
     "update_root": "LLM_APPLIANCE_UPDATE_ROOT",
     "update_state_dir": "LLM_APPLIANCE_UPDATE_STATE_DIR",
+    "drop_unsupported_tools": "LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS",
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
@@ -161,6 +162,9 @@ class Settings:
     update_url: str | None = None  # base URL of the TUF release feed; None: updates are off
     update_root: Path | None = None  # the trusted root.json the box starts from
     update_state_dir: Path | None = None  # tuf's trusted metadata and the last check
+    # Chat with tools on a model whose template has no tools: drop them (logged once per model)
+    # instead of Ollama's 400 (Open WebUI attaches its built-in tools to every chat).
+    drop_unsupported_tools: bool = False
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -270,6 +274,7 @@ class Settings:
             "LLM_APPLIANCE_METRICS_KEY_FILE": str(self.metrics_key_file or ""),
             "LLM_APPLIANCE_UPDATE_URL": self.update_url or "",
             "LLM_APPLIANCE_UPDATE_ROOT": str(self.update_root or ""),
+            "LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS": str(self.drop_unsupported_tools).lower(),
             "HTTPS_PROXY": mask_url_credentials(self.https_proxy or ""),
             "HTTP_PROXY": mask_url_credentials(self.http_proxy or ""),
             "NO_PROXY": self.no_proxy or "",
@@ -581,6 +586,9 @@ class _Loader:
             admin_key_file=self.key_file("LLM_APPLIANCE_ADMIN_KEY_FILE", "admin_key_file"),
             metrics_keys=self.keys("LLM_APPLIANCE_METRICS_KEYS", "metrics_keys"),
             metrics_key_file=self.key_file("LLM_APPLIANCE_METRICS_KEY_FILE", "metrics_key_file"),
+            drop_unsupported_tools=bool(
+                self.flag("LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS", "drop_unsupported_tools", False)
+            ),
         )
 
     # Each method below handles one setting.

@@ -8,7 +8,9 @@ on llama.cpp. Tokenizing reads only the vocabulary, which llama.cpp allows from 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import threading
 from functools import partial
 
 import trio
@@ -123,6 +125,9 @@ def _load_sync(spec: LoadSpec, n_threads: int) -> LlamaBackend:
                 n_ctx=spec.num_ctx,
                 n_batch=spec.num_batch,
                 n_threads=n_threads,
+                flash_attn=spec.extra.get("flash_attn"),
+                type_k=spec.extra.get("type_k") or "f16",
+                type_v=spec.extra.get("type_v") or "f16",
             )
         return LlamaBackend(spec, model, batch, n_threads)
     except BaseException:
@@ -130,18 +135,72 @@ def _load_sync(spec: LoadSpec, n_threads: int) -> LlamaBackend:
         raise
 
 
-def make_loader(default_threads: int | None = None):  # type: ignore[no-untyped-def]
-    """A `Loader` that loads GGUF models with llama.cpp in a worker thread."""
+class _Handover:
+    """A load's result, handed to the waiter, or freed by the worker when the waiter gave up.
+
+    A llama.cpp load cannot be interrupted; after OLLAMA_LOAD_TIMEOUT the waiter stops waiting
+    (the thread is abandoned) and the worker frees whatever it loads once it is done.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.kept: LlamaBackend | None = None
+
+    def keep(self, backend: LlamaBackend) -> bool:
+        with self._lock:
+            if not self._abandoned:
+                self.kept = backend
+                return True
+        return False
+
+    def abandon(self) -> LlamaBackend | None:
+        """Give up; returns a result that arrived too late for the waiter (to be freed)."""
+        with self._lock:
+            self._abandoned = True
+            late, self.kept = self.kept, None
+        return late
+
+
+def make_loader(  # type: ignore[no-untyped-def]
+    default_threads: int | None = None, *, load_timeout: float = math.inf, load_sync=None
+):
+    """A `Loader` that loads GGUF models with llama.cpp in a worker thread.
+
+    A load still running after `load_timeout` seconds (OLLAMA_LOAD_TIMEOUT) fails with Ollama's
+    message; `load_sync(spec, n_threads)` replaces the blocking load in tests.
+    """
+    load_blocking = load_sync or _load_sync
 
     async def load(spec: LoadSpec) -> LlamaBackend:
         n_threads = spec.num_thread or default_threads or os.cpu_count() or 1
+        handover = _Handover()
+
+        def work() -> LlamaBackend | None:
+            backend = load_blocking(spec, n_threads)
+            if handover.keep(backend):
+                return backend
+            backend._close()  # the waiter timed out: free what it no longer wants
+            return None
+
         try:
-            return await trio.to_thread.run_sync(_load_sync, spec, n_threads)
+            # Shielded as before (a load is not cancelled half-way), but with its own deadline.
+            with trio.CancelScope(shield=True) as scope:
+                if math.isfinite(load_timeout):
+                    scope.deadline = trio.current_time() + load_timeout
+                backend = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         except ModelLoadFailed as exc:
             raise ModelLoadError(f"llama runner process has terminated: {exc}") from None
         except FileNotFoundError:
             raise ApplianceError(
                 f'model "{spec.model_path}" not found, try pulling it first', status=404
             ) from None
+        if scope.cancelled_caught or backend is None:
+            late = handover.abandon()
+            if late is not None:
+                await trio.to_thread.run_sync(late._close)
+            log.warning("loading %s timed out after %.0fs", spec.model_path, load_timeout)
+            raise ModelLoadError("timed out waiting for llama runner to start - progress 0.00 - ")
+        return backend
 
     return load

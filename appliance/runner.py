@@ -83,6 +83,7 @@ class Runner:
         self._wake = trio.Event()
         self.steps = 0
         self.prompt_template: Any = None  # parsed once, by the routes, on first use
+        self.exited = trio.Event()  # set once the model is freed and the scheduler forgot it
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class Runner:
                 with trio.CancelScope(shield=True):
                     await self.backend.aclose()
             self._on_exit(self)
+            self.exited.set()
 
     def unload(self) -> None:
         """Unload now (cancels the lifetime scope); in-flight requests get an error line."""

@@ -71,7 +71,8 @@ class Appliance:
         metrics = Metrics() if settings.metrics else None
         scheduler = Scheduler(
             limits=limits,
-            loader=self.loader or make_loader(settings.num_threads),
+            loader=self.loader
+            or make_loader(settings.num_threads, load_timeout=settings.load_timeout),
             planner=catalog.plan,
             observer=metrics,
         )
@@ -146,7 +147,15 @@ def resolve_limits(settings: Settings) -> tuple[Limits, SlotPolicy]:
     policy = SlotPolicy(
         num_parallel=max(settings.num_parallel, 1),
         default_num_ctx=settings.default_num_ctx,
+        flash_attention=settings.flash_attention,
+        kv_cache_type=settings.kv_cache_type,
     )
+    if policy.kv_type() != (settings.kv_cache_type or "f16"):
+        log.warning(
+            "OLLAMA_KV_CACHE_TYPE=%s needs flash attention, which OLLAMA_FLASH_ATTENTION turns "
+            "off; using f16",
+            settings.kv_cache_type,
+        )
     return limits, policy
 
 

@@ -12,10 +12,12 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, request
 
+from appliance.api.asgi import note_model
 from appliance.api.context import services
 from appliance.api.requests import field_of_type, read_json_object
 from appliance.api.streaming import json_response, ndjson_response
 from appliance.errors import BadRequest, NotFound
+from appliance.prompts import builtin_chat_template
 from appliance.store.create import create_model, parse_create_request
 from appliance.store.modelfile import go_sharp_value, param_lines, render_modelfile
 from appliance.store.names import parse_model_name
@@ -112,7 +114,9 @@ def show_model(store: Store, text: str, *, verbose: bool, system: str) -> dict[s
             log.warning("cannot read GGUF of %s: %s", m.name, exc)
     template = m.template
     if template is None and info is not None:
-        template = info.chat_template
+        # The template in use: the GGUF's own, else the built-in one for its architecture
+        # (the reference Gemma 3 GGUF ships none and renders with Gemma 3's published one).
+        template = info.chat_template or builtin_chat_template(info.architecture)
     system = system or m.system
     params = "\n".join(f"{k:<30} {go_sharp_value(v)}" for k, v in param_lines(m.params))
     body: dict[str, Any] = {}
@@ -143,6 +147,7 @@ def show_model(store: Store, text: str, *, verbose: bool, system: str) -> dict[s
     body["details"] = m.details(with_parent=True)
     if m.messages:
         body["messages"] = m.messages
+    body["model_info"] = {}  # always present: several integrations crash without it (Ollama)
     if info is not None:
         body["model_info"] = model_info(info, verbose=verbose)
         if m.projector_path is not None:
@@ -172,6 +177,7 @@ async def show() -> Response:
         raise BadRequest("model is required")
     verbose = bool(field_of_type(body, "verbose", bool, False))
     system = field_of_type(body, "system", str, "")
+    note_model(text)
     parse_model_name(text)
     result = await trio.to_thread.run_sync(
         lambda: show_model(_store(), text, verbose=verbose, system=system)
@@ -212,15 +218,32 @@ async def delete() -> Response:
     name = parse_model_name(text, message=f'name "{text}" is invalid')
     store = _store()
 
-    def run() -> None:
+    def run() -> tuple[Any, list[LocalModel]]:
         existing = store.existing_name(name)
         try:
             store.delete(existing)
         except FileNotFoundError:
             raise NotFound(f"model '{text}' not found") from None
+        return existing, store.list_models()
 
-    await trio.to_thread.run_sync(run)
+    deleted, remaining = await trio.to_thread.run_sync(run)
+    _forget_deleted_name(deleted, remaining)
     return _empty_ok()
+
+
+def _forget_deleted_name(deleted: Any, remaining: list[LocalModel]) -> None:
+    """A loaded model must not keep showing a deleted name (in /api/ps and /metrics labels):
+    it goes on under another name for the same weights, or unloads once idle."""
+    scheduler = services().scheduler
+    for runner in scheduler.runners if scheduler is not None else ():
+        if runner.model.name != deleted:
+            continue
+        same = [m for m in remaining if m.model_path == runner.model.model_path]
+        if same:
+            runner.model = same[0]
+            runner.prompt_template = None  # the other name may carry another template
+        else:
+            runner.expire()
 
 
 # ---- blobs ---------------------------------------------------------------------------------------

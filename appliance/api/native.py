@@ -6,6 +6,7 @@ the one Ollama would answer with.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from typing import Any
 import trio
 from quart import Blueprint, Response
 
-from appliance import OLLAMA_COMPAT_VERSION
+from appliance import OLLAMA_COMPAT_VERSION, __version__
+from appliance.api.asgi import note_model
 from appliance.api.context import services
 from appliance.api.requests import field_of_type, read_json_object
 from appliance.api.streaming import json_response, ndjson_response
@@ -38,6 +40,7 @@ from appliance.timefmt import go_time, utc_now_go
 from appliance.toolcalls import tool_call_parser
 
 bp = Blueprint("native", __name__)
+log = logging.getLogger(__name__)
 
 
 @bp.route("/", methods=["GET", "HEAD"])
@@ -47,7 +50,9 @@ async def root() -> Response:
 
 @bp.route("/api/version", methods=["GET", "HEAD"])
 async def version() -> Response:
-    return json_response({"version": OLLAMA_COMPAT_VERSION})
+    # `version` is the Ollama release whose API this is (clients gate features on it); our
+    # own version rides along for `llm-appliance --version`.
+    return json_response({"version": OLLAMA_COMPAT_VERSION, "appliance_version": __version__})
 
 
 # ---- request pieces ------------------------------------------------------------------------------
@@ -72,6 +77,7 @@ def _model_field(body: dict[str, Any], *names: str) -> str:
 
 
 async def _resolve(model_text: str, *, missing: str = "single"):  # type: ignore[no-untyped-def]
+    note_model(model_text)
     parse_model_name(model_text)  # 400 invalid model name
     store = services().store
     try:
@@ -142,6 +148,88 @@ async def _tokenize_prompt(lease: Any, text: str, *, raw: bool) -> list[int]:
     return await lease.runner.tokenize(text, add_special=add_special)
 
 
+_tools_dropped_for: set[str] = set()
+
+
+def _note_dropped_tools(model_name: str) -> None:
+    """LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS: the tools go, logged once per model."""
+    if model_name not in _tools_dropped_for:
+        _tools_dropped_for.add(model_name)
+        log.warning(
+            "%s does not support tools; dropping the tools of its chat requests "
+            "(LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS)",
+            model_name,
+        )
+
+
+def _check_images(model_text: str, caps: set[str], images: list[Any]) -> None:
+    """Images sent to a model without vision are refused (llama-server's words, which clients
+    match on), never dropped in silence. Runs after the images were parsed and checked."""
+    if images and "vision" not in caps:
+        raise BadRequest(
+            f'image input is not supported - "{model_text}" does not support vision '
+            "(it has no vision projector)"
+        )
+
+
+async def _unload(model: Any) -> None:
+    """keep_alive 0 without a prompt: an idle model is unloaded now and the answer waits until
+    it is gone, so a client that lists /api/ps right after (Open WebUI's eject) no longer sees
+    it. A model still generating for others goes when they finish; that is not waited for."""
+    if model.model_path is None:
+        return
+    scheduler = services().scheduler
+    key = str(model.model_path)
+    runner = scheduler.runner_for(key)
+    if not scheduler.unload(key) or runner is None:
+        return
+    if runner.ref_count == 0 and runner.state != "loading":
+        await runner.exited.wait()
+
+
+def _decode_fields(seq: Any, body: dict[str, Any]) -> Any:
+    """The request's `logprobs`, `top_logprobs` and `shift` on its sequence (checked already by
+    `_common_checks`); top_logprobs only counts when logprobs is on, as in Ollama, and without
+    shift the runner does not cut a prompt that is still too long (llm/llama_server.go)."""
+    seq.logprobs = field_of_type(body, "logprobs", bool, False)
+    seq.top_logprobs = (body.get("top_logprobs") or 0) if seq.logprobs else 0
+    seq.shift = field_of_type(body, "shift", bool, True)
+    if not seq.shift:  # no shift, no token-level truncation: a prompt too long is a 400
+        seq.truncate = False
+    return seq
+
+
+def logprob_json(entry: Any) -> dict[str, Any]:
+    """One generated token as Ollama's `api.Logprob`: token, logprob, bytes, top_logprobs."""
+    out = _token_logprob_json(entry)
+    if entry.top:
+        out["top_logprobs"] = [_token_logprob_json(t) for t in entry.top]
+    return out
+
+
+def _token_logprob_json(entry: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"token": entry.token, "logprob": max(entry.logprob, -1e30)}
+    if entry.bytes:
+        out["bytes"] = list(entry.bytes)
+    return out
+
+
+class _Logprobs:
+    """Log-probabilities of tokens whose text is not out yet: they go with the next object."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+
+    def add(self, chunk: Any) -> None:
+        if chunk.logprobs:
+            self.pending.extend(logprob_json(e) for e in chunk.logprobs)
+
+    def attach(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if self.pending:
+            obj["logprobs"], self.pending = self.pending, []
+        return obj
+
+
 def _final_metrics(chunk: Any, timing: Timing) -> dict[str, int]:
     return nonzero(
         total_duration=timing.total_duration(),
@@ -206,8 +294,7 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
     svc = services()
 
     if prompt == "" and keep_alive == 0 and "keep_alive" in body:
-        if model.model_path is not None:
-            svc.scheduler.unload(str(model.model_path))
+        await _unload(model)
         single = _generate_obj(model_text, "", done=True, done_reason="unload")
         return NativeAnswer(model_text, stream, single=single)
 
@@ -220,6 +307,7 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
         raise BadRequest(f"{model.name.full()} does not support insert")
     if _think_requested(body) and "thinking" not in caps:
         raise BadRequest(f'"{model_text}" does not support thinking')
+    _check_images(model_text, caps, field_of_type(body, "images", list, None) or [])
     think = _think_setting(body, caps)
     if context is not None and not all(
         isinstance(t, int) and not isinstance(t, bool) for t in context
@@ -259,6 +347,7 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
             num_ctx=lease.runner.spec.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
+        _decode_fields(seq, body)
     except BaseException:
         lease.release()
         raise
@@ -311,13 +400,19 @@ async def _generate_stream(
     want_context: bool,
     reply: ReplyParser,
 ) -> AsyncIterator[dict[str, Any]]:
+    logprobs = _Logprobs()
     async for chunk in chunks:
+        logprobs.add(chunk)
         if chunk.text:
             part = reply.add(chunk.text)
             if part:
-                yield _generate_obj(model, part.content, done=False, thinking=part.thinking)
+                obj = _generate_obj(model, part.content, done=False, thinking=part.thinking)
+                yield logprobs.attach(obj)
         if chunk.done:
-            yield _generate_final(chunk, model, timing, prompt_tokens, want_context, reply.finish())
+            final = _generate_final(
+                chunk, model, timing, prompt_tokens, want_context, reply.finish()
+            )
+            yield logprobs.attach(final)
 
 
 async def whole_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
@@ -330,8 +425,10 @@ async def _whole(items: AsyncIterator[dict[str, Any]], fields_of: Any) -> dict[s
     collected (Ollama's non-stream mode); `fields_of` picks the dict that holds them."""
     texts: dict[str, list[str]] = {}
     calls: list[dict[str, Any]] = []
+    logprobs: list[dict[str, Any]] = []
     try:
         async for obj in items:
+            logprobs.extend(obj.get("logprobs") or [])
             fields = fields_of(obj)
             for key in ("response", "content", "thinking"):
                 if key in fields:
@@ -343,6 +440,8 @@ async def _whole(items: AsyncIterator[dict[str, Any]], fields_of: Any) -> dict[s
                         fields[key] = "".join(parts)
                 if calls:
                     fields["tool_calls"] = calls
+                if logprobs:
+                    obj["logprobs"] = logprobs
                 return obj
     finally:
         await items.aclose()  # type: ignore[attr-defined]
@@ -406,8 +505,7 @@ async def prepare_chat(
     svc = services()
 
     if not messages and keep_alive == 0 and "keep_alive" in body:
-        if model.model_path is not None:
-            svc.scheduler.unload(str(model.model_path))
+        await _unload(model)
         return NativeAnswer(
             model_text, stream, single=_chat_obj(model_text, "", done=True, done_reason="unload")
         )
@@ -416,9 +514,13 @@ async def prepare_chat(
     if "completion" not in caps:
         raise BadRequest(f'"{model_text}" does not support chat')
     if tools and "tools" not in caps:
-        raise BadRequest(f"{model.name.full()} does not support tools")
+        if not svc.settings.drop_unsupported_tools:
+            raise BadRequest(f"{model.name.full()} does not support tools")
+        _note_dropped_tools(model.name.full())
+        tools = None
     if relax_thinking and "thinking" not in caps:
         body = {**body, "think": None}
+    _check_images(model_text, caps, [img for m in messages for img in m.get("images") or ()])
     if _think_requested(body) and "thinking" not in caps:
         raise BadRequest(f'"{model_text}" does not support thinking')
     think = _think_setting(body, caps)
@@ -453,6 +555,7 @@ async def prepare_chat(
             num_ctx=lease.runner.spec.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
+        _decode_fields(seq, body)
     except BaseException:
         lease.release()
         raise
@@ -527,13 +630,15 @@ async def _chat_stream(
     chunks: AsyncIterator[Any], model: str, timing: Timing, reply: ReplyParser
 ) -> AsyncIterator[dict[str, Any]]:
     """Message chunks; text that may be the start of a tag or a tool call waits for the next."""
+    logprobs = _Logprobs()
     async for chunk in chunks:
+        logprobs.add(chunk)
         if chunk.text:
             part = reply.add(chunk.text)
             if part:
-                yield _chat_obj(model, "", done=False, part=part)
+                yield logprobs.attach(_chat_obj(model, "", done=False, part=part))
         if chunk.done:
-            yield _chat_final(chunk, model, timing, reply.finish())
+            yield logprobs.attach(_chat_final(chunk, model, timing, reply.finish()))
 
 
 async def whole_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:

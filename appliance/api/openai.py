@@ -457,6 +457,34 @@ def _openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _chat_logprobs(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """`choices[].logprobs` of a chat answer (Ollama's ChoiceLogprobs), None when not asked."""
+    entries = obj.get("logprobs")
+    return {"content": entries} if entries else None
+
+
+def _completion_logprobs(obj: dict[str, Any], text_start: int) -> dict[str, Any] | None:
+    """`choices[].logprobs` of a completion: Ollama's `content` list, and the legacy OpenAI
+    fields the openai SDK's `Logprobs` model reads (tokens, token_logprobs, top_logprobs as
+    token -> logprob maps, text_offset counted from `text_start`)."""
+    entries = obj.get("logprobs")
+    if not entries:
+        return None
+    offsets = []
+    for entry in entries:
+        offsets.append(text_start)
+        text_start += len(entry["token"])
+    return {
+        "content": entries,
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [
+            {t["token"]: t["logprob"] for t in e.get("top_logprobs", [])} for e in entries
+        ],
+        "text_offset": offsets,
+    }
+
+
 def _chat_completion(final: dict[str, Any], cid: str, model: str) -> dict[str, Any]:
     native = final.get("message", {})
     message: dict[str, Any] = {"role": "assistant", "content": native.get("content", "")}
@@ -465,12 +493,10 @@ def _chat_completion(final: dict[str, Any], cid: str, model: str) -> dict[str, A
     calls = native.get("tool_calls") or []
     if calls:
         message["tool_calls"] = _openai_tool_calls(calls)
-    choice: dict[str, Any] = {
-        "index": 0,
-        "message": message,
-        "finish_reason": _finish_reason(final, bool(calls)),
-    }
-    _add_logprobs(choice, final)
+    choice = {"index": 0, "message": message, "finish_reason": _finish_reason(final, bool(calls))}
+    logprobs = _chat_logprobs(final)
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
     return {
         "id": cid,
         "object": "chat.completion",
@@ -480,18 +506,6 @@ def _chat_completion(final: dict[str, Any], cid: str, model: str) -> dict[str, A
         "choices": [choice],
         "usage": _usage(final),
     }
-
-
-def _add_logprobs(choice: dict[str, Any], obj: dict[str, Any]) -> None:
-    """`choices[].logprobs.content` from a native object's `logprobs` (Ollama's entries already
-    have OpenAI's shape: token, logprob, bytes, top_logprobs).
-
-    TODO(issue 11 item 1): the engine does not produce `logprobs` on this branch yet; once the
-    native objects carry them (and `whole_chat` gathers them), this shows them as they come.
-    """
-    logprobs = obj.get("logprobs")
-    if logprobs:
-        choice["logprobs"] = {"content": logprobs}
 
 
 async def _chat_events(
@@ -526,17 +540,21 @@ async def _chat_events(
             if message.get("tool_calls"):
                 deltas.append({"tool_calls": _openai_tool_calls(message["tool_calls"])})
                 tool_calls_sent = True
-            for i, delta in enumerate(deltas):
+            logprobs = _chat_logprobs(obj)
+            for delta in deltas:
                 if first:
                     delta = {"role": "assistant", **delta}
                     first = False
-                out = chunk(delta)
-                if i == 0:
-                    _add_logprobs(out["choices"][0], obj)
-                yield out
+                event = chunk(delta)
+                if logprobs is not None:  # with the first delta of the object that carried them
+                    event["choices"][0]["logprobs"], logprobs = logprobs, None
+                yield event
             if obj.get("done"):
                 reason = obj.get("done_reason") or "stop"
-                yield chunk({}, "tool_calls" if tool_calls_sent else reason)
+                finish = chunk({}, "tool_calls" if tool_calls_sent else reason)
+                if logprobs is not None:  # tokens whose text never showed (a stop sequence)
+                    finish["choices"][0]["logprobs"] = logprobs
+                yield finish
                 if include_usage:
                     yield {**chunk({}), "choices": [], "usage": _usage(obj)}
                 yield "[DONE]"
@@ -566,17 +584,21 @@ async def completions() -> Response:
     )
 
 
-def _completion_chunk(obj: dict[str, Any], cid: str, *, model: str, created: int) -> dict[str, Any]:
-    # TODO(issue 11 item 1): with native `logprobs` on the objects, add `choices[].logprobs` in
-    # the completions shape (tokens, token_logprobs, top_logprobs, text_offset) here.
+def _completion_chunk(
+    obj: dict[str, Any], cid: str, *, model: str, created: int, text_start: int = 0
+) -> dict[str, Any]:
     reason = (obj.get("done_reason") or None) if obj.get("done") else None
+    choice: dict[str, Any] = {"text": obj.get("response", ""), "index": 0, "finish_reason": reason}
+    logprobs = _completion_logprobs(obj, text_start)
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
     return {
         "id": cid,
         "object": "text_completion",
         "created": created,
         "model": model,
         "system_fingerprint": FINGERPRINT,
-        "choices": [{"text": obj.get("response", ""), "index": 0, "finish_reason": reason}],
+        "choices": [choice],
     }
 
 
@@ -586,11 +608,13 @@ async def _completion_events(
     """One chunk per native object; with include_usage each carries zero usage, and the real
     usage follows in a chunk without choices."""
     created: int | None = None
+    offset = 0  # characters of text sent so far, for the logprobs' text_offset
     try:
         async for obj in items:
             if created is None:
                 created = int(time.time())
-            chunk = _completion_chunk(obj, cid, model=model, created=created)
+            chunk = _completion_chunk(obj, cid, model=model, created=created, text_start=offset)
+            offset += len(obj.get("response", ""))
             if include_usage:
                 chunk["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
             yield chunk
