@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 # Modules that add their own subcommands through `add_parser(subparsers)`.
 SUBCOMMAND_MODULES = (
-    "appliance.server",  # serve
-    "appliance.client_cli",  # run, pull, list, ps, stop, rm, show, create, cp, version
-    "appliance.systemd_cli",  # systemd install | proxy
-    "appliance.doctor",  # doctor
+    "appliance.host.server",  # serve
+    "appliance.client.commands",  # run, pull, list, ps, stop, rm, show, create, cp, version
+    "appliance.host.systemd_cli",  # systemd install | proxy
+    "appliance.host.doctor",  # doctor
     "appliance.update.cli",  # update
 )
 
@@ -41,7 +41,7 @@ def print_version() -> int:
     """`ollama --version`'s two lines: the running server's version, and the client's when it
     differs (or when no server answers)."""
     from appliance import __version__
-    from appliance.client_cli import PROGRAM, Client, CLIError
+    from appliance.client.commands import PROGRAM, Client, CLIError
 
     server = ""
     try:

@@ -19,7 +19,7 @@ PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQG
 
 def _slow_to_free_loader():  # type: ignore[no-untyped-def]
     """The real loader, whose models take 0.3 s to free (as a large model's munmap can)."""
-    from appliance.llama_backend import make_loader
+    from appliance.serving.llama_backend import make_loader
 
     real = make_loader()
 
@@ -94,7 +94,7 @@ async def test_tools_on_a_model_without_a_tools_template_are_a_400_by_default(se
 async def test_drop_unsupported_tools_setting_answers_without_them_and_logs_once(
     tmp_path: Path, tiny_gguf: Path, caplog
 ):
-    caplog.set_level(logging.WARNING, logger="appliance.api.native")
+    caplog.set_level(logging.WARNING, logger="appliance.api.routes.native")
     models = tmp_path / "models"
     add_model(models, "plain", tiny_gguf)
     body = {
@@ -205,7 +205,7 @@ async def test_a_load_that_outlives_the_load_timeout_fails_and_is_freed_later(tm
     import threading
     import time
 
-    from appliance.llama_backend import _load_sync, make_loader
+    from appliance.serving.llama_backend import _load_sync, make_loader
 
     freed = threading.Event()
 
@@ -237,7 +237,7 @@ async def test_a_load_that_outlives_the_load_timeout_fails_and_is_freed_later(tm
 
 
 def test_drop_unsupported_tools_is_read_from_the_variable_and_the_file(tmp_path: Path) -> None:
-    from appliance.config import load_settings
+    from appliance.settings.config import load_settings
 
     none = tmp_path / "absent.toml"
     assert load_settings({}, default_config_path=none).drop_unsupported_tools is False

@@ -24,8 +24,8 @@ from peers.registry import RegistryPeer, sha256
 
 from appliance.api.app import create_app
 from appliance.api.context import Services
-from appliance.config import Settings
-from appliance.store.download import DownloadPolicy, Downloads
+from appliance.settings.config import Settings
+from appliance.store.remote.download import DownloadPolicy, Downloads
 from appliance.store.store import Store
 
 TIMEOUT = 30
@@ -181,7 +181,7 @@ async def test_client_leaving_mid_pull_stops_the_download_and_keeps_it_resumable
 async def test_transfer_whose_response_is_never_sent_is_cancelled(autojump_clock):
     # The client can vanish between the handler's return and hypercorn's first byte; then no
     # generator `finally` runs, so a watchdog must end the job (virtual time: autojump clock).
-    from appliance.api import transfer
+    from appliance.api.routes import transfer
 
     ended = trio.Event()
 

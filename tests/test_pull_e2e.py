@@ -1,6 +1,6 @@
 """End to end: the official `ollama` Python client pulls through a proxy, then generates.
 
-Conventions: the real service (`appliance.server.Appliance`, real llama.cpp loader) runs in this
+Conventions: the real service (`appliance.host.server.Appliance`, real llama.cpp loader) runs in this
 process on 127.0.0.1 port 0, with HTTPS_PROXY/HTTP_PROXY in its Settings pointing at the loopback
 `ProxyPeer`, the only way to reach `registry.test` (a loopback `RegistryPeer` serving a tiny GGUF).
 The `ollama` client is synchronous, so it runs in a worker thread. Bounded by `trio.fail_after`;
@@ -16,8 +16,8 @@ import trio
 from peers.proxy import ProxyPeer
 from peers.registry import RegistryPeer
 
-from appliance.config import Settings
-from appliance.server import Appliance
+from appliance.host.server import Appliance
+from appliance.settings.config import Settings
 
 ollama = pytest.importorskip("ollama")
 

@@ -19,8 +19,8 @@ from peers.proxy import ProxyPeer
 from peers.registry import RegistryPeer, sha256
 
 from appliance.errors import ApplianceError
-from appliance.store.download import DownloadPolicy, Downloads, state_path
-from appliance.store.pull import pull_model
+from appliance.store.remote.download import DownloadPolicy, Downloads, state_path
+from appliance.store.remote.pull import pull_model
 from appliance.store.store import Store
 
 TIMEOUT = 30

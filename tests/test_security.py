@@ -19,8 +19,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from appliance.api.security import wrap_security
-from appliance.config import DEFAULT_ORIGINS, ConfigError, Settings
+from appliance.api.middleware.security import wrap_security
+from appliance.settings.config import DEFAULT_ORIGINS, ConfigError, Settings
 
 LOOPBACK = ("127.0.0.1", 11434)
 
