@@ -20,7 +20,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from appliance import __version__, notify
+from appliance import __version__, connections, notify
 from appliance.api.app import create_app
 from appliance.api.context import Services
 from appliance.catalog import Catalog, SlotPolicy
@@ -81,6 +81,7 @@ class Appliance:
         self.services = Services(settings, store, scheduler, extras)
         app = self.app = create_app(self.services)
         config = hypercorn_config(settings, self.grace, self.http_keep_alive)
+        config.on_connection_dropped = metrics.connection_dropped if metrics else None
         http_done = trio.Event()
         await nursery.start(scheduler.run)
         nursery.start_soon(notify.serve_watchdog)
@@ -155,6 +156,9 @@ def hypercorn_config(settings: Settings, grace: float, keep_alive: float = 5.0) 
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
+    # Read by appliance.connections: a client that accepts no byte for this long is dropped.
+    config.write_timeout = settings.write_timeout
+    connections.install()
     return config
 
 
