@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -29,6 +30,7 @@ from appliance.llama_backend import make_loader
 from appliance.metrics import Metrics
 from appliance.scheduler import Limits, Scheduler
 from appliance.store.download import Downloads
+from appliance.store.layout import sweep_temp_files
 from appliance.store.store import Store
 
 log = logging.getLogger("appliance")
@@ -44,6 +46,8 @@ class Appliance:
     loader: Any = None  # a backend Loader; the real llama.cpp one unless a test injects a double
     grace: float = GRACE_SECONDS
     http_keep_alive: float = 5.0  # seconds an idle client connection stays open
+    temp_sweep_interval: float = 600.0  # seconds between sweeps of temp files no writer owns
+    temp_sweeps: int = 0  # sweeps done while serving (tests wait on it)
     _shutdown: trio.Event = field(default_factory=trio.Event)
     services: Services | None = None
     app: Any = None
@@ -85,6 +89,7 @@ class Appliance:
         http_done = trio.Event()
         await nursery.start(scheduler.run)
         nursery.start_soon(notify.serve_watchdog)
+        nursery.start_soon(self._sweep_temp_files, store, settings)
 
         async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
@@ -105,6 +110,19 @@ class Appliance:
         await scheduler.shutdown(self.grace)
         await http_done.wait()
 
+    async def _sweep_temp_files(self, store: Store, settings: Settings) -> None:
+        """Remove, every `temp_sweep_interval`, temp files whose writer died while we serve (a
+        killed upload of another process sharing the store, a crashed create)."""
+        while True:
+            await trio.sleep(self.temp_sweep_interval)
+            try:
+                await trio.to_thread.run_sync(
+                    partial(sweep_temp_files, store.root, keep_partials=settings.noprune)
+                )
+            except OSError as exc:  # a store that went away for a moment must not stop us
+                log.warning("temp file sweep failed: %s", exc)
+            self.temp_sweeps += 1
+
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
@@ -115,6 +133,8 @@ class Appliance:
 
 def _prepare_store(store: Store, settings: Settings) -> None:
     store.startup(noprune=settings.noprune)
+    # Temp files of uploads and creates that were killed (any age), stale unowned partials.
+    sweep_temp_files(store.root, keep_partials=settings.noprune)
     if settings.import_reference:
         from appliance.store.reference import import_reference_model
 

@@ -507,6 +507,8 @@ class Store:
                 valid = layout.BLOB_FILE_RE.match(entry.name) is not None
                 if valid and entry.name in referenced:
                     continue
+                if not valid and layout.owned(entry.path):  # a live writer's, maybe another process
+                    continue
                 try:
                     os.unlink(entry.path)
                     removed.append(entry.name)
@@ -588,8 +590,8 @@ class BlobWriter:
             digest_hex(expected)
         self._hash = hashlib.sha256()
         self.size = 0
-        self._tmp = layout.temp_path_for(store.blobs_dir / "upload")
-        self._file: BinaryIO | None = open(self._tmp, "xb")
+        self._tmp, file = layout.open_temp(store.blobs_dir / "upload")  # owned until closed
+        self._file: BinaryIO | None = file
 
     def write(self, data: bytes) -> None:
         assert self._file is not None
@@ -606,22 +608,22 @@ class BlobWriter:
             raise DigestMismatch(f'digest mismatch, expected "{self._expected}", got "{actual}"')
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
         target = self._store.blob_path(actual)
         if target.is_file():
             self._tmp.unlink(missing_ok=True)
         else:
             os.chmod(self._tmp, 0o644)
-            os.replace(self._tmp, target)
+            os.replace(self._tmp, target)  # before closing: the temp file is never unowned
             layout.fsync_dir(target.parent)
+        self._file.close()
+        self._file = None
         return actual
 
     def abort(self) -> None:
         if self._file is not None:
+            self._tmp.unlink(missing_ok=True)
             self._file.close()
             self._file = None
-        self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> BlobWriter:
         return self
