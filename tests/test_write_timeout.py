@@ -149,3 +149,21 @@ async def test_a_large_answer_nobody_reads_is_dropped(tmp_path, tiny_gguf_factor
                 await wait_dropped(client, 1)
             assert await closed_by_server(sock)
             sock.close()
+
+
+def test_the_write_timeout_is_a_setting_with_a_default_and_zero_means_never(tmp_path):
+    from appliance.config import DEFAULT_WRITE_TIMEOUT, load_settings
+    from appliance.durations import FOREVER
+
+    no_file = tmp_path / "absent.toml"
+
+    def load(env, path=None):  # type: ignore[no-untyped-def]
+        return load_settings(env, path, default_config_path=no_file)
+
+    assert load({}).write_timeout == DEFAULT_WRITE_TIMEOUT == 60.0
+    assert load({"LLM_APPLIANCE_WRITE_TIMEOUT": "90s"}).write_timeout == 90.0
+    assert load({"LLM_APPLIANCE_WRITE_TIMEOUT": "0"}).write_timeout == FOREVER
+    toml = tmp_path / "config.toml"
+    toml.write_text('write_timeout = "2m"\n')
+    assert load({}, toml).write_timeout == 120.0
+    assert load({}).as_log_map()["LLM_APPLIANCE_WRITE_TIMEOUT"] == "1m0s"

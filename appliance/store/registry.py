@@ -96,8 +96,7 @@ class Registry:
         self.client = client
         self.net = net
         self.name = name
-        scheme = "http" if insecure or name.scheme == "http" else "https"
-        self.base_url = f"{scheme}://{name.host}"
+        self.base_url = registry_url(name, insecure=insecure)
         self.repo = f"{name.namespace}/{name.model}"
         net.check_registry(self.base_url)
         self.guard = guard_client(client, net, self.base_url)
@@ -218,6 +217,18 @@ class Registry:
             raise self.failure(context, exc) from exc
         if response.status_code not in (200, 201, 202):
             raise self.status_failure(context, response)
+
+
+def registry_url(name: ModelName, *, insecure: bool = False) -> str:
+    """The base URL a pull or push of `name` talks to."""
+    scheme = "http" if insecure or name.scheme == "http" else "https"
+    return f"{scheme}://{name.host}"
+
+
+def check_allowed(name: ModelName, settings: Any, *, insecure: bool = False) -> None:
+    """`Forbidden` (403) before any progress line when the operator does not allow `name`'s
+    registry (LLM_APPLIANCE_ALLOWED_REGISTRIES); hf.co counts as a registry."""
+    NetConfig.resolve(settings).check_registry(registry_url(name, insecure=insecure))
 
 
 def guard_client(client: httpx.AsyncClient, net: NetConfig, origin: str) -> RedirectGuard:
