@@ -21,14 +21,13 @@ from peers.registry import InternalService, RegistryPeer, serving
 
 from appliance.errors import Forbidden
 from appliance.net import NetConfig, RedirectGuard, RedirectRefused
-from appliance.store.download import DownloadPolicy, Downloads
 
 TIMEOUT = 60
 
 
 async def pull(server: Any, name: str) -> tuple[int, dict[str, Any]]:
-    # One attempt per part: a refused port would otherwise be retried with backoff.
-    server.appliance.services.extras["downloads"] = Downloads(DownloadPolicy(retries=0))
+    # The server's own download policy (6 retries with backoff for transport errors): a closed
+    # port behind a redirect must fail as fast as an open one, not after a minute of retries.
     async with server.client() as client:
         r = await client.post("/api/pull", json={"model": name, "insecure": True, "stream": False})
     return r.status_code, json.loads(r.text)

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -183,11 +183,17 @@ async def pull_hf(
 
         @asynccontextmanager
         async def open_range(start: int, end: int):  # type: ignore[no-untyped-def]
-            async with client.stream(
-                "GET", file_url, headers={"Range": f"bytes={start}-{end}"}
-            ) as r:
+            context = f"pulling {digest[7:19]}"
+            async with AsyncExitStack() as stack:
+                try:
+                    r = await stack.enter_async_context(
+                        client.stream("GET", file_url, headers={"Range": f"bytes={start}-{end}"})
+                    )
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    if guard.is_foreign(failed_url(exc, file_url)):  # not retried: see Registry
+                        raise transport_error(exc) from exc
+                    raise
                 if r.status_code not in (200, 206):
-                    context = f"pulling {digest[7:19]}"
                     reason = f"answered {r.status_code} {r.reason_phrase}"
                     if guard.is_foreign(r.request.url):
                         raise foreign_failure(context, r.request.url, guard, reason)

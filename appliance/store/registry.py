@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -154,13 +154,24 @@ class Registry:
     async def open_blob(self, digest: str, start: int, end: int) -> AsyncIterator[httpx.Response]:
         """A streaming response for bytes `start..end` (inclusive) of a blob; 200 or 206 only.
 
-        Transport errors propagate as httpx errors so the caller can retry them.
+        Transport errors propagate as httpx errors so the caller can retry them, except a
+        connection that failed at a host the registry redirected to: retrying that would tell a
+        closed port (retried for a minute) from an open one (an answer at once).
         """
         headers = {"Range": f"bytes={start}-{end}"}
-        async with self.client.stream("GET", self.blob_url(digest), headers=headers) as response:
+        context = f"pulling {digest[7:19]}"
+        async with AsyncExitStack() as stack:
+            try:
+                response = await stack.enter_async_context(
+                    self.client.stream("GET", self.blob_url(digest), headers=headers)
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if self.guard.is_foreign(failed_url(exc, self.base_url)):
+                    raise self.failure(context, exc) from exc
+                raise
             if response.status_code not in (200, 206):
                 await response.aread()
-                raise self.status_failure(f"pulling {digest[7:19]}", response)
+                raise self.status_failure(context, response)
             yield response
 
     async def blob_exists(self, digest: str) -> bool:
