@@ -180,3 +180,19 @@ async def test_a_temp_file_another_process_owns_is_kept_until_released(tmp_path)
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def test_an_imported_file_is_linked_while_owned_and_leaves_no_temp_file(tmp_path):
+    from appliance.store.store import Store
+
+    src = tmp_path / "model.gguf"
+    src.write_bytes(DATA)
+    store = Store(tmp_path / "models")
+    store.check_writable()
+    held = own(src)  # a lock on the source inode itself: the import copies instead
+    try:
+        digest = store.import_blob_file(src, DIGEST)
+    finally:
+        os.close(held)
+    assert store.blob_path(digest).read_bytes() == DATA
+    assert temp_files(tmp_path / "models") == []

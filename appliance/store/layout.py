@@ -290,6 +290,37 @@ def copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
+def owned_link_or_copy(src: Path, target: Path) -> tuple[Path, int, str]:
+    """A temp file next to `target` with `src`'s bytes (a hard link, else a copy), owned like
+    `open_temp`'s: returns (path, the fd holding the lock, "link" or "copy")."""
+    for _ in range(16):
+        tmp = temp_path_for(target)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            break  # another filesystem, or links not allowed: copy
+        try:
+            fd = lock_existing(tmp, os.O_RDONLY)
+        except FileNotFoundError:  # a sweeper took it between the link and the lock
+            continue
+        if fd is not None:
+            return tmp, fd, "link"
+        tmp.unlink(missing_ok=True)  # someone holds a lock on `src` itself: copy instead
+        break
+    tmp, f = open_temp(target)
+    try:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f, CHUNK)
+        f.flush()
+        os.fsync(f.fileno())
+        return tmp, os.dup(f.fileno()), "copy"
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        f.close()
+
+
 def link_or_copy(src: Path, dst: Path) -> str:
     """Hard-link `src` to `dst` (one copy of the bytes on disk), else copy; returns how."""
     try:

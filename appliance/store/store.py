@@ -421,16 +421,14 @@ class Store:
         if target.is_file():
             return api_digest(digest)
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        tmp = layout.temp_path_for(target)
+        tmp, fd, how = layout.owned_link_or_copy(src, target)
         try:
-            how = layout.link_or_copy(src, tmp)
-            if how == "copy":
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # while owned: the temp-file sweeper never takes it
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)
         layout.fsync_dir(self.blobs_dir)
         log.info("imported %s as blob %s (%s)", src, digest, how)
         return api_digest(digest)
