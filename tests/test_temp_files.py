@@ -196,3 +196,22 @@ def test_an_imported_file_is_linked_while_owned_and_leaves_no_temp_file(tmp_path
         os.close(held)
     assert store.blob_path(digest).read_bytes() == DATA
     assert temp_files(tmp_path / "models") == []
+
+
+def test_with_noprune_a_stale_partial_is_kept_but_temp_files_go(tmp_path):
+    models = tmp_path / "models"
+    (models / "blobs").mkdir(parents=True)
+    stale = models / "blobs" / ("sha256-" + "c" * 64 + layout.PARTIAL_SUFFIX)
+    stale.write_bytes(b"\0" * 10)
+    old = time.time() - 2 * layout.PARTIAL_MAX_AGE
+    os.utime(stale, (old, old))
+    orphan = models / "blobs" / f"{layout.TEMP_PREFIX}upload-abcdefabcdef"
+    orphan.write_bytes(b"x")
+    removed = layout.sweep_temp_files(models, keep_partials=True)
+    assert removed == [orphan.name] and stale.exists()
+    fd = own(stale)  # a peer process resuming it: kept even without noprune
+    try:
+        assert layout.sweep_temp_files(models) == [] and stale.exists()
+    finally:
+        os.close(fd)
+    assert layout.sweep_temp_files(models) == [stale.name]
