@@ -24,9 +24,10 @@ from appliance.api.streaming import dumps, ndjson_response
 from appliance.errors import ApplianceError, BadRequest
 from appliance.store.names import parse_model_name
 from appliance.store.remote.download import Downloads
-from appliance.store.remote.pull import Progress, pull_model
+from appliance.store.remote.pull import pull_model
 from appliance.store.remote.push import push_model
 from appliance.store.remote.registry import check_allowed
+from appliance.store.remote.steps import Progress
 
 log = logging.getLogger(__name__)
 

@@ -36,17 +36,17 @@ from appliance.store.manifest import (
 )
 from appliance.store.names import ModelName
 from appliance.store.remote.download import Downloads
-from appliance.store.remote.pull import (
-    Progress,
-    fetch_with_progress,
-    progress_line,
-    write_manifest_and_prune,
-)
 from appliance.store.remote.registry import (
     MANIFEST_NOT_FOUND,
     RegistryError,
     failed_url,
     foreign_failure,
+)
+from appliance.store.remote.steps import (
+    Progress,
+    fetch_with_progress,
+    progress_line,
+    write_manifest_and_prune,
 )
 from appliance.store.store import Store
 

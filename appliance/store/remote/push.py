@@ -20,8 +20,8 @@ from appliance.errors import NotFound
 from appliance.net import NetConfig, open_client
 from appliance.store.manifest import Layer, ManifestError
 from appliance.store.names import ModelName, parse_model_name
-from appliance.store.remote.pull import PROGRESS_INTERVAL, Progress, progress_line
 from appliance.store.remote.registry import BearerChallengeAuth, Registry
+from appliance.store.remote.steps import PROGRESS_INTERVAL, Progress, progress_line
 from appliance.store.store import Store
 
 log = logging.getLogger(__name__)
