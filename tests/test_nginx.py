@@ -142,10 +142,6 @@ def test_site_turns_off_buffering_and_keeps_long_reads():
 
 
 async def test_generate_streams_through_nginx_from_the_real_server(tmp_path: Path):
-    try:
-        import appliance.server  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"the server cannot start yet: {exc}")
     models = tmp_path / "models"
     register_tiny_model(models)
     port = free_port()
