@@ -112,9 +112,9 @@ def test_wsl_script_parses_with_powershell():
     pwsh = shutil.which("pwsh")
     if pwsh is None:
         pytest.skip(
-            "pwsh is not installed: PowerShell is not in Debian's archive (apt-cache "
-            "policy powershell: none) and the PyPI/npm packages named pwsh only wrap it "
-            "or download it from outside the registries"
+            "pwsh is not installed: PowerShell is not in Debian's archive; where a .NET SDK "
+            "is, it is NuGet's global tool (dotnet tool install --global PowerShell "
+            "--version 7.6.9)"
         )
     command = (
         "$errors = $null; [System.Management.Automation.Language.Parser]::ParseFile("
