@@ -60,6 +60,7 @@ binary-onedir: install
 
 lint: install
 	$(BIN)/python -m ruff check appliance engine tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf build dist $(VENV)

@@ -7,23 +7,19 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from appliance import __version__
-
 # Modules that add their own subcommands through `add_parser(subparsers)`.
 SUBCOMMAND_MODULES = (
-    "appliance.server",  # serve
-    "appliance.client_cli",  # run, pull, list, ps, stop, rm, show, create, cp, version
-    "appliance.systemd_cli",  # systemd install | proxy
-    "appliance.doctor",  # doctor
+    "appliance.host.server",  # serve
+    "appliance.client.commands",  # run, pull, list, ps, stop, rm, show, create, cp, version
+    "appliance.host.systemd_cli",  # systemd install | proxy
+    "appliance.host.doctor",  # doctor
     "appliance.update.cli",  # update
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-appliance", description=__doc__)
-    parser.add_argument(
-        "--version", "-v", action="version", version=f"llm-appliance version is {__version__}"
-    )
+    parser.add_argument("-v", "--version", action="store_true", help="show version information")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
@@ -33,10 +29,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.version and not args.command:
+        return print_version()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     return int(args.func(args) or 0)
+
+
+def print_version() -> int:
+    """`ollama --version`'s two lines: the running server's version, and the client's when it
+    differs (or when no server answers)."""
+    from appliance import __version__
+    from appliance.client.commands import PROGRAM, Client, CLIError
+
+    server = ""
+    try:
+        with Client() as client:
+            data = client.request("GET", "/api/version") or {}
+        server = str(data.get("appliance_version") or data.get("version") or "")
+    except CLIError:
+        print(f"Warning: could not connect to a running {PROGRAM} instance")
+    if server:
+        print(f"{PROGRAM} version is {server}")
+    if server != __version__:
+        print(f"Warning: client version is {__version__}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -65,6 +65,25 @@ DEPRECATED_PARAMETERS = frozenset(
     }
 )
 
+# Options Ollama once had and dropped; clients built for old releases (langchain's OllamaEmbeddings)
+# still send them on every call. Ignored as Ollama does, with one warning per option per process.
+REMOVED_OPTIONS = frozenset(
+    {
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "tfs_z",
+        "penalize_newline",
+        "numa",
+        "low_vram",
+        "use_mlock",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+    }
+)
+_warned_removed: set[str] = set()
+
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLOAT32_MAX = 3.4028234663852886e38
 _GO_INT = re.compile(r"[+-]?[0-9]+")
@@ -111,6 +130,17 @@ class LoadKey(NamedTuple):
         if self.use_mmap is not None and self.use_mmap != loaded.use_mmap:
             return False
         return self.main_gpu == loaded.main_gpu and self.num_thread == loaded.num_thread
+
+
+def _warn_unknown_option(key: str) -> None:
+    """Ollama's "invalid option provided" warning; only once per process for a removed option."""
+    if key in REMOVED_OPTIONS:
+        if key in _warned_removed:
+            return
+        _warned_removed.add(key)
+        log.warning("invalid option provided: %s (removed from Ollama; ignored)", key)
+        return
+    log.warning("invalid option provided: %s", key)
 
 
 def needs_reload(loaded: LoadKey, requested: LoadKey) -> bool:
@@ -162,7 +192,7 @@ class Options:
         for key, value in values.items():
             kind = OPTION_KINDS.get(key)
             if kind is None:
-                log.warning("invalid option provided: %s", key)
+                _warn_unknown_option(key)
                 continue
             if value is None:
                 continue

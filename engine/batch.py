@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 
 import llama_cpp
+import numpy as np
 
+from engine.logprobs import Logprob, token_logprob
 from engine.model import Model
 from engine.sampling import SamplerChain, SamplingParams
 from engine.text import StopMatcher, Utf8Stream
@@ -52,6 +54,11 @@ class SequenceRequest:
     stop: list[str] = field(default_factory=list)
     num_keep: int = 4
     truncate: bool = True
+    logprobs: bool = False  # report each generated token's log-probability
+    top_logprobs: int = 0  # and this many most likely alternatives (0..20)
+    # At the end of the context, drop half of it and go on (Ollama's `shift`); the API turns it
+    # on unless a request says `shift: false`, as Ollama defaults it.
+    shift: bool = False
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Chunk:
     eval_count: int = 0
     eval_ns: int = 0
     tokens: list[int] | None = None
+    logprobs: list[Logprob] | None = None  # of the token sampled in this step, when asked
 
 
 class _Slot:
@@ -86,6 +94,7 @@ class _Slot:
         "prompt_eval_ns",
         "eval_ns",
         "out_row",
+        "shifted",
     )
 
     def __init__(self, req: SequenceRequest, sampler: SamplerChain, prompt: list[int], reuse: int):
@@ -102,6 +111,7 @@ class _Slot:
         self.prompt_eval_ns = 0
         self.eval_ns = 0
         self.out_row = -1
+        self.shifted = 0  # tokens dropped by context shifts; the KV no longer mirrors prompt
 
 
 def fit_prompt(
@@ -321,7 +331,10 @@ class BatchEngine:
         for seq, slot in outputs:
             t0 = time.perf_counter_ns()
             tok = slot.sampler.sample(self._ctx, slot.out_row)
+            first = len(chunks)
             self._advance(seq, slot, tok, chunks)
+            if slot.req.logprobs and not self.model.is_eog(tok) and len(chunks) > first:
+                chunks[first].logprobs = [self._logprob(slot.out_row, tok, slot.req.top_logprobs)]
             slot.eval_ns += time.perf_counter_ns() - t0
         return chunks
 
@@ -341,8 +354,8 @@ class BatchEngine:
             slot.generated.append(tok)
             self._finish(seq, slot, text, "length", chunks)
             return
-        if slot.n_past >= self.n_ctx:  # no cell left to decode this token
-            slot.generated.append(tok)
+        if slot.n_past >= self.n_ctx and not self._shift_context(seq, slot):
+            slot.generated.append(tok)  # no cell left to decode this token
             self._finish(seq, slot, text, "length", chunks)
             return
         slot.pending = tok
@@ -371,7 +384,38 @@ class BatchEngine:
         self._slots[seq] = None
         # KV now holds the prompt and every generated token that was decoded (not the last).
         decoded = slot.generated[: slot.n_past - len(slot.prompt)]
-        self._cached[seq] = slot.prompt + decoded
+        self._cached[seq] = [] if slot.shifted else slot.prompt + decoded
+
+    def _logprob(self, row: int, token: int, top: int) -> Logprob:
+        """The log-probability entry of `token`, sampled from batch position `row`."""
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self.model.n_vocab,)
+        )
+        return token_logprob(logits, token, top, self.model.token_to_piece)
+
+    def _shift_context(self, seq: int, slot: _Slot) -> bool:
+        """Make room at the end of a full context as Ollama's runner does: keep the first
+        `num_keep` tokens (and BOS), drop half of the rest, slide the remainder back.
+
+        Returns False (the caller ends with "length") when the request asked for no shift or
+        the memory cannot shift positions (e.g. a sliding-window cache smaller than the context).
+        """
+        if not slot.req.shift or not llama_cpp.llama_memory_can_shift(self._mem):
+            return False
+        n_past = slot.n_past
+        keep = len(slot.prompt) if slot.req.num_keep < 0 else slot.req.num_keep
+        if self.model.add_bos:
+            keep += 1
+        keep = max(0, min(keep, self.n_ctx - 1))
+        discard = max((self.n_ctx - keep) // 2, 1)
+        if keep + discard > n_past:
+            return False
+        if not llama_cpp.llama_memory_seq_rm(self._mem, seq, keep, keep + discard):
+            return False
+        llama_cpp.llama_memory_seq_add(self._mem, seq, keep + discard, n_past, -discard)
+        slot.n_past = n_past - discard
+        slot.shifted += discard
+        return True
 
     def close(self) -> None:
         """Free samplers, batch and context (not the model). Idempotent."""

@@ -13,8 +13,8 @@ from typing import Any
 
 import trio
 
-from appliance.backend import LoadSpec, Rejected
 from appliance.errors import BadRequest, ModelLoadError
+from appliance.serving.backend import LoadSpec, Rejected
 from appliance.store.names import parse_model_name
 from engine.batch import Chunk, SequenceRequest
 

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import trio
 
-from appliance.config import Settings
-from appliance.server import Appliance
+from appliance.host.server import Appliance
+from appliance.settings.config import Settings
 from appliance.store.manifest import Layer, build_config, build_manifest
 from appliance.store.names import parse_model_name
 from appliance.store.store import Store

@@ -18,7 +18,7 @@ import trio
 
 from appliance.api.app import create_app
 from appliance.api.context import Services
-from appliance.config import Settings
+from appliance.settings.config import Settings
 from appliance.store.store import Store
 
 Client = Any

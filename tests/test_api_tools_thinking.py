@@ -297,7 +297,7 @@ async def test_a_second_chat_with_the_same_template_parses_no_template(
     tool_server, monkeypatch, body, answered
 ):
     """The template, its tool-call prefix and its thinking tags are read once per model."""
-    import appliance.gotemplate.template as gotemplate
+    import appliance.prompting.gotemplate.template as gotemplate
 
     parses: list[str] = []
     parse_nodes = gotemplate.parse_nodes

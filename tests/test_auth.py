@@ -169,7 +169,7 @@ async def test_official_ollama_client_works_with_the_key_and_fails_without(keyed
 
 
 async def test_cli_client_sends_llm_appliance_api_key(keyed, monkeypatch: pytest.MonkeyPatch):
-    from appliance.client_cli import Client, CLIError
+    from appliance.client.commands import Client, CLIError
 
     def tags() -> Any:
         with Client(keyed.url) as client:
@@ -188,7 +188,7 @@ async def test_cli_client_sends_llm_appliance_api_key(keyed, monkeypatch: pytest
 
 
 def test_keys_and_metrics_settings_come_from_the_environment(tmp_path: Path):
-    from appliance.config import load_settings
+    from appliance.settings.config import load_settings
 
     key_file = tmp_path / "keys"
     key_file.write_text("k3\n")
@@ -203,7 +203,7 @@ def test_keys_and_metrics_settings_come_from_the_environment(tmp_path: Path):
 
 
 def test_keys_and_metrics_settings_come_from_the_toml_file(tmp_path: Path):
-    from appliance.config import load_settings
+    from appliance.settings.config import load_settings
 
     (tmp_path / "keys").write_text("k3\n")
     config = tmp_path / "config.toml"
@@ -217,7 +217,7 @@ def test_keys_and_metrics_settings_come_from_the_toml_file(tmp_path: Path):
 
 
 def test_defaults_are_metrics_on_and_no_auth(tmp_path: Path):
-    from appliance.config import load_settings
+    from appliance.settings.config import load_settings
 
     settings = load_settings({"HOME": str(tmp_path)}, default_config_path=tmp_path / "none.toml")
     assert settings.metrics is True
@@ -225,7 +225,7 @@ def test_defaults_are_metrics_on_and_no_auth(tmp_path: Path):
 
 
 def test_a_missing_key_file_stops_start_up(tmp_path: Path):
-    from appliance.config import ConfigError, load_settings
+    from appliance.settings.config import ConfigError, load_settings
 
     env = {"HOME": str(tmp_path), "LLM_APPLIANCE_API_KEY_FILE": str(tmp_path / "missing")}
     with pytest.raises(ConfigError, match="LLM_APPLIANCE_API_KEY_FILE"):
@@ -236,7 +236,7 @@ def test_a_missing_key_file_stops_start_up(tmp_path: Path):
 
 
 async def test_a_vanished_key_file_keeps_the_last_good_keys(tmp_path: Path):
-    from appliance.api.auth import KeyRing
+    from appliance.api.middleware.auth import KeyRing
 
     key_file = tmp_path / "keys"
     write_keys(key_file, "kept")
@@ -455,7 +455,7 @@ async def test_official_openai_client_gets_permission_denied_with_a_metrics_key(
 async def test_cli_client_sends_the_admin_key_when_it_has_one(
     scoped, monkeypatch: pytest.MonkeyPatch
 ):
-    from appliance.client_cli import Client, CLIError
+    from appliance.client.commands import Client, CLIError
 
     def copy() -> Any:
         with Client(scoped.url) as client:
@@ -474,7 +474,7 @@ async def test_cli_client_sends_the_admin_key_when_it_has_one(
 
 
 def test_scoped_key_settings_come_from_the_environment_and_the_toml_file(tmp_path: Path):
-    from appliance.config import load_settings
+    from appliance.settings.config import load_settings
 
     (tmp_path / "admin").write_text("a3\n")
     env = {"HOME": str(tmp_path), "LLM_APPLIANCE_ADMIN_KEYS": "a1, a2,a1",
@@ -497,7 +497,7 @@ def test_scoped_key_settings_come_from_the_environment_and_the_toml_file(tmp_pat
 
 
 def test_a_missing_admin_or_metrics_key_file_stops_start_up(tmp_path: Path):
-    from appliance.config import ConfigError, load_settings
+    from appliance.settings.config import ConfigError, load_settings
 
     env = {"HOME": str(tmp_path), "LLM_APPLIANCE_ADMIN_KEY_FILE": str(tmp_path / "missing")}
     with pytest.raises(ConfigError, match="LLM_APPLIANCE_ADMIN_KEY_FILE"):
@@ -508,7 +508,7 @@ def test_a_missing_admin_or_metrics_key_file_stops_start_up(tmp_path: Path):
 
 
 def test_the_cli_prefers_the_admin_key():
-    from appliance.config import client_api_key
+    from appliance.settings.config import client_api_key
 
     assert client_api_key({"LLM_APPLIANCE_API_KEY": "k"}) == "k"
     assert client_api_key({"LLM_APPLIANCE_API_KEY": "k", "LLM_APPLIANCE_ADMIN_KEY": "a"}) == "a"
@@ -520,15 +520,15 @@ def test_the_cli_prefers_the_admin_key():
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
 def test_no_exposure_warning_on_loopback(host: str):
-    from appliance.api.auth import exposure_warning
-    from appliance.config import Settings
+    from appliance.api.middleware.auth import exposure_warning
+    from appliance.settings.config import Settings
 
     assert exposure_warning(Settings(host=host)) is None
 
 
 def test_no_exposure_warning_with_api_keys():
-    from appliance.api.auth import exposure_warning
-    from appliance.config import Settings
+    from appliance.api.middleware.auth import exposure_warning
+    from appliance.settings.config import Settings
 
     assert exposure_warning(Settings(host="0.0.0.0", api_key_file=Path("/keys"))) is None
 

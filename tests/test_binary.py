@@ -114,7 +114,7 @@ def test_bundle_needs_no_newer_glibc_than_doctor_reports(binary: Path):
     pytest.importorskip("PyInstaller")
     from PyInstaller.archive.readers import CArchiveReader
 
-    from appliance.doctor import BUILD_GLIBC
+    from appliance.host.doctor import BUILD_GLIBC
 
     needed = glibc_versions(binary.read_bytes())
     archive = CArchiveReader(str(binary))

@@ -23,7 +23,7 @@ from peers.proxy import ProxyPeer
 from peers.registry import RegistryPeer
 
 from appliance.cli import main
-from appliance.client_cli import human_bytes, human_time, processor, until
+from appliance.client.commands import human_bytes, human_time, processor, until
 
 LIMIT = 60
 

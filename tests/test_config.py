@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import (
+from appliance.gocompat.durations import FOREVER
+from appliance.settings.config import (
     DEFAULT_ORIGINS,
     TRACE,
     ConfigError,
@@ -24,7 +25,6 @@ from appliance.config import (
     mask_url_credentials,
     parse_byte_size,
 )
-from appliance.durations import FOREVER
 
 NO_FILE = Path("/nonexistent/llm-appliance/config.toml")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from appliance import doctor
-from appliance.doctor import HostFacts, Status
+from appliance.host import doctor
+from appliance.host.doctor import HostFacts, Status
 
 HASWELL_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c bmi1 bmi2 popcnt"
 SANDY_BRIDGE_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx popcnt"
@@ -287,7 +287,7 @@ def test_save_wsl_script_copies_the_shipped_script(tmp_path: Path):
 
 
 def test_all_interfaces_without_keys_fails_and_says_how_to_set_one():
-    from appliance.config import Settings
+    from appliance.settings.config import Settings
 
     check = doctor.check_exposure(Settings(host="0.0.0.0"))
     assert check.status is Status.FAIL
@@ -299,27 +299,27 @@ def test_all_interfaces_without_keys_fails_and_says_how_to_set_one():
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost", "::ffff:127.0.0.1"])
 def test_loopback_binds_pass_without_keys(host: str):
-    from appliance.config import Settings
+    from appliance.settings.config import Settings
 
     assert doctor.check_exposure(Settings(host=host)).status is Status.OK
 
 
 @pytest.mark.parametrize("host", ["", "::", "192.168.1.20", "box.lan"])
 def test_other_binds_without_keys_fail(host: str):
-    from appliance.config import Settings
+    from appliance.settings.config import Settings
 
     assert doctor.check_exposure(Settings(host=host)).status is Status.FAIL
 
 
 def test_an_exposed_bind_with_api_keys_passes():
-    from appliance.config import Settings
+    from appliance.settings.config import Settings
 
     check = doctor.check_exposure(Settings(host="0.0.0.0", api_keys=("k",)))
     assert check.status is Status.OK and check.summary.endswith("every route needs a key")
 
 
 def test_admin_keys_alone_warn_that_inference_is_open():
-    from appliance.config import Settings
+    from appliance.settings.config import Settings
 
     check = doctor.check_exposure(Settings(host="0.0.0.0", admin_keys=("a",)))
     assert check.status is Status.WARN

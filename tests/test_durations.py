@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.durations import (
+from appliance.errors import BadRequest
+from appliance.gocompat.durations import (
     FOREVER,
     DurationError,
     format_go_duration,
@@ -17,7 +18,6 @@ from appliance.durations import (
     parse_go_duration,
     parse_keep_alive,
 )
-from appliance.errors import BadRequest
 
 
 @pytest.mark.parametrize(

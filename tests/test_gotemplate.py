@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.gotemplate import (
+from appliance.prompting.gotemplate import (
     GoStruct,
     JSONList,
     OrderedMap,

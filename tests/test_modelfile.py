@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from appliance.gocompat.timefmt import go_time, go_time_ns, utc_now_go
 from appliance.store.modelfile import (
     ModelfileError,
     create_request,
     parse_modelfile,
     render_modelfile,
 )
-from appliance.timefmt import go_time, go_time_ns, utc_now_go
 
 
 def test_parse_instructions_case_insensitively_with_comments_and_quotes() -> None:

@@ -20,7 +20,7 @@ from peers.registry import RegistryPeer
 
 from appliance.errors import ApplianceError
 from appliance.net import NetConfig, open_client, redact
-from appliance.store.pull import pull_model
+from appliance.store.remote.pull import pull_model
 from appliance.store.store import Store
 
 TIMEOUT = 30

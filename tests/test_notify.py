@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from appliance import notify
+from appliance.host import notify
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Settings
-from appliance.platform import (
+from appliance.settings.config import Settings
+from appliance.settings.platform import (
     GIB,
     MIB,
     GpuInfo,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.prompts import (
+from appliance.prompting.prompts import (
     GEMMA3_CHAT_TEMPLATE,
     PromptError,
     PromptTemplate,

@@ -24,8 +24,8 @@ from peers.registry import BlobHost, RegistryPeer, server_tls, sha256
 from pullkit import TIMEOUT, Lines
 
 from appliance.errors import ApplianceError
-from appliance.store.download import DownloadPolicy, Downloads
-from appliance.store.pull import pull_model
+from appliance.store.remote.download import DownloadPolicy, Downloads
+from appliance.store.remote.pull import pull_model
 from appliance.store.store import Store
 
 SMALL_PARTS = DownloadPolicy(min_part_size=16 * 1024, max_part_size=64 * 1024, retries=0)

@@ -22,7 +22,7 @@ from peers.proxy import ProxyPeer
 from peers.registry import sha256
 from pullkit import TIMEOUT
 
-from appliance.store.download import DownloadPolicy, Downloads
+from appliance.store.remote.download import DownloadPolicy, Downloads
 from appliance.store.store import Store
 
 
@@ -144,7 +144,7 @@ async def test_client_leaving_mid_pull_stops_the_download_and_keeps_it_resumable
 async def test_transfer_whose_response_is_never_sent_is_cancelled(autojump_clock):
     # The client can vanish between the handler's return and hypercorn's first byte; then no
     # generator `finally` runs, so a watchdog must end the job (virtual time: autojump clock).
-    from appliance.api import transfer
+    from appliance.api.routes import transfer
 
     ended = trio.Event()
 

@@ -18,9 +18,9 @@ from peers.registry import CDNPeer, HFPeer, sha256
 from pullkit import TIMEOUT, Lines
 
 from appliance.errors import ApplianceError
-from appliance.store.download import DownloadPolicy, Downloads
-from appliance.store.hf import choose_file
-from appliance.store.pull import pull_model
+from appliance.store.remote.download import DownloadPolicy, Downloads
+from appliance.store.remote.hf import choose_file
+from appliance.store.remote.pull import pull_model
 from appliance.store.store import Store
 
 

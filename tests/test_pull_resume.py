@@ -18,8 +18,8 @@ from peers.registry import sha256
 from pullkit import TIMEOUT
 
 from appliance.errors import ApplianceError
-from appliance.store.download import DownloadPolicy, Downloads, state_path
-from appliance.store.pull import pull_model
+from appliance.store.remote.download import DownloadPolicy, Downloads, state_path
+from appliance.store.remote.pull import pull_model
 from appliance.store.store import Store
 
 ONE_PART = DownloadPolicy(min_part_size=1 << 30, retries=0)

@@ -26,7 +26,7 @@ from appliance.store.manifest import (
     build_manifest,
 )
 from appliance.store.names import parse_model_name
-from appliance.store.push import push_model
+from appliance.store.remote.push import push_model
 from appliance.store.store import Store
 
 NAME = "registry.test/alice/tiny:v1"

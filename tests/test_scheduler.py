@@ -16,8 +16,8 @@ import trio
 import trio.testing
 
 from appliance.errors import ApplianceError, ModelLoadError, ServerBusy
-from appliance.generation import run_sequence
-from appliance.scheduler import Limits, Scheduler
+from appliance.serving.generation import run_sequence
+from appliance.serving.scheduler import Limits, Scheduler
 from engine.batch import SequenceRequest
 from tests.fakes import FakeLoader, FakeModel, FakePlanner
 

@@ -18,8 +18,8 @@ import pytest
 import trio
 from helpers import running_appliance
 
-from appliance.api.security import wrap_security
-from appliance.config import DEFAULT_ORIGINS, ConfigError, Settings
+from appliance.api.middleware.security import wrap_security
+from appliance.settings.config import DEFAULT_ORIGINS, ConfigError, Settings
 
 LOOPBACK = ("127.0.0.1", 11434)
 
@@ -155,6 +155,18 @@ async def test_allowed_preflight_gets_204_with_cors_headers() -> None:
     allowed = answer.get("access-control-allow-headers") or ""
     assert allowed.startswith("Authorization,Content-Type,User-Agent,Accept,X-Requested-With,")
     assert "Openai-Beta" in allowed and "X-Stainless-Retry-Count" in allowed
+
+
+async def test_a_browser_may_send_an_api_key_and_anthropic_headers() -> None:
+    asgi, app = stack()
+    answer = await call(
+        asgi,
+        "OPTIONS",
+        headers={"Origin": "http://127.0.0.1:5173", "Access-Control-Request-Method": "POST"},
+        recorder=app,
+    )
+    allowed = (answer.get("access-control-allow-headers") or "").split(",")
+    assert {"X-Api-Key", "Anthropic-Version", "Anthropic-Beta"} <= set(allowed)
 
 
 async def test_disallowed_preflight_gets_403() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import systemd_cli
+from appliance.host import systemd_cli
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT_DIR = "etc/systemd/system"
@@ -237,7 +237,7 @@ def test_quote_environment_escapes_specifiers_and_quotes():
 def test_install_script_stages_binary_and_unit(tmp_path: Path):
     """systemd/install.sh with ROOT set: copies the binary, which writes its own unit."""
     launcher = tmp_path / "llm-appliance"
-    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m appliance.systemd_cli "$@"\n')
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m appliance.host.systemd_cli "$@"\n')
     launcher.chmod(0o755)
     root = tmp_path / "root"
     result = subprocess.run(
@@ -286,7 +286,7 @@ def test_install_script_stages_a_one_directory_build(tmp_path: Path):
     (onedir / "_internal").mkdir(parents=True)
     (onedir / "_internal" / "marker").write_text("bundle")
     launcher = onedir / "llm-appliance"
-    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m appliance.systemd_cli "$@"\n')
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m appliance.host.systemd_cli "$@"\n')
     launcher.chmod(0o755)
     root = tmp_path / "root"
     result = subprocess.run(

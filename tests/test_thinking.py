@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.prompts import PromptTemplate
-from appliance.thinking import ThinkingParser, infer_go_tags, thinking_parser, thinking_tags
+from appliance.prompting.prompts import PromptTemplate
+from appliance.prompting.thinking import (
+    ThinkingParser,
+    infer_go_tags,
+    thinking_parser,
+    thinking_tags,
+)
 
 
 def splits(text: str):

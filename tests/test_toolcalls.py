@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from appliance.prompts import PromptTemplate
-from appliance.toolcalls import (
+from appliance.prompting.prompts import PromptTemplate
+from appliance.prompting.toolcalls import (
     ToolCallParser,
     go_tool_call_tag,
     jinja_tool_call_tag,

@@ -23,7 +23,7 @@ from peers.feed import Feed, FeedPeer, script_binary
 from peers.proxy import ProxyPeer
 from serverproc import free_port
 
-from appliance.config import Settings
+from appliance.settings.config import Settings
 from appliance.update import install, run
 from appliance.update.feed import UpdateError
 from appliance.update.state import UpdateState

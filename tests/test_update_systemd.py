@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import systemd_cli
+from appliance.host import systemd_cli
 
 UNIT_DIR = "etc/systemd/system"
 
@@ -56,8 +56,8 @@ def test_update_units_pass_systemd_analyze_verify(tmp_path: Path):
 
 
 def test_doctor_shows_the_feed_and_the_last_check(tmp_path: Path):
-    from appliance import doctor
-    from appliance.config import Settings
+    from appliance.host import doctor
+    from appliance.settings.config import Settings
     from appliance.update.state import UpdateState
 
     off = doctor.check_updates(Settings.for_tests(), {})

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import importlib
 
-from appliance.api.asgi import ApplianceQuart
-from appliance.api.auth import wrap_auth
 from appliance.api.context import Services
 from appliance.api.errors import install_error_handlers
-from appliance.api.metrics_route import wrap_http_metrics
-from appliance.api.security import wrap_security
+from appliance.api.middleware.asgi import ApplianceQuart
+from appliance.api.middleware.auth import wrap_auth
+from appliance.api.middleware.security import wrap_security
+from appliance.api.routes.metrics import wrap_http_metrics
 
 # Each module exposes `bp`, a quart Blueprint. Listed here so the layout reads as the API.
 ROUTE_MODULES = (
-    "appliance.api.native",  # /, /api/version, generate, chat, embed, embeddings, ps
-    "appliance.api.models",  # tags, show, copy, delete, create, blobs
-    "appliance.api.transfer",  # pull, push
-    "appliance.api.openai",  # /v1/*
-    "appliance.api.metrics_route",  # /metrics
+    "appliance.api.routes.native",  # /, /api/version, generate, chat, embed, embeddings, ps
+    "appliance.api.routes.models",  # tags, show, copy, delete, create, blobs
+    "appliance.api.routes.transfer",  # pull, push
+    "appliance.api.routes.openai",  # /v1/*
+    "appliance.api.routes.metrics",  # /metrics
+    "appliance.api.routes.responses",  # /v1/responses
+    "appliance.api.routes.anthropic",  # /v1/messages, /v1/messages/count_tokens
 )
 
 

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 from quart import current_app
 
 if TYPE_CHECKING:
-    from appliance.config import Settings
-    from appliance.scheduler import Scheduler
+    from appliance.serving.scheduler import Scheduler
+    from appliance.settings.config import Settings
     from appliance.store.store import Store
 
 
 @dataclass
 class Services:
-    """Everything long-lived that routes use; built once by `appliance.server`."""
+    """Everything long-lived that routes use; built once by `appliance.host.server`."""
 
     settings: Settings
     store: Store

@@ -1,7 +1,9 @@
 """The one place that turns failures into HTTP answers.
 
-Native routes answer `{"error": "<message>"}`; OpenAI routes (`/v1/*`) answer OpenAI's envelope.
-Domain errors carry their status (`appliance.errors`); anything else is a 500 with its text, logged.
+Native routes answer `{"error": "<message>"}`; OpenAI routes (`/v1/*`) answer OpenAI's envelope;
+Anthropic routes (`/v1/messages*`) answer Anthropic's (`{"type":"error","error":{type,message}}`).
+The dialect follows from the path (`dialect_for_path`). Domain errors carry their status
+(`appliance.errors`); anything else is a 500 with its text, logged.
 """
 
 from __future__ import annotations
@@ -27,6 +29,28 @@ def error_status_and_message(exc: BaseException) -> tuple[int, str]:
     return 500, str(exc) or type(exc).__name__
 
 
+NATIVE, OPENAI, ANTHROPIC = "native", "openai", "anthropic"
+ANTHROPIC_PATHS = ("/v1/messages",)
+# Anthropic's error types by status (anthropic/anthropic.go `NewError`; 529 is their "overloaded").
+ANTHROPIC_KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def dialect_for_path(path: str) -> str:
+    """Which error envelope a path's clients read: Anthropic's, OpenAI's (`/v1/`) or native."""
+    if any(path == p or path.startswith(p + "/") for p in ANTHROPIC_PATHS):
+        return ANTHROPIC
+    return OPENAI if path.startswith("/v1/") else NATIVE
+
+
 def openai_error_body(status: int, message: str) -> dict[str, Any]:
     kinds = {
         400: "invalid_request_error",
@@ -38,11 +62,28 @@ def openai_error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-def error_parts(exc: BaseException, *, openai: bool = False) -> tuple[int, dict[str, str], bytes]:
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    kind = ANTHROPIC_KINDS.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def error_body(dialect: str, status: int, message: str) -> dict[str, Any]:
+    """The error object in `dialect` (also what a stream sends in-band after its first byte)."""
+    if dialect == ANTHROPIC:
+        return anthropic_error_body(status, message)
+    if dialect == OPENAI:
+        return openai_error_body(status, message)
+    return {"error": message}
+
+
+def error_parts(
+    exc: BaseException, *, openai: bool = False, dialect: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body of the answer to `exc`; also used by ASGI middleware."""
     status, message = error_status_and_message(exc)
-    if openai:
-        body = json.dumps(openai_error_body(status, message))
+    dialect = dialect or (OPENAI if openai else NATIVE)
+    if dialect != NATIVE:
+        body = json.dumps(error_body(dialect, status, message))
         headers = {"Content-Type": "application/json"}
     else:
         body = json.dumps({"error": message})
@@ -54,8 +95,10 @@ def error_parts(exc: BaseException, *, openai: bool = False) -> tuple[int, dict[
     return status, headers, body.encode()
 
 
-def error_response(exc: BaseException, *, openai: bool = False) -> Response:
-    status, headers, body = error_parts(exc, openai=openai)
+def error_response(
+    exc: BaseException, *, openai: bool = False, dialect: str | None = None
+) -> Response:
+    status, headers, body = error_parts(exc, openai=openai, dialect=dialect)
     content_type = headers.pop("Content-Type")
     response = Response(body, status=status, content_type=content_type)
     response.headers.update(headers)
@@ -65,14 +108,14 @@ def error_response(exc: BaseException, *, openai: bool = False) -> Response:
 def install_error_handlers(app: Quart) -> None:
     """Map domain errors, framework errors and crashes to answers in the client's dialect."""
 
-    def _is_openai() -> bool:
-        return request.path.startswith("/v1/")
+    def _dialect() -> str:
+        return dialect_for_path(request.path)
 
     @app.errorhandler(ApplianceError)
     async def _domain(exc: ApplianceError) -> Response:
         if exc.status >= 500 and exc.status != 503:
             log.warning("%s %s: %s", request.method, request.path, exc.message)
-        return error_response(exc, openai=_is_openai())
+        return error_response(exc, dialect=_dialect())
 
     @app.errorhandler(HTTPException)
     async def _http(exc: HTTPException) -> Response:
@@ -86,4 +129,4 @@ def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(Exception)
     async def _crash(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(exc, openai=_is_openai())
+        return error_response(exc, dialect=_dialect())

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from quart import Response
 
-from appliance.api.errors import error_status_and_message
+from appliance.api.errors import OPENAI, error_body, error_status_and_message
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +50,50 @@ def ndjson_response(items: AsyncIterable[dict[str, Any]], *, status: int = 200) 
     return response
 
 
-async def _sse_events(items: AsyncIterable[dict[str, Any] | str]) -> AsyncIterator[bytes]:
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """A typed server-sent event: an `event: <name>` line before its `data:` line, as the
+    Responses and Anthropic streams send them."""
+
+    name: str
+    data: dict[str, Any]
+
+
+def _sse_frame(item: dict[str, Any] | str | SSEEvent) -> bytes:
+    if isinstance(item, SSEEvent):
+        return f"event: {item.name}\ndata: {dumps(item.data)}\n\n".encode()
+    data = item if isinstance(item, str) else dumps(item)
+    return f"data: {data}\n\n".encode()
+
+
+async def _sse_events(
+    items: AsyncIterable[dict[str, Any] | str | SSEEvent], dialect: str, typed: bool
+) -> AsyncIterator[bytes]:
     try:
         async for item in items:
-            data = item if isinstance(item, str) else dumps(item)
-            yield f"data: {data}\n\n".encode()
-    except Exception as exc:
+            yield _sse_frame(item)
+    except Exception as exc:  # after the first byte the status is sent: report in-band
         status, message = error_status_and_message(exc)
-        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-        err = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-        yield f"data: {dumps(err)}\n\n".encode()
+        if status >= 500:
+            log.warning("stream ended with error: %s", message)
+        err = error_body(dialect, status, message)
+        yield _sse_frame(SSEEvent("error", err) if typed else err)
     finally:
         aclose = getattr(items, "aclose", None)
         if aclose is not None:
             await aclose()
 
 
-def sse_response(items: AsyncIterable[dict[str, Any] | str]) -> Response:
-    """Server-sent events for OpenAI clients; a str item is sent verbatim (e.g. `[DONE]`)."""
-    response = Response(_sse_events(items), status=200, content_type=SSE)
+def sse_response(
+    items: AsyncIterable[dict[str, Any] | str | SSEEvent],
+    *,
+    dialect: str = OPENAI,
+    typed: bool = False,
+) -> Response:
+    """Server-sent events for OpenAI and Anthropic clients; a str item is sent verbatim (e.g.
+    `[DONE]`), an `SSEEvent` with its `event:` line. An error after the first byte is sent as
+    one more event in `dialect`'s error shape (an `error` event when the stream is `typed`)."""
+    response = Response(_sse_events(items, dialect, typed), status=200, content_type=SSE)
     response.headers["Cache-Control"] = "no-cache"
     response.timeout = None
     return response

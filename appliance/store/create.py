@@ -190,7 +190,7 @@ def _go_numbers(value: Any) -> Any:
 
 def validate_template(text: str) -> None:
     """400 `template error: ...` for a TEMPLATE our Go-template engine cannot render."""
-    from appliance.gotemplate import TemplateError, parse_template
+    from appliance.prompting.gotemplate import TemplateError, parse_template
 
     try:
         parse_template(text)

@@ -211,7 +211,7 @@ def _quote(s: str) -> str:
 
 def go_value(value: Any) -> str:
     """fmt's `%v` of a JSON-decoded value."""
-    from appliance.gotemplate import go_sprint
+    from appliance.prompting.gotemplate import go_sprint
 
     return go_sprint(value)
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from appliance.config import ConfigError, load_settings
+from appliance.settings.config import ConfigError, load_settings
 from appliance.update import run, service
 from appliance.update.feed import UpdateError
 from appliance.update.state import default_state_dir

@@ -12,8 +12,8 @@ from typing import TextIO
 import trio
 from packaging.version import Version
 
-from appliance.config import Settings
 from appliance.net import NetConfig
+from appliance.settings.config import Settings
 from appliance.update import install, service
 from appliance.update.feed import Feed, FeedClient, Release, UpdateError, running_version
 from appliance.update.state import UpdateState

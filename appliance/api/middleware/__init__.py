@@ -1,0 +1,1 @@
+"""ASGI layers around the routes: ASGI fixes, CORS and hosts, API keys."""

@@ -1,0 +1,511 @@
+"""Anthropic's Messages API (/v1/messages, /v1/messages/count_tokens), as Ollama's
+`anthropic/anthropic.go` and `middleware/anthropic.go`.
+
+This is what Claude Code and other Anthropic clients call through `ANTHROPIC_BASE_URL`. Each request
+is rewritten into a native /api/chat body and answered by the native path (`prepare_chat`,
+`whole_chat`; `count_tokens` renders the prompt without generating); only shapes are translated
+here. As in Ollama, a `thinking` request on a model that cannot think is dropped rather than
+refused (`relax_thinking`), since these clients ask for it by default. Errors are raised;
+`appliance/api/errors.py` answers them in Anthropic's shape for these paths
+(`{"type":"error","error":{"type","message"}}`), and a stream that fails after its first byte ends
+with an `error` event of that shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Response
+
+from appliance.api.errors import ANTHROPIC
+from appliance.api.requests import read_json_object
+from appliance.api.routes.native import prepare_chat, whole_chat
+from appliance.api.routes.openai import answer_items
+from appliance.api.streaming import SSEEvent, json_response, sse_response
+from appliance.errors import BadRequest
+from appliance.serving.generation import Timing
+
+bp = Blueprint("anthropic", __name__)
+
+
+def _new_id(prefix: str) -> str:
+    """Ollama's `generateID`: the prefix and 24 hex digits."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+# ---- request -------------------------------------------------------------------------------------
+
+
+def _system(raw: Any) -> str:
+    if raw is None or isinstance(raw, str):
+        return raw or ""
+    if not isinstance(raw, list):
+        raise BadRequest("system must be a string or an array of text blocks")
+    return "".join(
+        b["text"]
+        for b in raw
+        if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+    )
+
+
+def _image(source: Any) -> str:
+    """A base64 image source's payload (checked), as native `images` carry it."""
+    if not isinstance(source, dict):
+        raise BadRequest("invalid image source")
+    if source.get("type") != "base64":
+        raise BadRequest(
+            f"invalid image source type: {source.get('type')}. Only base64 images are supported."
+        )
+    try:
+        raw = base64.b64decode(source.get("data") or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"invalid base64 image data: {exc}") from None
+    return base64.b64encode(raw).decode()
+
+
+def _tool_result(content: Any) -> tuple[str, list[str]]:
+    """A tool_result's text and images: a string, or text and image blocks."""
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise BadRequest("tool_result content must be a string or an array of blocks")
+    text: list[str] = []
+    images: list[str] = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            text.append(block["text"])
+        elif block.get("type") == "image":
+            images.append(_image(block.get("source")))
+    return "".join(text), images
+
+
+def _message(raw: Any, index: int, call_names: dict[str, str]) -> list[dict[str, Any]]:
+    """One Anthropic message as native messages (Ollama's `convertMessage`): tool results become
+    `tool` messages (before the user's own text), the rest one message with the role's text,
+    images, tool calls and thinking."""
+    if not isinstance(raw, dict):
+        raise BadRequest(f"messages[{index}] must be an object")
+    role = raw.get("role")
+    if not isinstance(role, str) or not role:
+        raise BadRequest(f"messages[{index}]: role is required")
+    role = role.lower()
+    content = raw.get("content")
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise BadRequest(f"messages[{index}]: content must be a string or an array of blocks")
+    text: list[str] = []
+    images: list[str] = []
+    calls: list[dict[str, Any]] = []
+    thinking = ""
+    results: list[dict[str, Any]] = []
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            if not isinstance(block.get("text"), str):
+                raise BadRequest(f"messages[{index}]: a text block needs text")
+            text.append(block["text"])
+        elif kind == "image":
+            images.append(_image(block.get("source")))
+        elif kind in ("tool_use", "server_tool_use"):
+            if not block.get("id"):
+                raise BadRequest("tool_use block missing required 'id' field")
+            if not block.get("name"):
+                raise BadRequest("tool_use block missing required 'name' field")
+            arguments = block.get("input") or {}
+            if not isinstance(arguments, dict):
+                raise BadRequest("tool_use input must be an object")
+            call_names[str(block["id"])] = str(block["name"])
+            calls.append(
+                {
+                    "id": str(block["id"]),
+                    "function": {
+                        "index": len(calls),
+                        "name": block["name"],
+                        "arguments": arguments,
+                    },
+                }
+            )
+        elif kind == "tool_result":
+            result_text, result_images = _tool_result(block.get("content"))
+            call_id = str(block.get("tool_use_id") or "")
+            result: dict[str, Any] = {"role": "tool", "content": result_text}
+            if call_id:
+                result["tool_call_id"] = call_id
+            if call_names.get(call_id):
+                result["tool_name"] = call_names[call_id]
+            if result_images:
+                result["images"] = result_images
+            results.append(result)
+        elif kind == "thinking":
+            if isinstance(block.get("thinking"), str):
+                thinking = block["thinking"]
+        # redacted_thinking, documents, search results and unknown blocks carry nothing a local
+        # model can read: skipped, as Ollama skips them.
+    out: list[dict[str, Any]] = results if role == "user" else []
+    if text or images or calls or thinking:
+        message: dict[str, Any] = {"role": role, "content": "".join(text)}
+        if images:
+            message["images"] = images
+        if calls:
+            message["tool_calls"] = calls
+        if thinking:
+            message["thinking"] = thinking
+        out.append(message)
+    if role != "user":
+        out.extend(results)
+    return out
+
+
+def _tools(raw: Any, choice: Any) -> list[dict[str, Any]] | None:
+    """Client tools in the native (function) shape. Server tools Anthropic runs itself (web search,
+    code execution: a `type` and no `input_schema`) have nothing to run them here and are left
+    out. `tool_choice` `none` hides the tools; `tool` keeps only the named one."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise BadRequest("tools must be an array")
+    tools = []
+    for i, tool in enumerate(raw):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools[{i}] must be an object")
+        kind = tool.get("type")
+        if kind not in (None, "custom") and "input_schema" not in tool:
+            continue
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"tools[{i}]: name is required")
+        schema = tool.get("input_schema") or {"type": "object", "properties": {}}
+        if not isinstance(schema, dict):
+            raise BadRequest(f'invalid input_schema for tool "{name}": not an object')
+        function = {
+            "name": name,
+            "description": tool.get("description") or "",
+            "parameters": schema,
+        }
+        tools.append({"type": "function", "function": function})
+    if isinstance(choice, dict):
+        if choice.get("type") == "none":
+            return None
+        if choice.get("type") == "tool":
+            wanted = choice.get("name")
+            kept = [t for t in tools if t["function"]["name"] == wanted]
+            if not kept:
+                raise BadRequest(f"tool_choice names {wanted!r}, which is not among the tools")
+            return kept
+    return tools
+
+
+def _think(body: dict[str, Any]) -> Any:
+    """`thinking: {type: enabled|disabled}` as native `think`; else `output_config.effort`."""
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict):
+        if thinking.get("type") == "enabled":
+            return True
+        if thinking.get("type") == "disabled":
+            return False
+    config = body.get("output_config")
+    if isinstance(config, dict) and isinstance(config.get("effort"), str):
+        effort = config["effort"].strip().lower()
+        effort = "high" if effort == "xhigh" else effort
+        if effort in ("low", "medium", "high", "max"):
+            return effort
+    return None
+
+
+def _number(body: dict[str, Any], name: str, kinds: tuple[type, ...] = (int, float)) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if kinds == (int,) else "a number"
+        raise BadRequest(f"{name} must be {kind}")
+    return value
+
+
+def native_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    raw = body.get("messages")
+    if raw is not None and not isinstance(raw, list):
+        raise BadRequest("messages must be an array")
+    messages: list[dict[str, Any]] = []
+    system = _system(body.get("system"))
+    if system:
+        messages.append({"role": "system", "content": system})
+    call_names: dict[str, str] = {}
+    for i, message in enumerate(raw or []):
+        messages.extend(_message(message, i, call_names))
+    return messages
+
+
+def native_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The /api/chat body for a Messages request (Ollama's `FromMessagesRequest`), after the
+    checks Ollama's middleware makes first."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required")
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
+        raise BadRequest("max_tokens is required and must be positive")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise BadRequest("messages is required")
+    options: dict[str, Any] = {"num_predict": max_tokens}
+    for name in ("temperature", "top_p"):
+        value = _number(body, name)
+        if value is not None:
+            options[name] = value
+    top_k = _number(body, "top_k", (int,))
+    if top_k is not None:
+        options["top_k"] = top_k
+    stop = body.get("stop_sequences")
+    if stop is not None:
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise BadRequest("stop_sequences must be an array of strings")
+        if stop:
+            options["stop"] = stop
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("stream must be a boolean")
+    native: dict[str, Any] = {
+        "model": model,
+        "messages": native_messages(body),
+        "stream": bool(stream),
+        "options": options,
+    }
+    tools = _tools(body.get("tools"), body.get("tool_choice"))
+    if tools:
+        native["tools"] = tools
+    think = _think(body)
+    if think is not None:
+        native["think"] = think
+    fmt = _output_format(body)
+    if fmt is not None:
+        native["format"] = fmt
+    return native
+
+
+def _output_format(body: dict[str, Any]) -> Any:
+    """Structured outputs (`output_config.format` or `output_format`, a JSON schema) as native
+    `format`."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt is None:
+        fmt = body.get("output_format")  # the structured-outputs beta's spelling
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise BadRequest('output_config.format must be {"type": "json_schema", "schema": {...}}')
+    if not isinstance(fmt.get("schema"), dict):
+        raise BadRequest("output_config.format.schema must be an object")
+    return fmt["schema"]
+
+
+# ---- response ------------------------------------------------------------------------------------
+
+
+def stop_reason(done_reason: str | None, has_tool_calls: bool) -> str | None:
+    """Ollama's `mapStopReason`: a tool call ends the turn as `tool_use`; `length` is the
+    `max_tokens` limit; a plain stop (end of turn or a stop sequence) is `end_turn`."""
+    if has_tool_calls:
+        return "tool_use"
+    if done_reason == "stop":
+        return "end_turn"
+    if done_reason == "length":
+        return "max_tokens"
+    return "stop_sequence" if done_reason else None
+
+
+def _usage(obj: dict[str, Any]) -> dict[str, int]:
+    return {
+        "input_tokens": obj.get("prompt_eval_count", 0),
+        "output_tokens": obj.get("eval_count", 0),
+    }
+
+
+def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function", {})
+    return {
+        "type": "tool_use",
+        "id": call.get("id") or _new_id("toolu"),
+        "name": function.get("name", ""),
+        "input": function.get("arguments") or {},
+    }
+
+
+def whole_message(message_id: str, model: str, final: dict[str, Any]) -> dict[str, Any]:
+    """The non-streamed answer (Ollama's `ToMessagesResponse`): thinking, text, tool_use."""
+    native = final.get("message", {})
+    content: list[dict[str, Any]] = []
+    if native.get("thinking"):
+        content.append({"type": "thinking", "thinking": native["thinking"], "signature": ""})
+    if native.get("content"):
+        content.append({"type": "text", "text": native["content"]})
+    calls = native.get("tool_calls") or []
+    content.extend(_tool_use(call) for call in calls)
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(final.get("done_reason"), bool(calls)),
+        "stop_sequence": None,
+        "usage": _usage(final),
+    }
+
+
+class _Events:
+    """Native chat objects as Anthropic stream events (Ollama's `StreamConverter`), with the
+    `ping` Anthropic sends after the first block starts."""
+
+    def __init__(self, message_id: str, model: str, prompt_tokens: int) -> None:
+        self.message_id = message_id
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.index = 0
+        self.open: str | None = None  # the kind of the block being streamed
+        self.pinged = False
+        self.calls = 0
+
+    def start(self) -> list[SSEEvent]:
+        message = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.prompt_tokens, "output_tokens": 0},
+        }
+        return [SSEEvent("message_start", {"type": "message_start", "message": message})]
+
+    def _close(self) -> list[SSEEvent]:
+        if self.open is None:
+            return []
+        self.open = None
+        event = SSEEvent("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        self.index += 1
+        return [event]
+
+    def _begin(self, kind: str, block: dict[str, Any]) -> list[SSEEvent]:
+        out = self._close()
+        self.open = kind
+        out.append(
+            SSEEvent(
+                "content_block_start",
+                {"type": "content_block_start", "index": self.index, "content_block": block},
+            )
+        )
+        if not self.pinged:
+            self.pinged = True
+            out.append(SSEEvent("ping", {"type": "ping"}))
+        return out
+
+    def _delta(self, delta: dict[str, Any]) -> SSEEvent:
+        return SSEEvent(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": self.index, "delta": delta},
+        )
+
+    def process(self, obj: dict[str, Any]) -> list[SSEEvent]:
+        message = obj.get("message", {})
+        out: list[SSEEvent] = []
+        if message.get("thinking"):
+            if self.open != "thinking":
+                out += self._begin(
+                    "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+                )
+            out.append(self._delta({"type": "thinking_delta", "thinking": message["thinking"]}))
+        if message.get("content"):
+            if self.open != "text":
+                out += self._begin("text", {"type": "text", "text": ""})
+            out.append(self._delta({"type": "text_delta", "text": message["content"]}))
+        for call in message.get("tool_calls") or []:
+            block = _tool_use(call)
+            arguments = json.dumps(block["input"], separators=(",", ":"))
+            out += self._begin("tool_use", {**block, "input": {}})
+            out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
+            out += self._close()
+            self.calls += 1
+        if obj.get("done"):
+            out += self._close()
+            if not self.pinged:
+                out.append(SSEEvent("ping", {"type": "ping"}))
+            reason = stop_reason(obj.get("done_reason"), self.calls > 0)
+            out.append(
+                SSEEvent(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": reason, "stop_sequence": None},
+                        "usage": _usage(obj),
+                    },
+                )
+            )
+            out.append(SSEEvent("message_stop", {"type": "message_stop"}))
+        return out
+
+
+async def _stream(
+    items: AsyncIterator[dict[str, Any]], events: _Events
+) -> AsyncIterator[dict[str, Any] | str | SSEEvent]:
+    try:
+        for event in events.start():
+            yield event
+        async for obj in items:
+            for event in events.process(obj):
+                yield event
+            if obj.get("done"):
+                return
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+
+
+async def _read_body() -> dict[str, Any]:
+    body = await read_json_object(allow_empty=True)
+    if not body:
+        raise BadRequest("EOF")
+    return body
+
+
+@bp.route("/v1/messages", methods=["POST"])
+async def messages() -> Response:
+    body = await _read_body()
+    native = native_request(body)
+    answer = await prepare_chat(native, Timing(), relax_thinking=True)
+    message_id = _new_id("msg")
+    items = answer_items(answer)
+    if answer.stream:
+        events = _Events(message_id, answer.model, answer.prompt_tokens)
+        return sse_response(_stream(items, events), dialect=ANTHROPIC, typed=True)
+    return json_response(whole_message(message_id, answer.model, await whole_chat(items)))
+
+
+@bp.route("/v1/messages/count_tokens", methods=["POST"])
+async def count_tokens() -> Response:
+    """`{"input_tokens": N}`: the tokens of the prompt the request renders to, tools included."""
+    body = await _read_body()
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise BadRequest("messages is required")
+    # The whole prompt, never truncated to the context: the count says whether it fits.
+    native: dict[str, Any] = {"model": model, "messages": native_messages(body), "truncate": False}
+    tools = _tools(body.get("tools"), body.get("tool_choice"))
+    if tools:
+        native["tools"] = tools
+    think = _think(body)
+    if think is not None:
+        native["think"] = think
+    answer = await prepare_chat(native, Timing(), relax_thinking=True, render_only=True)
+    return json_response({"input_tokens": answer.prompt_tokens})

@@ -1,0 +1,1 @@
+"""Go-compatible parsing and formatting (durations, times); imports nothing of ours."""

@@ -1,0 +1,1 @@
+"""The process on its machine: the server, systemd notification, doctor, the systemd unit."""

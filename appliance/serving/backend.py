@@ -1,0 +1,92 @@
+"""What a runner needs from a loaded model, as a small async protocol.
+
+The real implementation (`appliance.serving.llama_backend`) runs the synchronous engine in one
+worker thread per model; scheduler and runner tests use a pure-trio double, so time-based rules
+can be tested under `trio.testing.MockClock` (real threads and a mock clock do not mix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance.errors import ApplianceError
+from engine.batch import Chunk, SequenceRequest
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A sequence the engine refused at admission (e.g. a prompt too long); others go on."""
+
+    seq: int
+    error: ApplianceError
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Everything that decides how a model is loaded; two equal specs can share a runner."""
+
+    key: str  # the model blob path, as Ollama keys its runners
+    model_path: Path | None
+    num_ctx: int  # per slot
+    n_seq: int
+    num_batch: int = 512
+    num_thread: int = 0
+    use_mmap: bool | None = None
+    num_gpu: int = -1
+    adapters: tuple[str, ...] = ()
+    embedding_only: bool = False
+    memory_bytes: int = 0  # estimated need, checked against the budget before loading
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    options_key: Any = field(default=None, compare=False, hash=False)  # options.LoadKey
+
+    def load_key(self) -> tuple[Any, ...]:
+        """The load-time options that force a reload when they change (reference §4.6)."""
+        return (self.num_ctx, self.num_batch, self.num_thread, self.use_mmap, self.adapters)
+
+    def can_serve(self, requested: LoadSpec) -> bool:
+        """Whether a runner loaded with this spec serves `requested` without a reload.
+
+        Ollama's needsReload: sampling options never matter; `num_gpu < 0` matches anything, an
+        unset `use_mmap` inherits, two automatic `num_ctx`/`num_batch` count as equal.
+        """
+        if self.adapters != requested.adapters or self.embedding_only != requested.embedding_only:
+            return False
+        if self.options_key is not None and requested.options_key is not None:
+            return bool(requested.options_key.matches(self.options_key))
+        return self.load_key() == requested.load_key()
+
+
+class Backend(Protocol):
+    """A loaded model with `n_seq` sequences; every method may block a worker thread, not trio."""
+
+    n_seq: int
+    n_ctx: int  # per sequence
+    size: int  # bytes in memory
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]: ...
+
+    def tokenize_blocking(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Tokenize on the calling thread; safe beside a running decode (vocabulary only)."""
+        ...
+
+    async def detokenize(self, tokens: list[int]) -> str: ...
+
+    async def step(
+        self, admits: list[tuple[int, SequenceRequest]], releases: list[int]
+    ) -> list[Chunk | Rejected]: ...
+
+    async def embed(
+        self, texts: list[str], *, truncate: bool, normalize: bool, dimensions: int | None
+    ) -> tuple[list[list[float]], int]: ...
+
+    async def aclose(self) -> None: ...
+
+
+Loader = Callable[[LoadSpec], Awaitable[Backend]]

@@ -1,0 +1,144 @@
+"""What the service knows about a stored model before (and without) loading it.
+
+Reading a GGUF header parses the whole vocabulary (0.15 s for 262k tokens), so it happens in a
+worker thread, once per blob: blobs are content-addressed, so a path's header never changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from appliance.errors import ApplianceError, NotFound
+from appliance.serving.backend import LoadSpec
+from engine.gguf import GGUFInfo, read_gguf_info
+
+if TYPE_CHECKING:
+    from appliance.options import Options
+    from appliance.store.store import LocalModel
+
+log = logging.getLogger(__name__)
+
+
+KV_BLOCK = {"q8_0": 32, "q4_0": 32}  # a quantized row holds whole blocks of this many values
+_kv_fallbacks: set[Path] = set()
+
+
+def _kv_type_for(info: GGUFInfo, wanted: str) -> str:
+    """`wanted`, or f16 when the model's head size is not a whole number of quantized blocks
+    (llama.cpp would refuse to create the context); logged once per model file."""
+    block = KV_BLOCK.get(wanted)
+    if block is None:
+        return wanted
+    dims = [d for d in (info.key_length, info.value_length) if d]
+    if dims and all(d % block == 0 for d in dims):
+        return wanted
+    if info.path not in _kv_fallbacks:
+        _kv_fallbacks.add(info.path)
+        log.warning(
+            "%s: KV cache type %s needs a head size that is a multiple of %d; using f16",
+            info.path.name,
+            wanted,
+            block,
+        )
+    return "f16"
+
+
+@dataclass(frozen=True)
+class SlotPolicy:
+    """How many parallel slots a model gets and the context each one has by default."""
+
+    num_parallel: int  # >= 1
+    default_num_ctx: int
+    flash_attention: bool | None = None  # OLLAMA_FLASH_ATTENTION; None lets llama.cpp decide
+    kv_cache_type: str = ""  # OLLAMA_KV_CACHE_TYPE: "" (f16), "q8_0", "q4_0"
+
+    def kv_type(self) -> str:
+        """The KV cache type to use: a quantized cache needs flash attention, so with flash
+        attention turned off it falls back to f16 (warned once at start by `server`)."""
+        kind = self.kv_cache_type or "f16"
+        if kind != "f16" and self.flash_attention is False:
+            return "f16"
+        return kind
+
+
+class Catalog:
+    def __init__(self, policy: SlotPolicy) -> None:
+        self.policy = policy
+        self._infos: dict[Path, GGUFInfo] = {}
+        self._lock = trio.Lock()
+
+    async def info(self, path: Path) -> GGUFInfo:
+        cached = self._infos.get(path)
+        if cached is not None:
+            return cached
+        async with self._lock:
+            cached = self._infos.get(path)
+            if cached is None:
+                try:
+                    cached = await trio.to_thread.run_sync(read_gguf_info, path)
+                except FileNotFoundError:
+                    raise NotFound(f'model "{path.name}" not found, try pulling it first') from None
+                except ValueError as exc:
+                    raise ApplianceError(f"unable to read model file: {exc}") from None
+                self._infos[path] = cached
+        return cached
+
+    def forget(self, path: Path) -> None:
+        self._infos.pop(path, None)
+
+    async def capabilities(self, model: LocalModel) -> set[str]:
+        caps: set[str] = set()
+        if model.model_path is not None:
+            caps.update((await self.info(model.model_path)).capabilities())
+        if model.template:
+            text = model.template
+            if ".Tools" in text:
+                caps.add("tools")
+            if ".Suffix" in text:
+                caps.add("insert")
+            if ".Think" in text or "<think>" in text:
+                caps.add("thinking")
+        if model.projector_path is not None:
+            caps.add("vision")
+        return caps
+
+    async def plan(self, model: LocalModel, options: Options) -> LoadSpec:
+        """The load spec a request for `model` with `options` needs (reference §4.6, §4.7)."""
+        if model.model_path is None:
+            raise ApplianceError(f"{model.name.full()} has no model weights", status=400)
+        info = await self.info(model.model_path)
+        embedding_only = "completion" not in info.capabilities()
+        n_seq = 1 if embedding_only else self.policy.num_parallel
+        num_ctx = options.num_ctx or self.policy.default_num_ctx
+        if info.context_length:
+            num_ctx = min(num_ctx, info.context_length)
+        num_ctx = max(num_ctx, 4)
+        num_batch = options.num_batch if options.num_batch > 0 else 512
+        cores = os.cpu_count() or 1
+        num_thread = options.num_thread if 0 < options.num_thread <= cores else 0
+        kv_type = _kv_type_for(info, self.policy.kv_type())
+        return LoadSpec(
+            key=str(model.model_path),
+            model_path=model.model_path,
+            num_ctx=num_ctx,
+            n_seq=n_seq,
+            num_batch=num_batch,
+            num_thread=num_thread,
+            use_mmap=options.use_mmap,
+            num_gpu=options.num_gpu,
+            adapters=tuple(str(a) for a in model.adapters),
+            embedding_only=embedding_only,
+            memory_bytes=info.estimate_memory(num_ctx, n_seq, kv_type=kv_type),
+            extra={
+                "flash_attn": self.policy.flash_attention,
+                "type_k": kv_type,
+                "type_v": kv_type,
+            },
+            options_key=options.load_key(info.context_length),
+        )

@@ -1,0 +1,206 @@
+"""The real backend: the synchronous engine behind one worker thread per model.
+
+Every call that touches the model's llama context goes through this backend's
+`CapacityLimiter(1)`, so exactly one thread uses a context at a time and the event loop never blocks
+on llama.cpp. Tokenizing reads only the vocabulary, which llama.cpp allows from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from functools import partial
+
+import trio
+
+from appliance.errors import ApplianceError, BadRequest, ModelLoadError
+from appliance.serving.backend import LoadSpec, Rejected
+from engine.batch import BatchEngine, Chunk, PromptTooLong, SequenceRequest
+from engine.embed import Embedder, InputTooLong
+from engine.model import Model, ModelLoadFailed
+
+log = logging.getLogger(__name__)
+
+
+class LlamaBackend:
+    def __init__(
+        self, spec: LoadSpec, model: Model, batch: BatchEngine | None, n_threads: int
+    ) -> None:
+        self.spec = spec
+        self.model = model
+        self.batch = batch
+        self.n_seq = spec.n_seq
+        self.n_ctx = spec.num_ctx
+        self.size = spec.memory_bytes
+        self.chat_template = model.chat_template
+        self.bos_text = model.bos_text
+        self.eos_text = model.eos_text
+        self._n_threads = n_threads
+        self._embedder: Embedder | None = None
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def _run(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._limiter)
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return await trio.to_thread.run_sync(
+            partial(self.model.tokenize, text, add_special=add_special, parse_special=True)
+        )
+
+    def tokenize_blocking(self, text: str, *, add_special: bool = True) -> list[int]:
+        return self.model.tokenize(text, add_special=add_special, parse_special=True)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        n_vocab = self.model.n_vocab
+        if any(not 0 <= t < n_vocab for t in tokens):
+            raise BadRequest(f"invalid context: token ids must be between 0 and {n_vocab - 1}")
+        return await trio.to_thread.run_sync(self.model.detokenize, tokens)
+
+    async def step(
+        self, admits: list[tuple[int, SequenceRequest]], releases: list[int]
+    ) -> list[Chunk | Rejected]:
+        if self.batch is None:
+            raise ApplianceError("this model does not support generate", status=400)
+        return await self._run(_step, self.batch, admits, releases)
+
+    async def embed(
+        self, texts: list[str], *, truncate: bool, normalize: bool, dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        return await self._run(self._embed, texts, truncate, normalize, dimensions)
+
+    def _embed(
+        self, texts: list[str], truncate: bool, normalize: bool, dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        if self._embedder is None:
+            self._embedder = Embedder(self.model, n_ctx=self.n_ctx, n_threads=self._n_threads)
+        try:
+            return self._embedder.embed(
+                texts, truncate=truncate, normalize=normalize, dimensions=dimensions
+            )
+        except InputTooLong as exc:
+            raise BadRequest(str(exc)) from None
+
+    async def aclose(self) -> None:
+        await self._run(self._close)
+
+    def _close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+        if self.batch is not None:
+            self.batch.close()
+        self.model.close()
+
+
+def _step(
+    batch: BatchEngine, admits: list[tuple[int, SequenceRequest]], releases: list[int]
+) -> list[Chunk | Rejected]:
+    out: list[Chunk | Rejected] = []
+    for seq in releases:
+        batch.release(seq)
+    for seq, request in admits:
+        try:
+            batch.admit(seq, request)
+        except PromptTooLong as exc:
+            out.append(Rejected(seq, BadRequest(str(exc))))
+        except ValueError as exc:
+            out.append(Rejected(seq, ApplianceError(str(exc))))
+    if batch.has_work():
+        out.extend(batch.step())
+    return out
+
+
+def _load_sync(spec: LoadSpec, n_threads: int) -> LlamaBackend:
+    assert spec.model_path is not None
+    model = Model.load(
+        spec.model_path, use_mmap=spec.use_mmap is not False, n_gpu_layers=max(spec.num_gpu, 0)
+    )
+    try:
+        batch = None
+        if not spec.embedding_only:
+            batch = BatchEngine(
+                model,
+                n_seq=spec.n_seq,
+                n_ctx=spec.num_ctx,
+                n_batch=spec.num_batch,
+                n_threads=n_threads,
+                flash_attn=spec.extra.get("flash_attn"),
+                type_k=spec.extra.get("type_k") or "f16",
+                type_v=spec.extra.get("type_v") or "f16",
+            )
+        return LlamaBackend(spec, model, batch, n_threads)
+    except BaseException:
+        model.close()
+        raise
+
+
+class _Handover:
+    """A load's result, handed to the waiter, or freed by the worker when the waiter gave up.
+
+    A llama.cpp load cannot be interrupted; after OLLAMA_LOAD_TIMEOUT the waiter stops waiting
+    (the thread is abandoned) and the worker frees whatever it loads once it is done.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.kept: LlamaBackend | None = None
+
+    def keep(self, backend: LlamaBackend) -> bool:
+        with self._lock:
+            if not self._abandoned:
+                self.kept = backend
+                return True
+        return False
+
+    def abandon(self) -> LlamaBackend | None:
+        """Give up; returns a result that arrived too late for the waiter (to be freed)."""
+        with self._lock:
+            self._abandoned = True
+            late, self.kept = self.kept, None
+        return late
+
+
+def make_loader(  # type: ignore[no-untyped-def]
+    default_threads: int | None = None, *, load_timeout: float = math.inf, load_sync=None
+):
+    """A `Loader` that loads GGUF models with llama.cpp in a worker thread.
+
+    A load still running after `load_timeout` seconds (OLLAMA_LOAD_TIMEOUT) fails with Ollama's
+    message; `load_sync(spec, n_threads)` replaces the blocking load in tests.
+    """
+    load_blocking = load_sync or _load_sync
+
+    async def load(spec: LoadSpec) -> LlamaBackend:
+        n_threads = spec.num_thread or default_threads or os.cpu_count() or 1
+        handover = _Handover()
+
+        def work() -> LlamaBackend | None:
+            backend = load_blocking(spec, n_threads)
+            if handover.keep(backend):
+                return backend
+            backend._close()  # the waiter timed out: free what it no longer wants
+            return None
+
+        try:
+            # Shielded as before (a load is not cancelled half-way), but with its own deadline.
+            with trio.CancelScope(shield=True) as scope:
+                if math.isfinite(load_timeout):
+                    scope.deadline = trio.current_time() + load_timeout
+                backend = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except ModelLoadFailed as exc:
+            raise ModelLoadError(f"llama runner process has terminated: {exc}") from None
+        except FileNotFoundError:
+            raise ApplianceError(
+                f'model "{spec.model_path}" not found, try pulling it first', status=404
+            ) from None
+        if scope.cancelled_caught or backend is None:
+            late = handover.abandon()
+            if late is not None:
+                await trio.to_thread.run_sync(late._close)
+            log.warning("loading %s timed out after %.0fs", spec.model_path, load_timeout)
+            raise ModelLoadError("timed out waiting for llama runner to start - progress 0.00 - ")
+        return backend
+
+    return load

@@ -1,0 +1,1 @@
+"""Registries: the protocol, downloads, Hugging Face, pull and push."""
