@@ -7,6 +7,13 @@ basic auth may sit in the proxy URL, an `https://` proxy is spoken to over TLS, 
 from SSL_CERT_FILE / SSL_CERT_DIR / Settings.ca_file *in addition to* the public roots, so a
 corporate MITM CA can be added without losing the rest. Failures are turned into one sentence that
 names the host, the proxy (password hidden) and the cause.
+
+A pull is aimed by whoever names the model, and a registry answers with redirects and token realms
+of its choosing, so requests to any host other than the registry's own (`RedirectGuard`) are
+checked before they are sent: never to loopback, link-local or cloud-metadata addresses (the name
+is resolved and every address checked) unless the registry itself is at that very address, never
+to private ranges unless the registry is itself on a private network, and only to registries the
+operator allows (`allowed_registries`, default any). What such a host answers is never relayed.
 """
 
 from __future__ import annotations
@@ -23,11 +30,24 @@ from typing import Any
 
 import certifi
 import httpx
+import trio
+
+from appliance.errors import ApplianceError, Forbidden
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 USER_AGENT = "llm-appliance (ollama-compatible)"
+HF_ALIASES = frozenset({"hf.co", "huggingface.co"})
+# Cloud instance-metadata services (AWS, GCP, Azure, Alibaba, Oracle...): never a redirect target.
+METADATA_HOSTS = frozenset(
+    {"metadata.google.internal", "metadata.goog", "metadata", "instance-data",
+     "instance-data.ec2.internal", "metadata.azure.com"}
+)  # fmt: skip
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+                                      "169.254.170.2", "192.0.0.192")
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,7 @@ class NetConfig:
     no_proxy: str | None = None
     ca_files: tuple[str, ...] = ()
     ca_dirs: tuple[str, ...] = ()
+    allowed_registries: tuple[str, ...] = ()  # `host` or `host:port`; empty: any registry
 
     @classmethod
     def resolve(cls, settings: Any = None, environ: Mapping[str, str] | None = None) -> NetConfig:
@@ -61,6 +82,24 @@ class NetConfig:
             no_proxy=pick("no_proxy", "NO_PROXY", "no_proxy"),
             ca_files=tuple(dict.fromkeys(str(f) for f in ca_files if f)),
             ca_dirs=tuple(d for d in (env.get("SSL_CERT_DIR") or "").split(os.pathsep) if d),
+            allowed_registries=tuple(getattr(settings, "allowed_registries", None) or ()),
+        )
+
+    def check_registry(self, url: httpx.URL | str) -> None:
+        """`Forbidden` (403) unless the operator allows pulls and pushes from `url`'s host."""
+        if not self.allowed_registries:
+            return
+        url = httpx.URL(url)
+        host = url.host.lower()
+        port = url.port or _default_port(url.scheme)
+        names = {host, *HF_ALIASES} if host in HF_ALIASES else {host}
+        for entry in self.allowed_registries:
+            entry_host, entry_port = _split_host_port(entry.lower())
+            if entry_host.strip("[]") in names and entry_port in (None, port):
+                return
+        raise Forbidden(
+            f"registry {host!r} is not allowed here (LLM_APPLIANCE_ALLOWED_REGISTRIES: "
+            f"{', '.join(self.allowed_registries)})"
         )
 
     def proxy_for(self, url: httpx.URL | str) -> str | None:
@@ -198,19 +237,128 @@ class _ProxyRoutingTransport(httpx.AsyncBaseTransport):
             await transport.aclose()
 
 
+class RedirectRefused(ApplianceError):
+    """A registry sent a pull to an address it may not reach (a redirect or a token realm)."""
+
+    status = 502
+
+
+def address_zone(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """`metadata`, `loopback`, `local` (link-local, unspecified, multicast, reserved), `private`
+    or `public`: what a redirect into that address could reach."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return "metadata"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+        return "local"
+    if ip.is_private or (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT):
+        return "private"
+    return "public"
+
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+async def _addresses(host: str, port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    literal = _ip(host)
+    if literal is not None:
+        return {literal}
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return {ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos}
+
+
+class RedirectGuard:
+    """A request hook that checks every request to a host other than `origin`'s.
+
+    Allowed: public addresses; private ones when the registry itself is on a private network;
+    loopback and link-local ones only when the registry itself is at that very address; cloud
+    metadata never. A host reached through a proxy cannot be resolved here, so only its name (or
+    literal address) is checked. Refusals say the same whatever listens at the address.
+    """
+
+    def __init__(self, config: NetConfig, origin: httpx.URL | str) -> None:
+        self._config = config
+        self.origin = httpx.URL(origin)
+        self._origin_ips: set[Any] | None = None
+
+    def is_foreign(self, url: httpx.URL) -> bool:
+        return not _same_host(url, self.origin)
+
+    async def __call__(self, request: httpx.Request) -> None:
+        url = request.url
+        if not self.is_foreign(url):
+            return
+        host = url.host.lower().rstrip(".")
+        port = url.port or _default_port(url.scheme)
+        if url.scheme not in ("http", "https"):
+            raise self._refuse(url)
+        if host in METADATA_HOSTS:
+            raise self._refuse(url)
+        if self._config.proxy_for(url) is not None and _ip(host) is None:
+            return  # the proxy resolves it; its name was checked
+        try:
+            targets = await _addresses(host, port)
+        except OSError:
+            raise self._refuse(url) from None
+        origin = await self._origin_addresses()
+        for ip in targets:
+            zone = address_zone(ip)
+            if zone == "public" or (ip in origin and zone != "metadata"):
+                continue
+            if zone == "private" and any(address_zone(o) != "public" for o in origin):
+                continue
+            raise self._refuse(url)
+
+    async def _origin_addresses(self) -> set[Any]:
+        if self._origin_ips is None:
+            host = self.origin.host
+            try:
+                if self._config.proxy_for(self.origin) is not None and _ip(host) is None:
+                    self._origin_ips = set()
+                else:
+                    port = self.origin.port or _default_port(self.origin.scheme)
+                    self._origin_ips = await _addresses(host, port)
+            except OSError:
+                self._origin_ips = set()
+        return self._origin_ips
+
+    def _refuse(self, url: httpx.URL) -> RedirectRefused:
+        log.warning("refused a request to %s that %s sent us to", _host_port(url), self.origin.host)
+        return RedirectRefused(
+            f"{self.origin.host} sent the request to {url.host}, an address pulls may not reach"
+        )
+
+
+def _same_host(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.host.lower(), a.port or _default_port(a.scheme)) == (
+        b.host.lower(),
+        b.port or _default_port(b.scheme),
+    )
+
+
+def _host_port(url: httpx.URL) -> str:
+    return url.host if url.port is None else f"{url.host}:{url.port}"
+
+
 def open_client(
     config: NetConfig,
     *,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     auth: httpx.Auth | None = None,
     headers: Mapping[str, str] | None = None,
+    guard: RedirectGuard | None = None,
 ) -> httpx.AsyncClient:
     """An httpx client that follows redirects and routes through the configured proxies.
 
+    With a `guard`, every request to another host than the guard's origin is checked first.
     Use it as `async with open_client(config) as client:`; it owns its connection pools.
     """
     log.info("outbound connections: %s", config.describe())
     return httpx.AsyncClient(
+        event_hooks={"request": [guard]} if guard is not None else None,
         transport=_ProxyRoutingTransport(config, create_ssl_context(config)),
         timeout=timeout,
         follow_redirects=True,

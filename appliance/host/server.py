@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -24,12 +25,13 @@ from appliance import __version__
 from appliance.api.app import create_app
 from appliance.api.context import Services
 from appliance.api.middleware.auth import exposure_warning
-from appliance.host import notify
+from appliance.host import connections, notify
 from appliance.serving.catalog import Catalog, SlotPolicy
 from appliance.serving.llama_backend import make_loader
 from appliance.serving.metrics import Metrics
 from appliance.serving.scheduler import Limits, Scheduler
 from appliance.settings.config import Settings, load_settings
+from appliance.store.layout import sweep_temp_files
 from appliance.store.remote.download import Downloads
 from appliance.store.store import Store
 
@@ -46,6 +48,8 @@ class Appliance:
     loader: Any = None  # a backend Loader; the real llama.cpp one unless a test injects a double
     grace: float = GRACE_SECONDS
     http_keep_alive: float = 5.0  # seconds an idle client connection stays open
+    temp_sweep_interval: float = 600.0  # seconds between sweeps of temp files no writer owns
+    temp_sweeps: int = 0  # sweeps done while serving (tests wait on it)
     _shutdown: trio.Event = field(default_factory=trio.Event)
     services: Services | None = None
     app: Any = None
@@ -86,9 +90,11 @@ class Appliance:
         self.services = Services(settings, store, scheduler, extras)
         app = self.app = create_app(self.services)
         config = hypercorn_config(settings, self.grace, self.http_keep_alive)
+        config.on_connection_dropped = metrics.connection_dropped if metrics else None
         http_done = trio.Event()
         await nursery.start(scheduler.run)
         nursery.start_soon(notify.serve_watchdog)
+        nursery.start_soon(self._sweep_temp_files, store, settings)
 
         async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
@@ -111,6 +117,19 @@ class Appliance:
         await scheduler.shutdown(self.grace)
         await http_done.wait()
 
+    async def _sweep_temp_files(self, store: Store, settings: Settings) -> None:
+        """Remove, every `temp_sweep_interval`, temp files whose writer died while we serve (a
+        killed upload of another process sharing the store, a crashed create)."""
+        while True:
+            await trio.sleep(self.temp_sweep_interval)
+            try:
+                await trio.to_thread.run_sync(
+                    partial(sweep_temp_files, store.root, keep_partials=settings.noprune)
+                )
+            except OSError as exc:  # a store that went away for a moment must not stop us
+                log.warning("temp file sweep failed: %s", exc)
+            self.temp_sweeps += 1
+
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
@@ -121,6 +140,8 @@ class Appliance:
 
 def _prepare_store(store: Store, settings: Settings) -> None:
     store.startup(noprune=settings.noprune)
+    # Temp files of uploads and creates that were killed (any age), stale unowned partials.
+    sweep_temp_files(store.root, keep_partials=settings.noprune)
     if settings.import_reference:
         from appliance.store.reference import import_reference_model
 
@@ -170,6 +191,9 @@ def hypercorn_config(settings: Settings, grace: float, keep_alive: float = 5.0) 
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
+    # Read by appliance.host.connections: a client that accepts no byte for this long is dropped.
+    config.write_timeout = settings.write_timeout
+    connections.install()
     return config
 
 

@@ -67,6 +67,13 @@ class Metrics:
             ["route", "method", "status"],
             registry=r,
         )
+        self.connections_dropped = Counter(
+            "llm_appliance_connections_dropped",
+            "Client connections the server dropped, by reason (write_timeout: accepted no byte "
+            "for the write timeout).",
+            ["reason"],
+            registry=r,
+        )
 
     def track(self, scheduler: Scheduler) -> None:
         """Serve the scheduler's live state (queue, slots in use, loaded models) as gauges."""
@@ -96,6 +103,9 @@ class Metrics:
     def http_request(self, route: str, method: str, status: int) -> None:
         method = method if method in HTTP_METHODS else "other"
         self.http_requests.labels(route, method, str(status)).inc()
+
+    def connection_dropped(self, reason: str) -> None:
+        self.connections_dropped.labels(reason).inc()
 
 
 class _SchedulerCollector(Collector):

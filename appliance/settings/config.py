@@ -36,6 +36,7 @@ DEFAULT_PORT = 11434
 DEFAULT_CONFIG_PATH = Path("/etc/llm-appliance/config.toml")
 DEFAULT_KEEP_ALIVE = 300.0
 DEFAULT_LOAD_TIMEOUT = 300.0
+DEFAULT_WRITE_TIMEOUT = 60.0  # a client that accepts no byte for this long is dropped
 DEFAULT_MAX_QUEUE = 512
 CPU_DEFAULT_NUM_CTX = 4096
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
@@ -91,6 +92,8 @@ FILE_KEYS: dict[str, str] = {
     "update_root": "LLM_APPLIANCE_UPDATE_ROOT",
     "update_state_dir": "LLM_APPLIANCE_UPDATE_STATE_DIR",
     "drop_unsupported_tools": "LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS",
+    "write_timeout": "LLM_APPLIANCE_WRITE_TIMEOUT",
+    "allowed_registries": "LLM_APPLIANCE_ALLOWED_REGISTRIES",
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
@@ -166,6 +169,8 @@ class Settings:
     # Chat with tools on a model whose template has no tools: drop them (logged once per model)
     # instead of Ollama's 400 (Open WebUI attaches its built-in tools to every chat).
     drop_unsupported_tools: bool = False
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT  # drop a client that accepts no byte this long
+    allowed_registries: tuple[str, ...] = ()  # hosts pulls and pushes may use; empty: any
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -173,7 +178,7 @@ class Settings:
         if "models_dir" not in overrides:
             overrides["models_dir"] = Path(tempfile.mkdtemp(prefix="llm-appliance-models-"))
         overrides.setdefault("port", 0)
-        for name in ("origins", "api_keys", "admin_keys", "metrics_keys"):
+        for name in ("origins", "api_keys", "admin_keys", "metrics_keys", "allowed_registries"):
             if name in overrides:
                 overrides[name] = tuple(overrides[name])
         return cls(**overrides)
@@ -279,6 +284,8 @@ class Settings:
             "HTTPS_PROXY": mask_url_credentials(self.https_proxy or ""),
             "HTTP_PROXY": mask_url_credentials(self.http_proxy or ""),
             "NO_PROXY": self.no_proxy or "",
+            "LLM_APPLIANCE_WRITE_TIMEOUT": format_go_duration(self.write_timeout),
+            "LLM_APPLIANCE_ALLOWED_REGISTRIES": ",".join(self.allowed_registries),
         }
 
 
@@ -582,6 +589,8 @@ class _Loader:
             update_url=self.update_url(),
             update_root=self.readable_path("LLM_APPLIANCE_UPDATE_ROOT", "update_root"),
             update_state_dir=self.directory("LLM_APPLIANCE_UPDATE_STATE_DIR", "update_state_dir"),
+            write_timeout=self.write_timeout(),
+            allowed_registries=self.allowed_registries(),
             warnings=tuple(self.warnings),
             admin_keys=self.keys("LLM_APPLIANCE_ADMIN_KEYS", "admin_keys"),
             admin_key_file=self.key_file("LLM_APPLIANCE_ADMIN_KEY_FILE", "admin_key_file"),
@@ -633,6 +642,21 @@ class _Loader:
             self.warn(f"invalid {var}={text!r}, using default {format_go_duration(fallback)}")
             return fallback
         return seconds
+
+    def write_timeout(self) -> float:
+        """LLM_APPLIANCE_WRITE_TIMEOUT: 0 or less never drops a client that stops reading."""
+        seconds = self.duration(
+            "LLM_APPLIANCE_WRITE_TIMEOUT", "write_timeout", DEFAULT_WRITE_TIMEOUT
+        )
+        return FOREVER if seconds <= 0 else seconds
+
+    def allowed_registries(self) -> tuple[str, ...]:
+        """LLM_APPLIANCE_ALLOWED_REGISTRIES: comma-separated hosts (`host` or `host:port`)."""
+        text = env_var(self.env, "LLM_APPLIANCE_ALLOWED_REGISTRIES")
+        if text:
+            return _registry_list(text.split(","))
+        value = self.file_value("allowed_registries", _file_str_list)
+        return _registry_list(value or ())
 
     def load_timeout(self) -> float:
         seconds = self.duration("OLLAMA_LOAD_TIMEOUT", "load_timeout", DEFAULT_LOAD_TIMEOUT)
@@ -831,6 +855,17 @@ def client_api_key(environ: Mapping[str, str] | None = None) -> str | None:
 def _key_list(keys: Any) -> tuple[str, ...]:
     """Keys stripped, empty entries dropped, order kept, duplicates removed."""
     return tuple(dict.fromkeys(k.strip() for k in keys if k.strip()))
+
+
+def _registry_list(hosts: Any) -> tuple[str, ...]:
+    """Registry hosts lower-cased, a scheme or path someone pasted dropped, order kept."""
+    out = []
+    for raw in hosts:
+        host = raw.strip().lower()
+        host = host.split("://", 1)[-1].split("/", 1)[0]
+        if host:
+            out.append(host)
+    return tuple(dict.fromkeys(out))
 
 
 def _expand_home(text: str, home: Path) -> Path:

@@ -421,16 +421,14 @@ class Store:
         if target.is_file():
             return api_digest(digest)
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        tmp = layout.temp_path_for(target)
+        tmp, fd, how = layout.owned_link_or_copy(src, target)
         try:
-            how = layout.link_or_copy(src, tmp)
-            if how == "copy":
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # while owned: the temp-file sweeper never takes it
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)
         layout.fsync_dir(self.blobs_dir)
         log.info("imported %s as blob %s (%s)", src, digest, how)
         return api_digest(digest)
@@ -506,6 +504,8 @@ class Store:
                     continue
                 valid = layout.BLOB_FILE_RE.match(entry.name) is not None
                 if valid and entry.name in referenced:
+                    continue
+                if not valid and layout.owned(entry.path):  # a live writer's, maybe another process
                     continue
                 try:
                     os.unlink(entry.path)
@@ -588,8 +588,8 @@ class BlobWriter:
             digest_hex(expected)
         self._hash = hashlib.sha256()
         self.size = 0
-        self._tmp = layout.temp_path_for(store.blobs_dir / "upload")
-        self._file: BinaryIO | None = open(self._tmp, "xb")
+        self._tmp, file = layout.open_temp(store.blobs_dir / "upload")  # owned until closed
+        self._file: BinaryIO | None = file
 
     def write(self, data: bytes) -> None:
         assert self._file is not None
@@ -606,22 +606,22 @@ class BlobWriter:
             raise DigestMismatch(f'digest mismatch, expected "{self._expected}", got "{actual}"')
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
         target = self._store.blob_path(actual)
         if target.is_file():
             self._tmp.unlink(missing_ok=True)
         else:
             os.chmod(self._tmp, 0o644)
-            os.replace(self._tmp, target)
+            os.replace(self._tmp, target)  # before closing: the temp file is never unowned
             layout.fsync_dir(target.parent)
+        self._file.close()
+        self._file = None
         return actual
 
     def abort(self) -> None:
         if self._file is not None:
+            self._tmp.unlink(missing_ok=True)
             self._file.close()
             self._file = None
-        self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> BlobWriter:
         return self

@@ -55,6 +55,7 @@ class H11Peer:
     """A tiny HTTP/1.1 server: subclasses answer `route(Request) -> Reply`."""
 
     public_host: str = "127.0.0.1"
+    bind_host: str = "127.0.0.1"  # another loopback address (127.0.0.2) plays another machine
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
@@ -75,7 +76,7 @@ class H11Peer:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(0, host=self.bind_host)
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started(self.port)
@@ -206,6 +207,8 @@ class RegistryPeer(H11Peer):
         self.manifests: dict[tuple[str, str], bytes] = {}
         # switches
         self.redirect_blobs_to: H11Peer | None = None
+        self.redirect_blobs_url: str | None = None  # a 307 to this exact URL (an internal one)
+        self.realm_url: str | None = None  # the token realm to announce instead of our /token
         self.token: str | None = None  # when set, /v2/ needs `Authorization: Bearer <token>`
         self.drop_blob_after: dict[str, int] = {}  # digest -> bytes sent before the cut (once)
         self.wrong_bytes: set[str] = set()  # digests served with other content
@@ -277,7 +280,8 @@ class RegistryPeer(H11Peer):
         if repo is None and auth.startswith(f"Bearer {self.token}|"):
             return None
         scope = f',scope="repository:{repo}:{action}"' if repo else ""
-        value = f'Bearer realm="{self.base_url}/token",service="{self.public_host}"{scope}'
+        realm = self.realm_url or f"{self.base_url}/token"
+        value = f'Bearer realm="{realm}",service="{self.public_host}"{scope}'
         body = json.dumps(
             {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
         )
@@ -323,6 +327,8 @@ class RegistryPeer(H11Peer):
         data = self.blobs.get(ref)
         if data is None:
             return _not_found("BLOB_UNKNOWN")
+        if self.redirect_blobs_url is not None and request.method == "GET":
+            return Reply(307, [("Location", self.redirect_blobs_url)])
         if self.redirect_blobs_to is not None and request.method == "GET":
             return Reply(
                 307, [("Location", f"{self.redirect_blobs_to.base_url}{request.path}?sig=x")]
@@ -479,6 +485,25 @@ class CDNPeer(H11Peer):
         if data is None:
             return Reply(404)
         return serve_bytes(request, data, self.served.setdefault(request.path, []))
+
+
+class InternalService(H11Peer):
+    """An internal-only HTTP service (a metadata endpoint, an admin port) a registry may aim a
+    pull at: it answers every request 403 with a secret in the body, and counts the requests."""
+
+    SECRET = b"internal-only: AWS_SECRET=abc123"
+
+    def __init__(self, bind_host: str = "127.0.0.1") -> None:
+        super().__init__()
+        self.bind_host = bind_host
+
+    @property
+    def direct_url(self) -> str:
+        host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
+        return f"http://{host}:{self.port}"
+
+    def route(self, request: Request) -> Reply:
+        return Reply(403, [("Content-Type", "text/plain")], self.SECRET)
 
 
 def _not_found(code: str) -> Reply:

@@ -26,6 +26,7 @@ from appliance.store.names import parse_model_name
 from appliance.store.remote.download import Downloads
 from appliance.store.remote.pull import Progress, pull_model
 from appliance.store.remote.push import push_model
+from appliance.store.remote.registry import check_allowed
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ async def pull() -> Response:
     insecure = field_of_type(body, "insecure", bool, False)
     stream = field_of_type(body, "stream", bool, True)
     svc = services()
+    check_allowed(name, svc.settings, insecure=insecure)  # 403 for a registry not allowed
     downloads = downloads_of(svc.extras)
 
     async def job(progress: Progress) -> Any:
@@ -84,6 +86,7 @@ async def push() -> Response:
     insecure = field_of_type(body, "insecure", bool, False)
     stream = field_of_type(body, "stream", bool, True)
     svc = services()
+    check_allowed(name, svc.settings, insecure=insecure)  # 403 for a registry not allowed
 
     async def job(progress: Progress) -> Any:
         return await push_model(

@@ -139,25 +139,28 @@ class Downloads:
         self, store: Store, digest: str, total: int, open_range: OpenRange, shared: _Shared
     ) -> None:
         partial = store.partial_path(digest)
-        parts = await trio.to_thread.run_sync(_prepare, partial, total, self.policy)
-        shared.completed = sum(p.completed for p in parts)
-        todo = [p for p in parts if not p.done]
-        if not todo:
-            return
-        if shared.completed:
-            log.info("resuming %s at %d of %d bytes", digest, shared.completed, total)
-        fd = os.open(partial, os.O_RDWR)
+        fd = await trio.to_thread.run_sync(_own_partial, partial)
         try:
+            parts = await trio.to_thread.run_sync(_prepare, partial, total, self.policy)
+            shared.completed = sum(p.completed for p in parts)
+            todo = [p for p in parts if not p.done]
+            if not todo:
+                os.utime(fd)  # fresh again: the sweeper leaves it alone until commit
+                return
+            if shared.completed:
+                log.info("resuming %s at %d of %d bytes", digest, shared.completed, total)
             limiter = trio.CapacityLimiter(self.policy.max_concurrent_parts)
-            async with trio.open_nursery() as nursery:
-                for part in todo:
-                    nursery.start_soon(
-                        self._fetch_part, fd, partial, part, open_range, shared, limiter
-                    )
+            try:
+                async with trio.open_nursery() as nursery:
+                    for part in todo:
+                        nursery.start_soon(
+                            self._fetch_part, fd, partial, part, open_range, shared, limiter
+                        )
+            finally:
+                for part in parts:
+                    _save_part(partial, part)
         finally:
             os.close(fd)
-            for part in parts:
-                _save_part(partial, part)
 
     async def _fetch_part(
         self,
@@ -227,13 +230,19 @@ def state_path(partial: Path, n: int) -> Path:
 def _save_part(partial: Path, part: Part) -> None:
     """Write one part's state (synchronously: it is tiny, and must happen even when cancelled)."""
     path = state_path(partial, part.n)
-    tmp = layout.temp_path_for(path)
     try:
-        tmp.write_text(json.dumps(part.to_json()))
-        os.replace(tmp, path)
+        tmp, f = layout.open_temp(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         log.warning("could not save download state %s: %s", path, exc)
+        return
+    with f:  # renamed while owned, so the temp-file sweeper never takes it
+        try:
+            f.write(json.dumps(part.to_json()).encode())
+            f.flush()
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("could not save download state %s: %s", path, exc)
 
 
 def _load_parts(partial: Path, total: int) -> list[Part] | None:
@@ -283,12 +292,42 @@ def _prepare(partial: Path, total: int, policy: DownloadPolicy) -> list[Part]:
     return parts
 
 
+def _own_partial(partial: Path) -> int:
+    """Open (creating) the partial file and own it for the fetch: the temp-file sweeper, here or
+    in another process sharing the store, never deletes a partial that is being written."""
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(16):
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        os.close(fd)
+        try:
+            owned = layout.lock_existing(partial)
+        except FileNotFoundError:  # swept between the create and the lock
+            continue
+        if owned is not None:
+            return owned
+        raise ApplianceError(f"{partial.name} is being downloaded by another process")
+    raise ApplianceError(f"could not open {partial}")
+
+
 def _commit(store: Store, digest: str) -> None:
     partial = store.partial_path(digest)
     if store.has_blob(digest):
         partial.unlink(missing_ok=True)
         _remove_state(partial)
         return
+    try:
+        fd = layout.lock_existing(partial, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = None
+    if fd is None:
+        raise ApplianceError(f"{partial.name} vanished or is owned by another process; pull again")
+    try:
+        _commit_owned(store, digest, partial)
+    finally:
+        os.close(fd)
+
+
+def _commit_owned(store: Store, digest: str, partial: Path) -> None:
     actual = layout.hash_file(partial)
     if actual != digest:
         partial.unlink(missing_ok=True)

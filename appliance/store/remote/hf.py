@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from appliance.net import NetConfig, describe_failure, open_client
+from appliance.net import NetConfig, RedirectGuard, describe_failure, open_client
 from appliance.store.manifest import (
     CONFIG_MEDIA_TYPE,
     MEDIA_MODEL,
@@ -42,7 +42,12 @@ from appliance.store.remote.pull import (
     progress_line,
     write_manifest_and_prune,
 )
-from appliance.store.remote.registry import MANIFEST_NOT_FOUND, RegistryError, failed_url
+from appliance.store.remote.registry import (
+    MANIFEST_NOT_FOUND,
+    RegistryError,
+    failed_url,
+    foreign_failure,
+)
 from appliance.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -131,17 +136,27 @@ async def pull_hf(
     repo = f"{name.namespace}/{name.model}"
     await progress(progress_line("pulling manifest"))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with open_client(net, headers=headers) as client:
+    net.check_registry(f"https://{name.host}")  # hf.co is a registry like any other
+    net.check_registry(endpoint)
+    guard = RedirectGuard(net, endpoint)  # the CDN it redirects files to is checked
+    async with open_client(net, headers=headers, guard=guard) as client:
         log.info("pulling %s from %s", repo, endpoint)
         info_url = f"{endpoint}/api/models/{repo}/revision/main"
         try:
             response = await client.get(info_url, params={"blobs": "true"})
         except httpx.HTTPError as exc:
+            url = failed_url(exc, info_url)
+            if guard.is_foreign(url):
+                cause = describe_failure(exc, url, net)
+                raise foreign_failure("pull model manifest", url, guard, cause) from exc
             raise RegistryError(
                 f"pull model manifest: {describe_failure(exc, info_url, net)}"
             ) from exc
         if response.status_code == 404:
             raise RegistryError(MANIFEST_NOT_FOUND)
+        if response.status_code != 200 and guard.is_foreign(response.request.url):
+            reason = f"answered {response.status_code} {response.reason_phrase}"
+            raise foreign_failure("pull model manifest", response.request.url, guard, reason)
         if response.status_code != 200:
             hint = (
                 "; set HF_TOKEN for a gated or private repository"
@@ -168,19 +183,29 @@ async def pull_hf(
 
         @asynccontextmanager
         async def open_range(start: int, end: int):  # type: ignore[no-untyped-def]
-            async with client.stream(
-                "GET", file_url, headers={"Range": f"bytes={start}-{end}"}
-            ) as r:
-                if r.status_code not in (200, 206):
-                    raise RegistryError(
-                        f"pulling {digest[7:19]}: {r.request.url.host} answered "
-                        f"{r.status_code} {r.reason_phrase}"
+            context = f"pulling {digest[7:19]}"
+            async with AsyncExitStack() as stack:
+                try:
+                    r = await stack.enter_async_context(
+                        client.stream("GET", file_url, headers={"Range": f"bytes={start}-{end}"})
                     )
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    if guard.is_foreign(failed_url(exc, file_url)):  # not retried: see Registry
+                        raise transport_error(exc) from exc
+                    raise
+                if r.status_code not in (200, 206):
+                    reason = f"answered {r.status_code} {r.reason_phrase}"
+                    if guard.is_foreign(r.request.url):
+                        raise foreign_failure(context, r.request.url, guard, reason)
+                    raise RegistryError(f"{context}: {r.request.url.host} {reason}")
                 yield r
 
         def transport_error(exc: httpx.HTTPError) -> RegistryError:
             url = failed_url(exc, file_url)
-            return RegistryError(f"pulling {digest[7:19]}: {describe_failure(exc, url, net)}")
+            context = f"pulling {digest[7:19]}"
+            if guard.is_foreign(url):
+                return foreign_failure(context, url, guard, describe_failure(exc, url, net))
+            return RegistryError(f"{context}: {describe_failure(exc, url, net)}")
 
         log.info("%s -> %s (%s)", name.full(), chosen["rfilename"], digest)
         if await fetch_with_progress(

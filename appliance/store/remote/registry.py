@@ -5,20 +5,29 @@ httpx drops credentials when the host changes), blob uploads and manifest PUTs f
 with a `WWW-Authenticate: Bearer realm=...,service=...,scope=...` challenge is answered with an
 anonymous token from the realm, which is what public repositories need. Every failure becomes an
 `ApplianceError` whose message names the host, the proxy in use and the cause.
+
+The registry must be one the operator allows (`NetConfig.check_registry`), and every request it
+sends us elsewhere (a redirect, a token realm) passes `appliance.net.RedirectGuard` first. A
+failure at such a host is reported in one fixed sentence: its body is never relayed (it may be an
+internal service's secret) and its cause (refused, timed out, a status) stays in the server log,
+so the answers cannot map which ports are open behind the server.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
 
 from appliance.errors import ApplianceError
-from appliance.net import NetConfig, describe_failure, via
+from appliance.net import NetConfig, RedirectGuard, describe_failure, via
 from appliance.store.names import ModelName
+
+log = logging.getLogger(__name__)
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_NOT_FOUND = "pull model manifest: file does not exist"
@@ -87,9 +96,10 @@ class Registry:
         self.client = client
         self.net = net
         self.name = name
-        scheme = "http" if insecure or name.scheme == "http" else "https"
-        self.base_url = f"{scheme}://{name.host}"
+        self.base_url = registry_url(name, insecure=insecure)
         self.repo = f"{name.namespace}/{name.model}"
+        net.check_registry(self.base_url)
+        self.guard = guard_client(client, net, self.base_url)
 
     def where(self) -> str:
         """`host` or `host via proxy ...`, for logs."""
@@ -104,10 +114,15 @@ class Registry:
     def failure(self, context: str, exc: httpx.HTTPError) -> RegistryError:
         """A transport failure as one sentence: context, host, proxy, cause."""
         url = failed_url(exc, self.base_url)
+        if self.guard.is_foreign(url):
+            return foreign_failure(context, url, self.guard, describe_failure(exc, url, self.net))
         return RegistryError(f"{context}: {describe_failure(exc, url, self.net)}")
 
     def status_failure(self, context: str, response: httpx.Response) -> RegistryError:
         url = response.request.url
+        if self.guard.is_foreign(url):
+            reason = f"answered {response.status_code} {response.reason_phrase}".strip()
+            return foreign_failure(context, url, self.guard, reason)
         proxy = self.net.proxy_for(url)
         reason = f"{response.status_code} {response.reason_phrase}".strip()
         if proxy and url.scheme == "http" and response.status_code in (407, 502, 503, 504):
@@ -139,13 +154,24 @@ class Registry:
     async def open_blob(self, digest: str, start: int, end: int) -> AsyncIterator[httpx.Response]:
         """A streaming response for bytes `start..end` (inclusive) of a blob; 200 or 206 only.
 
-        Transport errors propagate as httpx errors so the caller can retry them.
+        Transport errors propagate as httpx errors so the caller can retry them, except a
+        connection that failed at a host the registry redirected to: retrying that would tell a
+        closed port (retried for a minute) from an open one (an answer at once).
         """
         headers = {"Range": f"bytes={start}-{end}"}
-        async with self.client.stream("GET", self.blob_url(digest), headers=headers) as response:
+        context = f"pulling {digest[7:19]}"
+        async with AsyncExitStack() as stack:
+            try:
+                response = await stack.enter_async_context(
+                    self.client.stream("GET", self.blob_url(digest), headers=headers)
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if self.guard.is_foreign(failed_url(exc, self.base_url)):
+                    raise self.failure(context, exc) from exc
+                raise
             if response.status_code not in (200, 206):
                 await response.aread()
-                raise self.status_failure(f"pulling {digest[7:19]}", response)
+                raise self.status_failure(context, response)
             yield response
 
     async def blob_exists(self, digest: str) -> bool:
@@ -202,6 +228,36 @@ class Registry:
             raise self.failure(context, exc) from exc
         if response.status_code not in (200, 201, 202):
             raise self.status_failure(context, response)
+
+
+def registry_url(name: ModelName, *, insecure: bool = False) -> str:
+    """The base URL a pull or push of `name` talks to."""
+    scheme = "http" if insecure or name.scheme == "http" else "https"
+    return f"{scheme}://{name.host}"
+
+
+def check_allowed(name: ModelName, settings: Any, *, insecure: bool = False) -> None:
+    """`Forbidden` (403) before any progress line when the operator does not allow `name`'s
+    registry (LLM_APPLIANCE_ALLOWED_REGISTRIES); hf.co counts as a registry."""
+    NetConfig.resolve(settings).check_registry(registry_url(name, insecure=insecure))
+
+
+def guard_client(client: httpx.AsyncClient, net: NetConfig, origin: str) -> RedirectGuard:
+    """Check every request `client` sends to a host other than `origin`'s (see RedirectGuard)."""
+    guard = RedirectGuard(net, origin)
+    hooks = client.event_hooks
+    client.event_hooks = {**hooks, "request": [*hooks.get("request", []), guard]}
+    return guard
+
+
+def foreign_failure(
+    context: str, url: httpx.URL, guard: RedirectGuard, cause: str
+) -> RegistryError:
+    """The one sentence for any failure at a host the registry sent us to; the cause is logged."""
+    log.warning("%s: %s (sent there by %s): %s", context, url.host, guard.origin.host, cause)
+    return RegistryError(
+        f"{context}: the download from {url.host}, where {guard.origin.host} sent it, failed"
+    )
 
 
 def failed_url(exc: httpx.HTTPError, default: str | httpx.URL) -> httpx.URL:
