@@ -16,6 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tinygguf import write_tiny_gguf  # noqa: E402
 
+# The pull and push tests' shared fixtures (store, registry, proxy, env, model_bytes).
+pytest_plugins = ["pullkit"]
+
 
 @pytest.fixture(scope="session")
 def tiny_gguf_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:

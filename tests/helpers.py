@@ -71,11 +71,14 @@ class Running:
 async def running_appliance(models_dir: Path, **overrides: Any) -> AsyncIterator[Running]:
     grace = overrides.pop("grace", 2.0)
     loader = overrides.pop("loader", None)
+    downloads = overrides.pop("downloads", None)
     http_keep_alive = overrides.pop("http_keep_alive", 5.0)
     overrides.setdefault("import_reference", False)
     overrides.setdefault("num_parallel", 2)
     settings = Settings.for_tests(models_dir=models_dir, host="127.0.0.1", **overrides)
-    appliance = Appliance(settings, grace=grace, loader=loader, http_keep_alive=http_keep_alive)
+    appliance = Appliance(
+        settings, grace=grace, loader=loader, http_keep_alive=http_keep_alive, downloads=downloads
+    )
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(appliance.run)
         try:

@@ -18,11 +18,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import pytest
 import trio
 from helpers import add_model, running_appliance
-
-anthropic = pytest.importorskip("anthropic")
 
 LIMIT = 60
 KEY = "sk-ant-test-0123456789"

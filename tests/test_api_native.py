@@ -135,8 +135,11 @@ async def test_empty_prompt_preloads_and_keep_alive_zero_unloads(server):
             unload = (
                 await client.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
             ).json()
-            await trio.sleep(0.2)
+            # The runner goes away just after the answer: wait for it (fail_after bounds the wait).
             after = (await client.get("/api/ps")).json()["models"]
+            while after:
+                await trio.sleep(0.01)
+                after = (await client.get("/api/ps")).json()["models"]
     assert load["done_reason"] == "load" and load["response"] == "" and load["done"] is True
     assert [m["name"] for m in ps] == ["tiny:latest"]
     assert ps[0]["context_length"] > 0 and ps[0]["size_vram"] == 0 and ps[0]["expires_at"]

@@ -13,6 +13,7 @@ import json
 import struct
 from typing import Any
 
+import openai
 import pytest
 import trio
 
@@ -484,8 +485,6 @@ async def test_models_list_is_an_empty_array_without_models(tmp_path):
 
 
 async def test_official_openai_client_chats_completes_embeds_and_lists(server):
-    openai = pytest.importorskip("openai")
-
     def use_client() -> dict[str, Any]:
         client = openai.OpenAI(
             base_url=server.url + "/v1", api_key="ignored", max_retries=0, timeout=LIMIT

@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import trio
 from helpers import add_model, running_appliance
-
-openai = pytest.importorskip("openai")
 
 LIMIT = 60
 USER = [{"role": "user", "content": "weather in Paris?"}]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import ollama
+import openai
 import pytest
 import trio
 from helpers import add_model, ndjson, running_appliance
@@ -88,8 +90,6 @@ async def test_generate_without_logprobs_sends_none(long_server):
 
 
 async def test_official_ollama_client_reads_chat_logprobs(long_server):
-    ollama = pytest.importorskip("ollama")
-
     def use_client() -> tuple[Any, list[Any]]:
         client = ollama.Client(host=long_server.url, trust_env=False)
         messages = [{"role": "user", "content": "hello"}]
@@ -111,8 +111,6 @@ async def test_official_ollama_client_reads_chat_logprobs(long_server):
 
 
 async def test_official_openai_client_reads_chat_and_completion_logprobs(long_server):
-    openai = pytest.importorskip("openai")
-
     def use_client() -> dict[str, Any]:
         client = openai.OpenAI(
             base_url=long_server.url + "/v1", api_key="x", max_retries=0, timeout=LIMIT

@@ -18,11 +18,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import trio
 from helpers import add_model, running_appliance
-
-openai = pytest.importorskip("openai")
 
 LIMIT = 60
 BODY = {"model": "tiny", "input": "hi", "max_output_tokens": 5, "temperature": 0}

@@ -277,3 +277,40 @@ async def test_models_sharing_weights_keep_their_own_templates(tool_server):
     r = await post(tool_server, "/api/chat", think_body("/api/chat", stream=False))
     message = r.json()["message"]
     assert_split(message["thinking"], message["content"])
+
+
+# ---- prompt decisions made once ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "answered"),
+    [
+        (chat_body(stream=False), lambda m: assert_weather_call(m["tool_calls"][0])),
+        (
+            think_body("/api/chat", stream=False),
+            lambda m: assert_split(m["thinking"], m["content"]),
+        ),
+    ],
+    ids=["tool-calls", "thinking"],
+)
+async def test_a_second_chat_with_the_same_template_parses_no_template(
+    tool_server, monkeypatch, body, answered
+):
+    """The template, its tool-call prefix and its thinking tags are read once per model."""
+    import appliance.prompting.gotemplate.template as gotemplate
+
+    parses: list[str] = []
+    parse_nodes = gotemplate.parse_nodes
+
+    def counting(text: str) -> Any:
+        parses.append(text)
+        return parse_nodes(text)
+
+    monkeypatch.setattr(gotemplate, "parse_nodes", counting)
+    first = await post(tool_server, "/api/chat", body)
+    answered(first.json()["message"])
+    assert parses, "the first chat parses the model's template"
+    parses.clear()
+    second = await post(tool_server, "/api/chat", body)
+    answered(second.json()["message"])
+    assert parses == []

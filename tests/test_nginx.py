@@ -13,7 +13,6 @@ Skipped, with the reason, when nginx is not installed.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -22,15 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from helpers import add_model, running_appliance
 from nginxproc import NGINX, NGINX_MISSING, nginx_check, running_nginx, write_nginx_conf
-from serverproc import (
-    clean_env,
-    free_port,
-    hide_reference_model,
-    register_tiny_model,
-    run_server,
-    wait_until_answers,
-)
+from serverproc import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = REPO / "packaging/nginx.conf"
@@ -141,21 +134,12 @@ def test_site_turns_off_buffering_and_keeps_long_reads():
         assert directive in text, directive
 
 
-async def test_generate_streams_through_nginx_from_the_real_server(tmp_path: Path):
-    try:
-        import appliance.host.server  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"the server cannot start yet: {exc}")
+async def test_generate_streams_through_nginx_from_the_real_server(tmp_path: Path, tiny_gguf):
     models = tmp_path / "models"
-    register_tiny_model(models)
-    port = free_port()
-    pythonpath = f"{hide_reference_model(tmp_path / 'shim')}:{REPO}"
-    env = clean_env(port, models, {"PYTHONPATH": pythonpath})
+    add_model(models, "tiny", tiny_gguf)
     with trio.fail_after(120):
-        async with run_server(
-            [sys.executable, "-m", "appliance", "serve"], env, tmp_path, tmp_path / "server.log"
-        ) as server:
-            await wait_until_answers(server)
+        async with running_appliance(models) as server:
+            port = int(server.url.rsplit(":", 1)[1])
             nginx_dir = tmp_path / "nginx"
             nginx_dir.mkdir()
             async with running_site(nginx_dir, port) as base:

@@ -17,6 +17,7 @@ from appliance.prompting.prompts import (
     GEMMA3_CHAT_TEMPLATE,
     PromptError,
     PromptTemplate,
+    template_source,
     truncate_messages,
 )
 from engine.gguf import read_gguf_info
@@ -342,7 +343,6 @@ def test_gemma3_chat_template_renders_a_conversation_exactly() -> None:
         "<end_of_turn>\n<start_of_turn>user\nI'd like to show off how chat templating works!"
         "<end_of_turn>\n<start_of_turn>model\n"
     )
-    assert not tmpl.needs_bos(tmpl.render_chat(SHOWCASE))
 
 
 def test_jinja_raise_exception_becomes_prompt_error() -> None:
@@ -369,6 +369,13 @@ def test_jinja_template_is_sandboxed() -> None:
 def test_go_template_is_preferred_over_the_gguf_chat_template() -> None:
     tmpl = PromptTemplate(go_template="GO {{ .Prompt }}", chat_template="JINJA")
     assert tmpl.render_generate("p", system=None) == "GO p"
+
+
+def test_template_source_is_go_then_gguf_chat_template_then_built_in() -> None:
+    assert template_source("GO", "JINJA", "gemma3") == ("go", "GO")
+    assert template_source(None, "JINJA", "gemma3") == ("jinja", "JINJA")
+    assert template_source("", None, "gemma3") == ("jinja", GEMMA3_CHAT_TEMPLATE)
+    assert template_source(None, "", "llama") == ("none", "")
 
 
 def test_tiny_gguf_chat_template_renders_with_its_bos(tiny_gguf: Path) -> None:

@@ -2,7 +2,8 @@
 
 Conventions: every peer is real and on loopback (port 0): `RegistryPeer` speaks the registry
 protocol, `ProxyPeer` is a forward proxy whose private name table is the only way to reach
-`registry.test`, so a successful pull proves the proxy was used. Proxy and CA settings go in through
+`registry.test`, so a successful pull proves the proxy was used (the `store`, `registry`, `proxy`
+and `model_bytes` fixtures come from tests/pullkit.py). Proxy and CA settings go in through
 an injected `environ` (as the server would read HTTPS_PROXY / SSL_CERT_FILE), never the process
 environment. TLS certificates come from a throw-away trustme CA. Blobs are small, with a small
 part size so they still download in several parts. Every test has a `trio.fail_after` bound, and
@@ -12,7 +13,6 @@ nothing asserts how long anything took.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,56 +21,14 @@ import trio
 import trustme
 from peers.proxy import ProxyPeer
 from peers.registry import BlobHost, RegistryPeer, server_tls, sha256
+from pullkit import TIMEOUT, Lines
 
 from appliance.errors import ApplianceError
 from appliance.store.remote.download import DownloadPolicy, Downloads
 from appliance.store.remote.pull import pull_model
 from appliance.store.store import Store
 
-TIMEOUT = 30
 SMALL_PARTS = DownloadPolicy(min_part_size=16 * 1024, max_part_size=64 * 1024, retries=0)
-
-
-class Lines:
-    """Collects progress lines."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    async def __call__(self, line: dict[str, Any]) -> None:
-        self.items.append(line)
-
-    def statuses(self) -> list[str]:
-        out: list[str] = []
-        for item in self.items:
-            if not out or out[-1] != item["status"]:
-                out.append(item["status"])
-        return out
-
-
-@pytest.fixture
-def model_bytes(tiny_gguf: Path) -> bytes:
-    return tiny_gguf.read_bytes()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "models")
-
-
-@pytest.fixture
-async def registry(nursery: trio.Nursery, model_bytes: bytes) -> RegistryPeer:
-    peer = RegistryPeer("registry.test")
-    peer.add_model("library/tiny", "latest", model_bytes)
-    await nursery.start(peer.serve)
-    return peer
-
-
-@pytest.fixture
-async def proxy(nursery: trio.Nursery, registry: RegistryPeer) -> ProxyPeer:
-    peer = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)})
-    await nursery.start(peer.serve)
-    return peer
 
 
 async def pull(store: Store, name: str, environ: dict[str, str], **kw: Any) -> Lines:

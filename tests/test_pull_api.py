@@ -1,8 +1,8 @@
-"""`POST /api/pull` and `POST /api/push` over HTTP, against the real app served by hypercorn.
+"""`POST /api/pull` and `POST /api/push` over HTTP, against the real server.
 
-Conventions: the app is `create_app` with real services (a Store in tmp_path, Settings.for_tests
-carrying the proxy), served by hypercorn's trio worker on 127.0.0.1 port 0; the registry and the
-proxy are the loopback peers of test_pull.py. Clients are httpx on trio. Every test has a
+Conventions: the real appliance (tests/helpers.py `running_appliance`, a Store in tmp_path,
+Settings carrying the proxy, a `Downloads` with small parts) on 127.0.0.1 port 0; the registry and
+the proxy are the loopback peers of tests/pullkit.py. Clients are httpx on trio. Every test has a
 `trio.fail_after` bound; nothing asserts a duration.
 """
 
@@ -10,76 +10,39 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
+from helpers import running_appliance
 from peers.proxy import ProxyPeer
-from peers.registry import RegistryPeer, sha256
+from peers.registry import sha256
+from pullkit import TIMEOUT
 
-from appliance.api.app import create_app
-from appliance.api.context import Services
-from appliance.settings.config import Settings
 from appliance.store.remote.download import DownloadPolicy, Downloads
 from appliance.store.store import Store
 
-TIMEOUT = 30
+
+@dataclass
+class PullServer:
+    url: str
+    store: Store
+    downloads: Downloads
 
 
 @pytest.fixture
-def model_bytes(tiny_gguf: Path) -> bytes:
-    return tiny_gguf.read_bytes()
-
-
-@pytest.fixture
-async def registry(nursery: trio.Nursery, model_bytes: bytes) -> RegistryPeer:
-    peer = RegistryPeer("registry.test")
-    peer.add_model("library/tiny", "latest", model_bytes)
-    await nursery.start(peer.serve)
-    return peer
-
-
-@pytest.fixture
-async def proxy(nursery: trio.Nursery, registry: RegistryPeer) -> ProxyPeer:
-    peer = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)})
-    await nursery.start(peer.serve)
-    return peer
-
-
-@asynccontextmanager
-async def running_app(services: Services) -> AsyncIterator[str]:
-    app = create_app(services)
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve(
-                app, config, shutdown_trigger=shutdown.wait, task_status=task_status
-            )
-        )
-        yield binds[0]
-        shutdown.set()
-
-
-@pytest.fixture
-async def server(nursery: trio.Nursery, tmp_path: Path, proxy: ProxyPeer) -> AsyncIterator[Any]:
-    settings = Settings.for_tests(
-        models_dir=tmp_path / "models", http_proxy=proxy.url, https_proxy=proxy.url
-    )
-    store = Store(settings.models_dir)
+async def server(tmp_path: Path, proxy: ProxyPeer) -> AsyncIterator[PullServer]:
     downloads = Downloads(
         DownloadPolicy(min_part_size=16 * 1024, max_part_size=16 * 1024, retries=0)
     )
-    services = Services(settings, store, None, {"downloads": downloads})  # type: ignore[arg-type]
-    async with running_app(services) as url:
-        yield type("Server", (), {"url": url, "store": store, "downloads": downloads})
+    async with running_appliance(
+        tmp_path / "models", http_proxy=proxy.url, https_proxy=proxy.url, downloads=downloads
+    ) as running:
+        assert running.appliance.services is not None
+        yield PullServer(running.url, running.appliance.services.store, downloads)
 
 
 async def post_lines(

@@ -2,8 +2,8 @@
 
 Conventions: `HFPeer` is a real loopback HTTP server with huggingface.co's model-info and resolve
 routes; it is reached through a real loopback proxy under the name `hf.test`, which only the proxy
-resolves. HF_ENDPOINT / HF_TOKEN / HTTP_PROXY go in through an injected `environ`. Every test has a
-`trio.fail_after` bound; nothing asserts a duration.
+resolves. HF_ENDPOINT / HF_TOKEN / HTTP_PROXY go in through an injected `environ`; the empty
+`store` is tests/pullkit.py's. Every test has a `trio.fail_after` bound; nothing asserts a duration.
 """
 
 from __future__ import annotations
@@ -15,19 +15,13 @@ import pytest
 import trio
 from peers.proxy import ProxyPeer
 from peers.registry import CDNPeer, HFPeer, sha256
+from pullkit import TIMEOUT, Lines
 
 from appliance.errors import ApplianceError
 from appliance.store.remote.download import DownloadPolicy, Downloads
 from appliance.store.remote.hf import choose_file
 from appliance.store.remote.pull import pull_model
 from appliance.store.store import Store
-
-TIMEOUT = 30
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "models")
 
 
 @pytest.fixture
@@ -48,20 +42,16 @@ async def env(nursery: trio.Nursery, hf: HFPeer) -> dict[str, str]:
 
 
 async def pull(store: Store, name: str, env: dict[str, str]) -> list[dict[str, Any]]:
-    lines: list[dict[str, Any]] = []
-
-    async def progress(line: dict[str, Any]) -> None:
-        lines.append(line)
-
+    lines = Lines()
     with trio.fail_after(TIMEOUT):
         await pull_model(
             store,
             name,
             environ=env,
-            progress=progress,
+            progress=lines,
             downloads=Downloads(DownloadPolicy(min_part_size=64 * 1024)),
         )
-    return lines
+    return lines.items
 
 
 async def test_hf_pull_picks_the_file_of_the_quant_tag(store, hf, env, tiny_gguf_factory):

@@ -1,8 +1,8 @@
 """Interrupted pulls resume with the missing bytes only; concurrent pulls share one download.
 
-Conventions: a real loopback registry (`RegistryPeer`) reached through a real loopback proxy, as
-in test_pull.py; the registry records the byte ranges it actually sent, which is what these tests
-assert on. A restart is simulated with a fresh `Downloads` (nothing carried in memory): only the
+Conventions: a real loopback registry (`RegistryPeer`) reached through a real loopback proxy, the
+`registry` and `env` fixtures of tests/pullkit.py; the registry records the byte ranges it actually
+sent, which is what these tests assert on. A restart is simulated with a fresh `Downloads` (nothing carried in memory): only the
 `-partial` file and its state files on disk connect the two attempts. Every test has a
 `trio.fail_after` bound; nothing asserts a duration.
 """
@@ -10,53 +10,24 @@ assert on. A restart is simulated with a fresh `Downloads` (nothing carried in m
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from peers.proxy import ProxyPeer
-from peers.registry import RegistryPeer, sha256
+from peers.registry import sha256
+from pullkit import TIMEOUT
 
 from appliance.errors import ApplianceError
 from appliance.store.remote.download import DownloadPolicy, Downloads, state_path
 from appliance.store.remote.pull import pull_model
 from appliance.store.store import Store
 
-TIMEOUT = 30
 ONE_PART = DownloadPolicy(min_part_size=1 << 30, retries=0)
 SMALL_PARTS = DownloadPolicy(min_part_size=16 * 1024, max_part_size=16 * 1024, retries=0)
 
 
 async def ignore(line: dict[str, Any]) -> None:
     pass
-
-
-@pytest.fixture
-def model_bytes(tiny_gguf: Path) -> bytes:
-    data = tiny_gguf.read_bytes()
-    assert len(data) > 4 * 16 * 1024, "the tiny model must span several small parts"
-    return data
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "models")
-
-
-@pytest.fixture
-async def registry(nursery: trio.Nursery, model_bytes: bytes) -> RegistryPeer:
-    peer = RegistryPeer("registry.test")
-    peer.add_model("library/tiny", "latest", model_bytes)
-    await nursery.start(peer.serve)
-    return peer
-
-
-@pytest.fixture
-async def env(nursery: trio.Nursery, registry: RegistryPeer) -> dict[str, str]:
-    proxy = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)})
-    await nursery.start(proxy.serve)
-    return {"HTTP_PROXY": proxy.url}
 
 
 async def pull(

@@ -2,8 +2,9 @@
 
 Conventions: the model is written into a real store in tmp_path; `RegistryPeer` (loopback, real
 HTTP) receives the upload sessions and manifest, and is reachable as `registry.test` only through
-the loopback `ProxyPeer`. Proxy settings go in through an injected `environ`. Every test has a
-`trio.fail_after` bound; nothing asserts a duration.
+the loopback `ProxyPeer` (the `proxy` and `env` fixtures of tests/pullkit.py). Proxy settings go
+in through an injected `environ`. Every test has a `trio.fail_after` bound; nothing asserts a
+duration.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 
 import pytest
 import trio
-from peers.proxy import ProxyPeer
 from peers.registry import RegistryPeer, sha256
+from pullkit import TIMEOUT, Lines, statuses
 
 from appliance.errors import ApplianceError
 from appliance.store.manifest import (
@@ -28,13 +29,12 @@ from appliance.store.names import parse_model_name
 from appliance.store.remote.push import push_model
 from appliance.store.store import Store
 
-TIMEOUT = 30
 NAME = "registry.test/alice/tiny:v1"
 
 
 @pytest.fixture
-def store(tmp_path: Path, tiny_gguf: Path) -> Store:
-    store = Store(tmp_path / "models")
+def store(store: Store, tiny_gguf: Path) -> Store:
+    """The shared empty store, holding the tiny model as NAME."""
     model = store.write_blob_from_file(tiny_gguf)
     config = build_config(model_family="llama")
     config_digest = store.write_blob_bytes(config)
@@ -48,37 +48,19 @@ def store(tmp_path: Path, tiny_gguf: Path) -> Store:
 
 @pytest.fixture
 async def registry(nursery: trio.Nursery) -> RegistryPeer:
+    """An empty `registry.test` to push to."""
     peer = RegistryPeer("registry.test")
     await nursery.start(peer.serve)
     return peer
 
 
-@pytest.fixture
-async def env(nursery: trio.Nursery, registry: RegistryPeer) -> dict[str, str]:
-    proxy = ProxyPeer(names={"registry.test": ("127.0.0.1", registry.port)})
-    await nursery.start(proxy.serve)
-    return {"HTTP_PROXY": proxy.url}
-
-
 async def push(
     store: Store, env: dict[str, str], name: str = NAME, **kw: Any
 ) -> list[dict[str, Any]]:
-    lines: list[dict[str, Any]] = []
-
-    async def progress(line: dict[str, Any]) -> None:
-        lines.append(line)
-
+    lines = Lines()
     with trio.fail_after(TIMEOUT):
-        await push_model(store, name, insecure=True, environ=env, progress=progress, **kw)
-    return lines
-
-
-def statuses(lines: list[dict[str, Any]]) -> list[str]:
-    out: list[str] = []
-    for line in lines:
-        if not out or out[-1] != line["status"]:
-            out.append(line["status"])
-    return out
+        await push_model(store, name, insecure=True, environ=env, progress=lines, **kw)
+    return lines.items
 
 
 async def test_push_uploads_blobs_then_manifest_with_ollamas_statuses(
@@ -133,13 +115,10 @@ async def test_push_answers_the_bearer_challenge_for_push_scope(store, registry,
 
 
 async def test_push_of_missing_model_reports_and_fails(store, registry, env):
-    lines: list[dict[str, Any]] = []
-
-    async def progress(line: dict[str, Any]) -> None:
-        lines.append(line)
+    lines = Lines()
 
     with pytest.raises(ApplianceError) as info, trio.fail_after(TIMEOUT):
-        await push_model(store, "registry.test/alice/absent", environ=env, progress=progress)
+        await push_model(store, "registry.test/alice/absent", environ=env, progress=lines)
 
-    assert statuses(lines) == ["retrieving manifest", "couldn't retrieve manifest"]
+    assert lines.statuses() == ["retrieving manifest", "couldn't retrieve manifest"]
     assert info.value.status == 404

@@ -2,7 +2,8 @@
 
 Conventions: most tests drive the middleware with raw ASGI calls around a tiny app that records
 whether it ran, with `scope["server"]` saying which address the connection arrived on; one test
-serves the same stack with hypercorn on 127.0.0.1 port 0 and talks real HTTP to it. The machine's
+runs the real appliance (tests/helpers.py `running_appliance`) on 127.0.0.1 port 0 and talks real
+HTTP to it. The machine's
 hostname and interface addresses are injected (`hostname=`, `local_addresses=`) so results do not
 depend on the host. Every I/O test has a `trio.fail_after` bound.
 """
@@ -10,14 +11,12 @@ depend on the host. Every I/O test has a `trio.fail_after` bound.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
+from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
+from helpers import running_appliance
 
 from appliance.api.middleware.security import wrap_security
 from appliance.settings.config import DEFAULT_ORIGINS, ConfigError, Settings
@@ -286,22 +285,12 @@ async def test_non_http_scopes_pass_through() -> None:
 # --- end to end ----------------------------------------------------------------------------------
 
 
-async def test_real_server_on_loopback_enforces_both_checks() -> None:
-    asgi, _ = stack()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = None
-    shutdown = trio.Event()
+async def test_real_server_on_loopback_enforces_both_checks(tmp_path: Path) -> None:
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                partial(serve, asgi, config, shutdown_trigger=shutdown.wait)
-            )
-            base = binds[0]
-            async with httpx.AsyncClient(base_url=base, trust_env=False) as client:
+        async with running_appliance(tmp_path / "models") as server:
+            async with server.client(trust_env=False) as client:
                 ok = await client.get("/")
-                assert (ok.status_code, ok.text) == (200, "ok")
+                assert (ok.status_code, ok.text) == (200, "Ollama is running")
                 rebound = await client.get("/", headers={"Host": "attacker.example"})
                 assert (rebound.status_code, rebound.content) == (403, b"")
                 cross = await client.get("/", headers={"Origin": "https://evil.example"})
@@ -315,4 +304,3 @@ async def test_real_server_on_loopback_enforces_both_checks() -> None:
                 )
                 assert pre.status_code == 204
                 assert pre.headers["access-control-allow-origin"] == "http://localhost:8080"
-            shutdown.set()

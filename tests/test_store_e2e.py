@@ -14,13 +14,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import ollama
 import pytest
 import trio
 from helpers import running_appliance
 
 from appliance.store.store import Store
-
-ollama = pytest.importorskip("ollama")
 
 TIMEOUT = 120
 

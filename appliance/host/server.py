@@ -53,6 +53,7 @@ class Appliance:
     _shutdown: trio.Event = field(default_factory=trio.Event)
     services: Services | None = None
     app: Any = None
+    downloads: Downloads | None = None  # the pulls' transfers; a test may inject small parts
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -81,7 +82,8 @@ class Appliance:
             planner=catalog.plan,
             observer=metrics,
         )
-        extras: dict[str, Any] = {"catalog": catalog, "downloads": Downloads()}
+        downloads = self.downloads if self.downloads is not None else Downloads()
+        extras: dict[str, Any] = {"catalog": catalog, "downloads": downloads}
         if metrics is not None:
             metrics.track(scheduler)
             extras["metrics"] = metrics

@@ -8,8 +8,8 @@ way Hugging Face's `apply_chat_template` does, in a sandbox); else a built-in te
 known architecture that ships without one (the reference Gemma 3 270M GGUF has none); else a
 plain transcript, one `Role: content` line per message, ending with `Assistant:`.
 
-Callers tokenize the result with `parse_special=True`, and with `add_special=needs_bos(text)`
-so a template that writes BOS itself does not get a second one.
+`template_source` is the one place that order is decided; thinking tags and the tool-call prefix
+are read from the same template, once per `PromptTemplate` (`derive`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -92,6 +92,24 @@ def builtin_chat_template(architecture: str | None) -> str | None:
     return BUILTIN_CHAT_TEMPLATES.get(architecture or "")
 
 
+SourceKind = Literal["go", "jinja", "none"]
+_T = TypeVar("_T")
+
+
+def template_source(
+    go_template: str | None, chat_template: str | None, architecture: str | None
+) -> tuple[SourceKind, str]:
+    """Which template a model's prompts come from, and its text: the Ollama TEMPLATE layer (Go),
+    else the GGUF chat template, else a built-in one for the architecture (both Jinja), else
+    none (the plain transcript). The one place this order is written."""
+    if go_template:
+        return "go", go_template
+    source = chat_template or builtin_chat_template(architecture)
+    if source:
+        return "jinja", source
+    return "none", ""
+
+
 @dataclass
 class PromptTemplate:
     """How one model's prompts are rendered; build it once per model and reuse it.
@@ -104,15 +122,23 @@ class PromptTemplate:
     bos_token: str = ""
     eos_token: str = ""
     architecture: str | None = None  # picks a built-in chat template when both above are empty
+    source_kind: SourceKind = field(init=False, default="none")
+    source: str = field(init=False, repr=False, default="")  # the text of the winning template
     _go: Template | None = field(init=False, repr=False, default=None)
     _go_vars: frozenset[str] = field(init=False, repr=False, default=frozenset())
     _jinja: jinja2.Template | None = field(init=False, repr=False, default=None)
     _jinja_source: str | None = field(init=False, repr=False, default=None)
+    _derived: dict[Callable[..., Any], Any] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
-        if self.go_template:
+        self.source_kind, self.source = template_source(
+            self.go_template, self.chat_template, self.architecture
+        )
+        if self.source_kind == "go":
             try:
-                tmpl = parse_template(self.go_template)
+                tmpl = parse_template(self.source)
             except TemplateError as exc:
                 raise PromptError(f"template error: {exc}") from None
             found = tmpl.identifiers()
@@ -120,14 +146,27 @@ class PromptTemplate:
                 tmpl = tmpl.with_response_appended()  # Ollama's Parse does the same
             self._go = tmpl
             self._go_vars = frozenset(tmpl.identifiers())
-            return
-        source = self.chat_template or builtin_chat_template(self.architecture)
-        if source:
+        elif self.source_kind == "jinja":
             try:
-                self._jinja = _jinja_environment().from_string(source)
+                self._jinja = _jinja_environment().from_string(self.source)
             except jinja2.TemplateError as exc:
                 raise PromptError(f"chat template error: {exc}") from None
-            self._jinja_source = source
+            self._jinja_source = self.source
+
+    @property
+    def go_tree(self) -> Template | None:
+        """The parsed Go template (with `{{ .Response }}` appended as Ollama's Parse does), or
+        None when the prompts come from a Jinja template or none."""
+        return self._go
+
+    def derive(self, fn: Callable[[PromptTemplate], _T]) -> _T:
+        """`fn(self)`, computed once per template: what the thinking splitter and the tool-call
+        finder read from the template is the same for every chat, so no chat re-reads it."""
+        try:
+            return self._derived[fn]
+        except KeyError:
+            value = self._derived[fn] = fn(self)
+            return value
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -184,7 +223,7 @@ class PromptTemplate:
         """Capabilities the template grants: tools, insert (FIM) and thinking (reference §6.2)."""
         caps: set[str] = set()
         if self._go is not None:
-            source = self.go_template or ""
+            source = self.source
             if "tools" in self._go_vars:
                 caps.add("tools")
             if "suffix" in self._go_vars:
@@ -197,10 +236,6 @@ class PromptTemplate:
             if "<think>" in self._jinja_source:
                 caps.add("thinking")
         return caps
-
-    def needs_bos(self, prompt: str) -> bool:
-        """Whether tokenizing `prompt` should add BOS: not when the template already wrote it."""
-        return not (self.bos_token and prompt.startswith(self.bos_token))
 
     # -- Go templates, with Ollama's execution rules --------------------------------------------
 

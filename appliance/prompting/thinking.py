@@ -23,7 +23,7 @@ from appliance.prompting.gotemplate import (
     Text,
     parse_template,
 )
-from appliance.prompting.prompts import PromptTemplate, builtin_chat_template
+from appliance.prompting.prompts import PromptTemplate
 
 DEFAULT_OPENING = "<think>"
 DEFAULT_CLOSING = "</think>"
@@ -121,12 +121,17 @@ def _suffix_overlap(text: str, tag: str) -> int:
 
 
 def infer_go_tags(go_template: str) -> tuple[str, str]:
-    """Ollama's `InferTags`: the first and last text of the list around `.Thinking` inside a range
-    over `.Messages` (the last such place wins); ("", "") when there is none."""
+    """Ollama's `InferTags` for a template's text; ("", "") when it does not parse."""
     try:
         nodes = parse_template(go_template).nodes
     except TemplateError:
         return "", ""
+    return go_tags(nodes)
+
+
+def go_tags(nodes: list[Any]) -> tuple[str, str]:
+    """Ollama's `InferTags`: the first and last text of the list around `.Thinking` inside a range
+    over `.Messages` (the last such place wins); ("", "") when there is none."""
     opening = closing = ""
     for names, around, rng in _fields(nodes, None):
         if not names or names[0] != "Thinking" or rng is None:
@@ -167,14 +172,17 @@ def _pipe_fields(pipe: Pipe) -> Iterator[list[str]]:
 
 
 def thinking_tags(template: PromptTemplate) -> tuple[str, str] | None:
-    """The (opening, closing) tags this model thinks between, or None when it has none."""
-    if template.go_template:
-        opening, closing = infer_go_tags(template.go_template)
+    """The (opening, closing) tags this model thinks between, or None when it has none; read
+    from the template once and kept on it."""
+    return template.derive(_thinking_tags)
+
+
+def _thinking_tags(template: PromptTemplate) -> tuple[str, str] | None:
+    if template.go_tree is not None:
+        opening, closing = go_tags(template.go_tree.nodes)
         if opening and closing:
             return opening, closing
-        source = template.go_template
-    else:
-        source = template.chat_template or builtin_chat_template(template.architecture) or ""
+    source = template.source
     if DEFAULT_OPENING in source and DEFAULT_CLOSING in source:
         return DEFAULT_OPENING, DEFAULT_CLOSING
     return None

@@ -24,7 +24,7 @@ from appliance.prompting.gotemplate import (
     Text,
     parse_template,
 )
-from appliance.prompting.prompts import PromptTemplate, builtin_chat_template
+from appliance.prompting.prompts import PromptTemplate
 
 JSON_TAG = "{"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -261,6 +261,11 @@ def go_tool_call_tag(go_template: str) -> str:
         nodes = parse_template(go_template).nodes
     except TemplateError:
         return JSON_TAG
+    return go_tag(nodes)
+
+
+def go_tag(nodes: list[Any]) -> str:
+    """`go_tool_call_tag` for a parsed template's nodes."""
     block = _find_tool_calls_if(nodes)
     if block is None:
         return JSON_TAG
@@ -315,12 +320,19 @@ def jinja_tool_call_tag(chat_template: str) -> str:
 
 
 def tool_call_tag(template: PromptTemplate) -> str:
-    """The tool-call prefix of a model's prompt template (Go TEMPLATE first, as rendering)."""
-    if template.go_template:
-        return go_tool_call_tag(template.go_template)
-    source = template.chat_template or builtin_chat_template(template.architecture)
-    return jinja_tool_call_tag(source) if source else JSON_TAG
+    """The tool-call prefix of the template a model's prompts come from; read from the template
+    once and kept on it."""
+    return template.derive(_tool_call_tag)
+
+
+def _tool_call_tag(template: PromptTemplate) -> str:
+    if template.go_tree is not None:
+        return go_tag(template.go_tree.nodes)
+    if template.source_kind == "jinja":
+        return jinja_tool_call_tag(template.source)
+    return JSON_TAG
 
 
 def tool_call_parser(template: PromptTemplate, tools: list[dict[str, Any]]) -> ToolCallParser:
+    """A tool-call finder for one answer, with the prefix of the model's template."""
     return ToolCallParser(tool_call_tag(template), tools)

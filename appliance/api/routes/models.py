@@ -18,7 +18,7 @@ from appliance.api.requests import field_of_type, read_json_object
 from appliance.api.streaming import json_response, ndjson_response
 from appliance.errors import BadRequest, NotFound
 from appliance.gocompat.timefmt import go_time_ns
-from appliance.prompting.prompts import builtin_chat_template
+from appliance.prompting.prompts import template_source
 from appliance.store.create import create_model, parse_create_request
 from appliance.store.modelfile import go_sharp_value, param_lines, render_modelfile
 from appliance.store.names import parse_model_name
@@ -112,11 +112,15 @@ def show_model(store: Store, text: str, *, verbose: bool, system: str) -> dict[s
             info = store.gguf_info(m.model_path)
         except (OSError, ValueError) as exc:
             log.warning("cannot read GGUF of %s: %s", m.name, exc)
-    template = m.template
-    if template is None and info is not None:
-        # The template in use: the GGUF's own, else the built-in one for its architecture
-        # (the reference Gemma 3 GGUF ships none and renders with Gemma 3's published one).
-        template = info.chat_template or builtin_chat_template(info.architecture)
+    # The template in use, decided as rendering decides it: the TEMPLATE layer, else the GGUF's
+    # own, else the built-in one for its architecture (the reference Gemma 3 GGUF ships none and
+    # renders with Gemma 3's published one).
+    kind, source = template_source(
+        m.template,
+        info.chat_template if info is not None else None,
+        info.architecture if info is not None else None,
+    )
+    template = source if kind != "none" else m.template
     system = system or m.system
     params = "\n".join(f"{k:<30} {go_sharp_value(v)}" for k, v in param_lines(m.params))
     body: dict[str, Any] = {}
