@@ -211,6 +211,43 @@ def resolve_options(
     return base.with_map(model_params).with_map(request_options)
 
 
+OPEN_ENDED_PREDICT_CONTEXTS = 10
+"""Ollama's boundedNumPredict: generation stops after at most 10 context windows of tokens."""
+
+
+def bounded_num_predict(num_predict: int, num_ctx: int) -> int:
+    """Ollama's boundedNumPredict: an open-ended (negative) or larger `num_predict` becomes
+    10 x num_ctx, so every sequence has a finite budget."""
+    if num_ctx <= 0:
+        return num_predict
+    limit = OPEN_ENDED_PREDICT_CONTEXTS * num_ctx
+    return limit if num_predict < 0 or num_predict > limit else num_predict
+
+
+def bounded_for_context(options: Options, num_ctx: int) -> Options:
+    """Per-request options that size something, bounded by the context the slot really has.
+
+    A `num_predict` above 10 x num_ctx is cut to that (Ollama's boundedNumPredict); a negative
+    one stays open-ended, since the engine (no context shift) already stops a sequence when
+    its context is full, sooner than Ollama's bound. Ollama has no rule for the others, so
+    they are bounded by what the context can use: `num_keep` (-1 keeps the whole prompt) and
+    `repeat_last_n` (-1 means the context; llama.cpp allocates a ring of that many tokens, so
+    a huge value would be an allocation of any size) at most `num_ctx`.
+    """
+    changes: dict[str, Any] = {}
+    num_predict = options.num_predict
+    if num_predict > 0:  # -1 stays open-ended: the engine ends it when the context is full
+        num_predict = bounded_num_predict(num_predict, num_ctx)
+    if num_predict != options.num_predict:
+        changes["num_predict"] = num_predict
+    for key in ("num_keep", "repeat_last_n"):
+        value = getattr(options, key)
+        bounded = max(-1, min(value, num_ctx))
+        if bounded != value:
+            changes[key] = bounded
+    return dataclasses.replace(options, **changes) if changes else options
+
+
 def _go_json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"

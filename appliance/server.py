@@ -143,6 +143,7 @@ def resolve_limits(settings: Settings) -> tuple[Limits, SlotPolicy]:
     policy = SlotPolicy(
         num_parallel=max(settings.num_parallel, 1),
         default_num_ctx=settings.default_num_ctx,
+        memory_budget=settings.memory_budget or 0,
     )
     return limits, policy
 

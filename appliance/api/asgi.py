@@ -7,6 +7,11 @@ connection stays open forever: a leak of file descriptors and a slot in any prox
 disconnect that arrives while the response's last body message is being sent is the normal end of
 the cycle and cancels nothing; a disconnect at any other time still cancels the handler at once
 (that is how a client going away frees its slot).
+
+Each request's body also gets its limit here, before the handler runs: blob uploads stream to
+disk under their own large limit, every other body is bounded by `MAX_BODY_BYTES`. Quart's body
+then stops keeping bytes past the limit even on a route that never reads its body, and a
+handler that reads it gets a 413 (`appliance.api.requests.read_body`).
 """
 
 from __future__ import annotations
@@ -18,8 +23,24 @@ from quart.asgi import ASGIHTTPConnection
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
+from appliance.api.requests import MAX_BLOB_BYTES, MAX_BODY_BYTES
+
+BLOB_PATH_PREFIX = "/api/blobs/"
+
+
+def body_limit(path: str) -> int:
+    """The most bytes a request to `path` may send."""
+    return MAX_BLOB_BYTES if path.startswith(BLOB_PATH_PREFIX) else MAX_BODY_BYTES
+
 
 class _HTTPConnection(TrioASGIHTTPConnection):
+    def _create_request_from_scope(self, send: Any) -> Any:
+        request = super()._create_request_from_scope(send)
+        limit = body_limit(request.path)
+        request.max_content_length = limit
+        request.body = request.body_class(request.content_length, limit)
+        return request
+
     async def __call__(self, receive: Any, send: Any) -> None:
         finishing = False
 

@@ -13,7 +13,7 @@ from typing import Any
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from appliance.errors import ApplianceError, ServerBusy, Unauthorized
+from appliance.errors import ApplianceError, PayloadTooLarge, ServerBusy, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,12 @@ def error_status_and_message(exc: BaseException) -> tuple[int, str]:
 
 
 def openai_error_body(status: int, message: str) -> dict[str, Any]:
-    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+    }
     kind = kinds.get(status, "api_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
@@ -76,7 +81,12 @@ def install_error_handlers(app: Quart) -> None:
             return Response("404 page not found", status=404, content_type="text/plain")
         if exc.code == 405:
             return Response("405 method not allowed", status=405, content_type="text/plain")
-        return error_response(ApplianceError(exc.description or exc.name, status=exc.code or 500))
+        if exc.code == 413:  # quart's own body limit (a route that streams its body)
+            return error_response(PayloadTooLarge(), openai=_is_openai())
+        return error_response(
+            ApplianceError(exc.description or exc.name, status=exc.code or 500),
+            openai=_is_openai(),
+        )
 
     @app.errorhandler(Exception)
     async def _crash(exc: Exception) -> Response:

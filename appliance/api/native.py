@@ -17,7 +17,7 @@ from quart import Blueprint, Response
 
 from appliance import OLLAMA_COMPAT_VERSION
 from appliance.api.context import services
-from appliance.api.requests import field_of_type, read_json_object
+from appliance.api.requests import check_images, field_of_type, read_json_object
 from appliance.api.streaming import json_response, ndjson_response
 from appliance.durations import parse_keep_alive
 from appliance.errors import ApplianceError, BadRequest, NotFound
@@ -54,7 +54,8 @@ async def version() -> Response:
 
 
 def _common_checks(body: dict[str, Any]) -> float | None:
-    """Decode-time checks shared by generate and chat: top_logprobs and keep_alive."""
+    """Decode-time checks shared by generate and chat: images, top_logprobs and keep_alive."""
+    check_images(body)
     top = body.get("top_logprobs")
     if top is not None and (
         not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20

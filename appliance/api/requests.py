@@ -1,35 +1,229 @@
-"""Request body parsing with Ollama's answers for empty and malformed bodies."""
+"""Request bodies, parsed once at the boundary: size, JSON syntax, depth, numbers, text.
+
+Every JSON route reads its body through `read_json_object`, and every JSON text a client controls
+inside a body (tool-call arguments) goes through `decode_json`, so no hostile value reaches a
+handler: a body over the limit is a 413 (from `Content-Length` before a byte is read, or as soon
+as a chunked body passes the limit), and nesting too deep, a number no float64 can hold, or a
+`NaN`/`Infinity` literal is a 400 with Go's decoder text where Go has one. Lone surrogates
+(`"\\ud800"`) become U+FFFD, as Go's decoder makes them, so no later encode can fail.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
+import trio
 from quart import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, PayloadTooLarge
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+"""The most a JSON body may hold: room for several base64 images in one chat."""
+
+MAX_BLOB_BYTES = 1 << 40
+"""The most one `POST /api/blobs/:digest` upload may stream to disk (1 TiB)."""
+
+MAX_JSON_DEPTH = 128
+"""Deepest nesting of arrays and objects accepted. Go's decoder allows 10,000, but Python's
+decoder and every recursive walk after it (schemas to grammars, templates) stop near 1,000
+frames; no real request nests beyond a few dozen levels."""
+
+MAX_INT_DIGITS = 19
+"""Integer literals longer than this (beyond int64) are read as float64, as Go's `interface{}`
+decoding does; Python's own limit (4,300 digits) would otherwise raise mid-parse."""
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONSTANT_ERRORS = {
+    "NaN": "invalid character 'N' looking for beginning of value",
+    "Infinity": "invalid character 'I' looking for beginning of value",
+    "-Infinity": "invalid character 'I' in numeric literal",
+}
+
+
+class _Rejected(Exception):
+    """Raised from inside the decoder's hooks; becomes a BadRequest."""
+
+
+def _shown(literal: str) -> str:
+    return literal if len(literal) <= 40 else f"{literal[:20]}...({len(literal)} digits)"
+
+
+def _parse_int(literal: str) -> int | float:
+    digits = len(literal) - (literal[0] == "-")
+    if digits <= MAX_INT_DIGITS:
+        return int(literal)
+    return _parse_float(literal)
+
+
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _Rejected(
+            f"json: cannot unmarshal number {_shown(literal)} into Go value of type float64"
+        )
+    return value
+
+
+def _parse_constant(literal: str) -> Any:
+    raise _Rejected(_CONSTANT_ERRORS.get(literal, f"invalid character in literal {literal}"))
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Decode one JSON text under the boundary's rules; BadRequest with the reason if refused."""
+    if isinstance(raw, str):
+        text = raw
+        may_have_surrogates = _SURROGATE_ESCAPE.search(raw.encode("utf-8", "replace")) is not None
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("invalid JSON: body is not UTF-8") from None
+        may_have_surrogates = _SURROGATE_ESCAPE.search(raw) is not None
+    try:
+        value = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
+    except _Rejected as exc:
+        raise BadRequest(str(exc)) from None
+    except RecursionError:
+        raise BadRequest("exceeded max depth") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH or may_have_surrogates:
+        value = _checked(value, fix_text=may_have_surrogates)
+    return value
+
+
+def _checked(value: Any, *, fix_text: bool) -> Any:
+    """`value` with its depth checked and lone surrogates replaced, walked without recursion."""
+    if fix_text and isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest("exceeded max depth")
+        if isinstance(node, dict):
+            if fix_text:
+                for key in [k for k in node if _LONE_SURROGATE.search(k)]:
+                    node[_LONE_SURROGATE.sub("\ufffd", key)] = node.pop(key)
+            items = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:
+            continue
+        for key, item in list(items):
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+            elif fix_text and isinstance(item, str) and _LONE_SURROGATE.search(item):
+                node[key] = _LONE_SURROGATE.sub("\ufffd", item)
+    return value
+
+
+async def read_body(limit: int = MAX_BODY_BYTES) -> bytes:
+    """The whole request body, refused with 413 as soon as it is known to pass `limit`.
+
+    A `Content-Length` over the limit is refused before any of the body is read; a chunked body
+    is counted as it arrives and dropped at the limit, so a hostile body never sits in memory.
+    """
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge()
+    data = bytearray()
+    timeout = request.body_timeout if request.body_timeout is not None else math.inf
+    with trio.move_on_after(timeout) as scope:
+        try:
+            async for chunk in request.body:
+                data += chunk
+                if len(data) > limit:
+                    raise PayloadTooLarge()
+        except RequestEntityTooLarge:
+            raise PayloadTooLarge() from None
+    if scope.cancelled_caught:
+        raise BadRequest("timed out reading the request body", status=408)
+    return bytes(data)
 
 
 async def read_json_object(*, allow_empty: bool = False) -> dict[str, Any]:
     """The request's JSON object; 400 `missing request body` when empty (Go's decoder: EOF)."""
-    raw = await request.get_data(cache=False, as_text=False)
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest("request body too large")
+    raw = await read_body()
     if not raw.strip():
         if allow_empty:
             return {}
         raise BadRequest("missing request body")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
-    except UnicodeDecodeError:
-        raise BadRequest("invalid JSON: body is not UTF-8") from None
+    value = decode_json(raw)
     if not isinstance(value, dict):
         raise BadRequest(f"json: cannot unmarshal {_go_type(value)} into Go value of type object")
     return value
+
+
+_BASE64_BAD = re.compile(r"[^A-Za-z0-9+/\r\n]")
+_NEWLINES = "\r\n"
+
+
+def base64_error(text: str) -> int | None:
+    """Where Go's `base64.StdEncoding` would fail on `text` (the N of `illegal base64 data at
+    input byte N`), or None if it decodes. Go skips CR and LF and wants full padding.
+
+    Found with two regex scans, never a Python loop over the bytes: a bad image may be megabytes.
+    """
+    bad = _BASE64_BAD.search(text)
+    end = bad.start() if bad else len(text)
+    alphabet = end - text.count("\r", 0, end) - text.count("\n", 0, end)
+    j = alphabet % 4  # position inside the quantum where decoding stopped
+    if bad is None:
+        return None if j == 0 else len(text) - j
+    p = bad.start()
+    if text[p] != "=" or j < 2:
+        return p
+    si = p + 1
+    if j == 2:  # "==" expected: the second "=" may follow newlines
+        while si < len(text) and text[si] in _NEWLINES:
+            si += 1
+        if si == len(text):
+            return len(text)
+        if text[si] != "=":
+            return si - 1
+        si += 1
+    while si < len(text) and text[si] in _NEWLINES:
+        si += 1
+    return si if si < len(text) else None
+
+
+def check_images(body: dict[str, Any]) -> None:
+    """`images` (top level and in each message) as Go decodes `[]api.ImageData` with the body:
+    base64 strings or null, else a 400 with Go's message; checked before anything else runs."""
+    lists = [("GenerateRequest.images", body.get("images"))]
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        lists += [("Message.images", m.get("images")) for m in messages if isinstance(m, dict)]
+    for where, images in lists:
+        if images is None:
+            continue
+        if not isinstance(images, list):
+            raise BadRequest(
+                f"json: cannot unmarshal {_go_type(images)} into Go struct field {where} "
+                "of type []api.ImageData"
+            )
+        for image in images:
+            if image is None:
+                continue
+            if not isinstance(image, str):
+                raise BadRequest(
+                    f"json: cannot unmarshal {_go_type(image)} into Go struct field {where} "
+                    "of type api.ImageData"
+                )
+            at = base64_error(image)
+            if at is not None:
+                raise BadRequest(f"illegal base64 data at input byte {at}")
 
 
 def _go_type(value: Any) -> str:

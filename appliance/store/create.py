@@ -142,6 +142,7 @@ def parse_create_request(body: dict[str, Any]) -> CreateRequest:
             "json: cannot unmarshal into Go struct field CreateRequest.parameters "
             "of type map[string]interface {}"
         )
+    _check_parameters(params)
     messages = body.get("messages") or []
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise BadRequest(
@@ -175,6 +176,18 @@ def parse_create_request(body: dict[str, Any]) -> CreateRequest:
         parser=_str_field(body, "parser"),
         stream=stream is not False,
     )
+
+
+def _check_parameters(params: dict[str, Any]) -> None:
+    """Type the parameters as Ollama's `Options.FromMap` does, now rather than at every request:
+    a badly typed value would otherwise be stored and make every later request a 500."""
+    from appliance.errors import ApplianceError
+    from appliance.options import Options
+
+    try:
+        Options().with_map(params)
+    except ApplianceError as exc:
+        raise BadRequest(exc.message) from None
 
 
 def _go_numbers(value: Any) -> Any:

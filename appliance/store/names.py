@@ -17,6 +17,8 @@ DEFAULT_TAG = "latest"
 DEFAULT_SCHEME = "https"
 
 MAX_NAME_CHARS = 350 + 3 * 80 + 3 + 16  # host + ns/model/tag + separators + a scheme
+MAX_FILE_NAME = 255
+"""NAME_MAX on Linux, macOS and Windows: every part of a name becomes one path component."""
 _HOST, _NAMESPACE, _MODEL, _TAG = range(4)
 _ALNUM_ = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -58,6 +60,16 @@ class ModelName:
     def key(self) -> tuple[str, str, str, str]:
         """The case-folded identity two spellings of one model share."""
         return tuple(p.lower() for p in self.parts())  # type: ignore[return-value]
+
+    def check_storable(self) -> None:
+        """400 for a name that parses (Ollama allows a 350-character host) but cannot be a path:
+        a part longer than a file name may be would fail later with ENAMETOOLONG."""
+        for label, part in zip(("host", "namespace", "model", "tag"), self.parts(), strict=True):
+            if len(part.encode()) > MAX_FILE_NAME:
+                raise InvalidName(
+                    f"invalid model name: the {label} part is {len(part)} characters, "
+                    f"more than the {MAX_FILE_NAME} a file name may have"
+                )
 
     def same_as(self, other: ModelName) -> bool:
         return self.key() == other.key()
