@@ -32,6 +32,7 @@ from appliance.generation import (
 from appliance.options import resolve_options
 from appliance.prompts import PromptTemplate, truncate_messages
 from appliance.reply import ReplyParser, ReplyPart
+from appliance.store.create import validate_template
 from appliance.store.names import parse_model_name
 from appliance.thinking import thinking_parser
 from appliance.timefmt import go_time, utc_now_go
@@ -225,6 +226,8 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
         isinstance(t, int) and not isinstance(t, bool) for t in context
     ):
         raise BadRequest("json: cannot unmarshal context into Go struct field of type []int")
+    if template:
+        validate_template(template)  # a client's template: 400, before a slot is taken
     options = _options(model, body)
     grammar = grammar_for(body.get("format"))
 

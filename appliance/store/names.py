@@ -71,6 +71,18 @@ class ModelName:
                     f"more than the {MAX_FILE_NAME} a file name may have"
                 )
 
+    def check_registry_host(self) -> None:
+        """400 for a host no registry can have (checked before a pull or push dials it): a DNS
+        name over 253 characters or with a label over 63, or a port outside 1..65535."""
+        host, _, port = self.host.rpartition(":") if ":" in self.host else (self.host, "", "")
+        problem = ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            problem = f"port {port} is not between 1 and 65535"
+        elif len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
+            problem = "a host name has at most 253 characters and 63 between dots"
+        if problem:
+            raise InvalidName(f"invalid model name: {problem}")
+
     def same_as(self, other: ModelName) -> bool:
         return self.key() == other.key()
 
