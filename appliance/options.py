@@ -153,20 +153,26 @@ class Options:
     def with_map(self, values: Mapping[str, Any] | None) -> Options:
         """These options overlaid with a decoded JSON map, typed as Go's Options.FromMap does.
 
-        Unknown keys are logged and ignored; null values are skipped; a wrong type raises an
-        ApplianceError with status 500 (Ollama's handleScheduleError) and Go's message.
+        Unknown keys are ignored and logged in one line per map (a client can send a million
+        of them: one line each would flood the log); null values are skipped; a wrong type
+        raises an ApplianceError with status 500 (Ollama's handleScheduleError) and Go's message.
         """
         if not values:
             return self
         changes: dict[str, Any] = {}
+        unknown: list[str] = []
         for key, value in values.items():
             kind = OPTION_KINDS.get(key)
             if kind is None:
-                log.warning("invalid option provided: %s", key)
+                unknown.append(key)
                 continue
             if value is None:
                 continue
             changes[key] = _coerce(key, kind, value)
+        if unknown:
+            shown = ", ".join(json.dumps(k[:40]) for k in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            log.warning("invalid option provided: %s%s", shown, more)
         if not changes:
             return self
         return dataclasses.replace(self, **changes, explicit=self.explicit.union(changes))
@@ -208,7 +214,25 @@ def resolve_options(
             ".options of type map[string]interface {}"
         )
     base = Options(num_ctx=default_num_ctx)
-    return base.with_map(model_params).with_map(request_options)
+    options = base.with_map(model_params).with_map(request_options)
+    if request_options and request_options.get("stop") is not None:
+        _check_stops(options.stop)
+    return options
+
+
+MAX_STOPS = 64
+MAX_STOP_CHARS = 1024
+"""Bounds on a request's stop sequences. Ollama has none, but every generated token is checked
+against every stop (and held back while it could begin one) inside the batch step that serves
+all clients: 10,000 stops of 1,000 characters would stall every stream on the model."""
+
+
+def _check_stops(stops: tuple[str, ...]) -> None:
+    if len(stops) > MAX_STOPS:
+        raise BadRequest(f"too many stop sequences: {len(stops)} (at most {MAX_STOPS})")
+    longest = max((len(s) for s in stops), default=0)
+    if longest > MAX_STOP_CHARS:
+        raise BadRequest(f"stop sequence too long: {longest} characters (at most {MAX_STOP_CHARS})")
 
 
 OPEN_ENDED_PREDICT_CONTEXTS = 10

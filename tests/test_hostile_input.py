@@ -173,3 +173,13 @@ async def test_tool_call_arguments_with_a_huge_number_are_400_on_v1(server) -> N
     assert r.status_code == 400, r.text
     assert r.json()["error"]["message"] == "invalid tool call arguments"
     await _assert_still_serving(server)
+
+
+async def test_ten_thousand_stop_sequences_are_400_before_any_generation(server) -> None:
+    body = {"model": "tiny", "prompt": "x", "options": {"stop": ["ab" * 500] * 10_000}}
+    r = await _post(server, "/api/generate", json.dumps(body))
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "too many stop sequences: 10000 (at most 64)"},
+    )
+    await _assert_still_serving(server)

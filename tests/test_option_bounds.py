@@ -166,3 +166,19 @@ def test_open_ended_num_predict_stays_open_ended() -> None:
 def test_repeat_last_n_and_num_keep_are_at_most_the_context() -> None:
     bounded = bounded_for_context(Options(repeat_last_n=10**12, num_keep=10**12), num_ctx=512)
     assert (bounded.repeat_last_n, bounded.num_keep) == (512, 512)
+
+
+def test_a_million_unknown_options_are_logged_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    options = {f"bogus{i}": i for i in range(1_000_000)}
+    with caplog.at_level("WARNING", logger="appliance.options"):
+        resolve_options({}, options, default_num_ctx=2048)
+    lines = [r for r in caplog.records if "invalid option provided" in r.getMessage()]
+    assert len(lines) == 1
+    assert "999995 more" in lines[0].getMessage()
+
+
+def test_too_many_or_too_long_stop_sequences_are_a_400() -> None:
+    with pytest.raises(BadRequest, match="too many stop sequences"):
+        resolve_options({}, {"stop": ["x"] * 10_000}, default_num_ctx=2048)
+    with pytest.raises(BadRequest, match="stop sequence too long"):
+        resolve_options({}, {"stop": ["x" * 100_000]}, default_num_ctx=2048)
