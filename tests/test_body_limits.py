@@ -163,3 +163,25 @@ async def test_a_chunked_body_past_the_limit_is_413_without_holding_it(tmp_path:
     assert (status, json.loads(body)) == (413, {"error": "request body too large"})
     # The body is dropped at the limit: the peak grows by about one limit, not by what was sent.
     assert grown < total // 2, f"peak RSS grew by {grown >> 20} MiB for {sent >> 20} MiB sent"
+
+
+async def test_bodies_held_at_once_are_bounded_across_requests(server) -> None:
+    budget = server.appliance.app.body_budget
+    budget.limit = 2 * CHUNK
+    declared = CHUNK + CHUNK // 2
+    body = b'{"model": "tiny"}'.ljust(declared)
+    host, port = _address(server.url)
+    with trio.fail_after(60):
+        first = await trio.open_tcp_stream(host, port)
+        async with first:
+            await first.send_all(_head("/api/show", f"Content-Length: {declared}\r\n"))
+            while budget.used == 0:  # the first request now holds its declared length
+                await trio.sleep(0.01)
+            status, refused = await _declared_but_unsent(server.url, "/api/show", declared)
+            await first.send_all(body)
+            first_status, _ = await _read_response(first)
+    assert status == 503, refused
+    assert json.loads(refused)["error"].startswith("server busy")
+    assert first_status == 200
+    assert budget.used == 0
+    await _still_serving(server.url)

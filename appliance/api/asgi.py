@@ -11,7 +11,7 @@ the cycle and cancels nothing; a disconnect at any other time still cancels the 
 Each request's body also gets its limit here, before the handler runs: blob uploads stream to
 disk under their own large limit, every other body is bounded by `MAX_BODY_BYTES`. Quart's body
 then stops keeping bytes past the limit even on a route that never reads its body, and a
-handler that reads it gets a 413 (`appliance.api.requests.read_body`).
+handler that reads it gets a 413 (`appliance.api.requests.body_bytes`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from quart.asgi import ASGIHTTPConnection
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from appliance.api.requests import MAX_BLOB_BYTES, MAX_BODY_BYTES
+from appliance.api.requests import MAX_BLOB_BYTES, MAX_BODY_BYTES, BodyBudget
 
 BLOB_PATH_PREFIX = "/api/blobs/"
 
@@ -63,3 +63,7 @@ class _HTTPConnection(TrioASGIHTTPConnection):
 
 class ApplianceQuart(QuartTrio):
     asgi_http_class = _HTTPConnection  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.body_budget = BodyBudget()  # JSON bodies held at once, across all requests

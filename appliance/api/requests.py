@@ -13,16 +13,22 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from quart import request
+from quart import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from appliance.errors import BadRequest, PayloadTooLarge
+from appliance.errors import BadRequest, PayloadTooLarge, ServerBusy
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """The most a JSON body may hold: room for several base64 images in one chat."""
+
+MAX_BUFFERED_BODY_BYTES = 256 * 1024 * 1024
+"""The most bytes of JSON bodies held at once across all requests: without it a hundred
+clients each sending just under the limit would hold 6 GiB before any answer."""
 
 MAX_BLOB_BYTES = 1 << 40
 """The most one `POST /api/blobs/:digest` upload may stream to disk (1 TiB)."""
@@ -141,38 +147,78 @@ def _checked(value: Any, *, fix_text: bool) -> Any:
     return value
 
 
-async def read_body(limit: int = MAX_BODY_BYTES) -> bytes:
+class BodyBudget:
+    """Bytes of request bodies being held, across every request of one server.
+
+    A read takes its bytes as they arrive (or all of a declared `Content-Length` up front) and
+    gives them back once the body is decoded; a read that would pass the budget is a 503 with
+    `Retry-After`, sent before it buffers anything more.
+    """
+
+    def __init__(self, limit: int = MAX_BUFFERED_BODY_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise ServerBusy(
+                "server busy, please try again.  too many request bodies are being read"
+            )
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+@asynccontextmanager
+async def body_bytes(limit: int = MAX_BODY_BYTES) -> AsyncIterator[bytes]:
     """The whole request body, refused with 413 as soon as it is known to pass `limit`.
 
     A `Content-Length` over the limit is refused before any of the body is read; a chunked body
     is counted as it arrives and dropped at the limit, so a hostile body never sits in memory.
+    The bytes count against the server's `BodyBudget` until the block ends.
     """
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge()
-    data = bytearray()
-    timeout = request.body_timeout if request.body_timeout is not None else math.inf
-    with trio.move_on_after(timeout) as scope:
-        try:
-            async for chunk in request.body:
-                data += chunk
-                if len(data) > limit:
-                    raise PayloadTooLarge()
-        except RequestEntityTooLarge:
-            raise PayloadTooLarge() from None
-    if scope.cancelled_caught:
-        raise BadRequest("timed out reading the request body", status=408)
-    return bytes(data)
+    budget: BodyBudget | None = getattr(current_app, "body_budget", None)
+    held = 0
+
+    def hold(n: int) -> None:
+        nonlocal held
+        if budget is not None and n > held:
+            budget.take(n - held)
+            held = n
+
+    try:
+        hold(length or 0)
+        data = bytearray()
+        timeout = request.body_timeout if request.body_timeout is not None else math.inf
+        with trio.move_on_after(timeout) as scope:
+            try:
+                async for chunk in request.body:
+                    data += chunk
+                    if len(data) > limit:
+                        raise PayloadTooLarge()
+                    hold(len(data))
+            except RequestEntityTooLarge:
+                raise PayloadTooLarge() from None
+        if scope.cancelled_caught:
+            raise BadRequest("timed out reading the request body", status=408)
+        yield bytes(data)
+    finally:
+        if budget is not None:
+            budget.give(held)
 
 
 async def read_json_object(*, allow_empty: bool = False) -> dict[str, Any]:
     """The request's JSON object; 400 `missing request body` when empty (Go's decoder: EOF)."""
-    raw = await read_body()
-    if not raw.strip():
-        if allow_empty:
-            return {}
-        raise BadRequest("missing request body")
-    value = decode_json(raw)
+    async with body_bytes() as raw:
+        if not raw.strip():
+            if allow_empty:
+                return {}
+            raise BadRequest("missing request body")
+        value = decode_json(raw)
     if not isinstance(value, dict):
         raise BadRequest(f"json: cannot unmarshal {_go_type(value)} into Go value of type object")
     return value
