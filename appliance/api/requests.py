@@ -38,9 +38,11 @@ MAX_JSON_DEPTH = 128
 decoder and every recursive walk after it (schemas to grammars, templates) stop near 1,000
 frames; no real request nests beyond a few dozen levels."""
 
-MAX_INT_DIGITS = 19
-"""Integer literals longer than this (beyond int64) are read as float64, as Go's `interface{}`
-decoding does; Python's own limit (4,300 digits) would otherwise raise mid-parse."""
+MAX_INT_DIGITS = 299
+"""Integer literals up to this many digits stay integers. Longer ones are read as float64, as Go's
+`interface{}` decoding does, and a 400 when no float64 holds them (Python would keep a
+5,000-digit integer as an int, then raise ValueError past its 4,300-digit limit, or
+OverflowError wherever it meets a float)."""
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
@@ -118,7 +120,7 @@ def _may_overflow(data: bytes) -> bool:
     """Whether `data` holds 300 digits in a row or a three-digit exponent (a few substring
     searches over a translated copy: a regex here took 4 s on a body of digits)."""
     folded = data.translate(_DIGITS_TO_ZERO)
-    return b"0" * 300 in folded or b"e000" in folded or b"e+000" in folded
+    return b"0" * (MAX_INT_DIGITS + 1) in folded or b"e000" in folded or b"e+000" in folded
 
 
 def _checked(value: Any, *, fix_text: bool) -> Any:
