@@ -216,23 +216,26 @@ def resolve_options(
     base = Options(num_ctx=default_num_ctx)
     options = base.with_map(model_params).with_map(request_options)
     if request_options and request_options.get("stop") is not None:
-        _check_stops(options.stop)
+        options = dataclasses.replace(options, stop=_bounded_stops(options.stop))
     return options
 
 
 MAX_STOPS = 64
 MAX_STOP_CHARS = 1024
-"""Bounds on a request's stop sequences. Ollama has none, but every generated token is checked
-against every stop (and held back while it could begin one) inside the batch step that serves
-all clients: 10,000 stops of 1,000 characters would stall every stream on the model."""
+"""Bounds on a request's distinct stop sequences. Ollama has none, but every generated token is
+checked against every stop (and held back while it could begin one) inside the batch step that
+serves all clients: 10,000 stops of 1,000 characters would stall every stream on the model."""
 
 
-def _check_stops(stops: tuple[str, ...]) -> None:
-    if len(stops) > MAX_STOPS:
-        raise BadRequest(f"too many stop sequences: {len(stops)} (at most {MAX_STOPS})")
-    longest = max((len(s) for s in stops), default=0)
+def _bounded_stops(stops: tuple[str, ...]) -> tuple[str, ...]:
+    """The request's stops without repeats (same matches); 400 past the bounds."""
+    unique = tuple(dict.fromkeys(stops))
+    if len(unique) > MAX_STOPS:
+        raise BadRequest(f"too many stop sequences: {len(unique)} (at most {MAX_STOPS})")
+    longest = max((len(s) for s in unique), default=0)
     if longest > MAX_STOP_CHARS:
         raise BadRequest(f"stop sequence too long: {longest} characters (at most {MAX_STOP_CHARS})")
+    return unique
 
 
 OPEN_ENDED_PREDICT_CONTEXTS = 10

@@ -176,7 +176,8 @@ async def test_tool_call_arguments_with_a_huge_number_are_400_on_v1(server) -> N
 
 
 async def test_ten_thousand_stop_sequences_are_400_before_any_generation(server) -> None:
-    body = {"model": "tiny", "prompt": "x", "options": {"stop": ["ab" * 500] * 10_000}}
+    stops = [f"{i:04d}" + "ab" * 500 for i in range(10_000)]
+    body = {"model": "tiny", "prompt": "x", "options": {"stop": stops}}
     r = await _post(server, "/api/generate", json.dumps(body))
     assert (r.status_code, r.json()) == (
         400,

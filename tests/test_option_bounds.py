@@ -179,6 +179,11 @@ def test_a_million_unknown_options_are_logged_in_one_line(caplog: pytest.LogCapt
 
 def test_too_many_or_too_long_stop_sequences_are_a_400() -> None:
     with pytest.raises(BadRequest, match="too many stop sequences"):
-        resolve_options({}, {"stop": ["x"] * 10_000}, default_num_ctx=2048)
+        resolve_options({}, {"stop": [str(i) for i in range(10_000)]}, default_num_ctx=2048)
     with pytest.raises(BadRequest, match="stop sequence too long"):
         resolve_options({}, {"stop": ["x" * 100_000]}, default_num_ctx=2048)
+
+
+def test_repeated_stop_sequences_count_once() -> None:
+    options = resolve_options({}, {"stop": ["zz"] * 2000 + ["y"]}, default_num_ctx=2048)
+    assert options.stop == ("zz", "y")
