@@ -185,3 +185,42 @@ async def test_bodies_held_at_once_are_bounded_across_requests(server) -> None:
     assert first_status == 200
     assert budget.used == 0
     await _still_serving(server.url)
+
+
+async def test_an_upload_to_a_slow_disk_waits_in_tcp_not_in_memory(server, monkeypatch) -> None:
+    """A disk slower than the client: the unread body in memory stays near the high-water mark."""
+    import time
+
+    from quart_trio.wrappers.request import TrioBody
+
+    from appliance.api.asgi import BODY_HIGH_WATER
+    from appliance.store.store import BlobWriter
+
+    write = BlobWriter.write
+
+    def slow_write(self: BlobWriter, data: bytes) -> None:
+        time.sleep(0.05)  # about 80 MB/s for 4 MiB flushes: slower than loopback
+        write(self, data)
+
+    most = 0
+    append = TrioBody.append
+
+    def spying_append(self: TrioBody, data: bytes) -> None:
+        nonlocal most
+        append(self, data)
+        most = max(most, len(self._data))
+
+    monkeypatch.setattr(BlobWriter, "write", slow_write)
+    monkeypatch.setattr(TrioBody, "append", spying_append)
+    block = os.urandom(CHUNK)
+    blocks = 160
+    digest = "sha256:" + hashlib.sha256(block * blocks).hexdigest()
+
+    async def body():  # type: ignore[no-untyped-def]
+        for _ in range(blocks):
+            yield block
+
+    async with server.client(timeout=300) as client:
+        r = await client.post(f"/api/blobs/{digest}", content=body())
+    assert r.status_code == 201, r.text
+    assert most < BODY_HIGH_WATER + 2 * CHUNK, f"{most >> 20} MiB waited in memory"
