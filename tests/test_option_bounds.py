@@ -84,29 +84,34 @@ async def test_hostile_load_options_are_bounded_and_the_server_keeps_serving(
         },
     )
     command = _in_cgroup(memory_cgroup, sys.executable, "-m", "appliance", "serve")
-    statuses: list[tuple[dict[str, int], int]] = []
+    statuses: list[tuple[str, dict[str, int], int]] = []
     with trio.fail_after(600):
         async with run_server(command, env, tmp_path, tmp_path / "server.log") as server:
             await wait_until_answers(server)
             async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as client:
                 for options in HOSTILE_OPTIONS:
-                    r = await client.post(
-                        "/api/generate",
-                        json={
-                            "model": "tiny",
-                            "prompt": "hello",
-                            "stream": False,
-                            "options": {"num_predict": 4, **options},
-                        },
-                    )
-                    statuses.append((options, r.status_code))
-                    assert server.process.returncode is None, server.log_tail()
+                    for path, body in (
+                        ("/api/generate", {"prompt": "hello"}),
+                        ("/api/chat", {"messages": [{"role": "user", "content": "hello"}]}),
+                        ("/api/embed", {"input": "hello"}),
+                    ):
+                        r = await client.post(
+                            path,
+                            json={
+                                "model": "tiny",
+                                "stream": False,
+                                "options": {"num_predict": 4, **options},
+                                **body,
+                            },
+                        )
+                        statuses.append((path, options, r.status_code))
+                        assert server.process.returncode is None, server.log_tail()
                 alive = await client.post(
                     "/api/generate",
                     json={"model": "tiny", "prompt": "hi", "stream": False, "options": {}},
                 )
             assert alive.status_code == 200, server.log_tail()
-    assert all(status < 500 for _, status in statuses), statuses
+    assert all(status < 500 for _, _, status in statuses), statuses
 
 
 # ---- the rules, without a server ----------------------------------------------------------------
