@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import ApplianceError, BadRequest
+from appliance.format_bounds import check_format_bounds
 from appliance.options import bounded_for_context
 from engine.batch import Chunk, SequenceRequest
 from engine.sampling import SamplingParams, format_grammar
@@ -46,6 +47,7 @@ def grammar_for(format_value: Any) -> str | None:
         raise BadRequest(
             f'invalid format: {format_value!r}; expected "json" or a valid JSON schema'
         )
+    check_format_bounds(format_value)  # before the converter writes every repetition out
     try:
         return format_grammar(format_value)
     except ValueError as exc:

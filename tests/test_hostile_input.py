@@ -184,3 +184,35 @@ async def test_ten_thousand_stop_sequences_are_400_before_any_generation(server)
         {"error": "too many stop sequences: 10000 (at most 64)"},
     )
     await _assert_still_serving(server)
+
+
+async def test_a_format_schema_asking_for_a_huge_repetition_is_400(server) -> None:
+    formats = [
+        {"type": "array", "minItems": 100_000_000, "items": {"type": "string"}},
+        {"type": "object", "properties": {"a": {"type": "string", "pattern": "^(a{1000}){1000}$"}}},
+    ]
+    for schema in formats:
+        body = {"model": "tiny", "prompt": "x", "format": schema, "stream": False}
+        r = await _post(server, "/api/generate", json.dumps(body))
+        assert r.status_code == 400, r.text
+        assert "repetitions" in r.json()["error"]
+    await _assert_still_serving(server)
+
+
+async def test_an_ordinary_bounded_format_schema_still_works(server) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 280, "pattern": "^[A-Z][a-z]{1,40}$"}
+        },
+        "required": ["city"],
+    }
+    body = {
+        "model": "tiny",
+        "prompt": "x",
+        "format": schema,
+        "stream": False,
+        "options": {"num_predict": 4},
+    }
+    r = await _post(server, "/api/generate", json.dumps(body))
+    assert r.status_code == 200, r.text
