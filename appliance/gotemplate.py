@@ -577,10 +577,21 @@ class _Continue(Exception):
     pass
 
 
+MAX_RENDER_STEPS = 2_000_000
+"""Nodes one render may execute: `{{range 1000000000}}` in a client's template would otherwise
+hold the event loop for minutes (a long chat's template takes a few hundred thousand)."""
+
+
 @dataclass
 class _State:
     out: list[str]
     vars: list[list[Any]]  # [name, value] pairs, innermost last
+    steps: int = MAX_RENDER_STEPS
+
+    def step(self, line: int) -> None:
+        self.steps -= 1
+        if self.steps < 0:
+            raise TemplateError(f"line {line}: template runs more than {MAX_RENDER_STEPS} steps")
 
     def lookup(self, name: str) -> Any:
         for pair in reversed(self.vars):
@@ -697,6 +708,7 @@ class Template:
 
     def _walk_list(self, state: _State, nodes: list[Any], dot: Any) -> None:
         for node in nodes:
+            state.step(getattr(node, "line", 0))
             if isinstance(node, Text):
                 state.out.append(node.text)
             elif isinstance(node, Action):
@@ -737,7 +749,8 @@ class Template:
         elif isinstance(value, (list, tuple)):
             items = list(enumerate(value))
         elif isinstance(value, int) and not isinstance(value, bool):
-            items = [(i, i) for i in range(value)]
+            # Lazily: a huge count runs out of render steps, not of memory.
+            items = zip(range(value), range(value)) if value > 0 else []  # type: ignore[assignment]
         else:
             raise TemplateError(f"line {pipe.line}: range can't iterate over {go_sprint(value)}")
         if not items:
@@ -1105,7 +1118,13 @@ def go_sprintf(fmt: str, args: list[Any]) -> str:
             continue
         arg = args[argi]
         argi += 1
+        if prec is not None and _too_large(prec):
+            out.append("%!(BADPREC)")  # Go's fmt refuses widths and precisions over 1e6
+            prec = None
         text = _format_verb(verb, arg, prec)
+        if width and _too_large(width):
+            out.append("%!(BADWIDTH)" + text)
+            continue
         if width:
             w = int(width)
             if "-" in flags:
@@ -1121,6 +1140,10 @@ def go_sprintf(fmt: str, args: list[Any]) -> str:
         extra = ", ".join(f"{_go_type(a)}={go_sprint(a)}" for a in args[argi:])
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
+
+
+def _too_large(digits: str) -> bool:
+    return len(digits) > 7 or int(digits) > 1_000_000
 
 
 def _format_verb(verb: str, arg: Any, prec: str | None) -> str:

@@ -216,3 +216,25 @@ async def test_an_ordinary_bounded_format_schema_still_works(server) -> None:
     }
     r = await _post(server, "/api/generate", json.dumps(body))
     assert r.status_code == 200, r.text
+
+
+async def test_a_client_template_that_never_ends_is_400(server) -> None:
+    body = {"model": "tiny", "prompt": "x", "template": "{{ range 1000000000 }}x{{ end }}"}
+    r = await _post(server, "/api/generate", json.dumps({**body, "stream": False}))
+    assert r.status_code == 400, r.text
+    assert "more than 2000000 steps" in r.json()["error"]
+    await _assert_still_serving(server)
+
+
+async def test_a_printf_width_over_a_million_is_go_badwidth_not_a_gigabyte(server) -> None:
+    body = {
+        "model": "tiny",
+        "prompt": "x",
+        "raw": False,
+        "template": '{{ printf "%01000000000d" 1 }} {{ .Prompt }}',
+        "stream": False,
+        "options": {"num_predict": 1},
+    }
+    r = await _post(server, "/api/generate", json.dumps(body))
+    assert r.status_code == 200, r.text
+    await _assert_still_serving(server)

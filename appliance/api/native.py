@@ -30,7 +30,7 @@ from appliance.generation import (
     sequence_request,
 )
 from appliance.options import resolve_options
-from appliance.prompts import PromptTemplate, truncate_messages
+from appliance.prompts import PromptError, PromptTemplate, truncate_messages
 from appliance.reply import ReplyParser, ReplyPart
 from appliance.store.create import validate_template
 from appliance.store.names import parse_model_name
@@ -243,13 +243,18 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
             text = prompt
         else:
             tmpl = await _template_for(model, lease, template)
-            text = tmpl.render_generate(
-                prompt,
-                system=system if system is not None else model.system,
-                suffix=suffix or None,
-                messages_before=() if context else list(model.messages or ()),
-                think=think,
-            )
+            try:
+                text = tmpl.render_generate(
+                    prompt,
+                    system=system if system is not None else model.system,
+                    suffix=suffix or None,
+                    messages_before=() if context else list(model.messages or ()),
+                    think=think,
+                )
+            except PromptError as exc:
+                if not template:
+                    raise
+                raise BadRequest(exc.message) from None  # the client's own template failed
             if think:
                 reply = ReplyParser(thinking_parser(tmpl, text))
             if context:
