@@ -114,6 +114,55 @@ async def test_hostile_load_options_are_bounded_and_the_server_keeps_serving(
     assert all(status < 500 for _, _, status in statuses), statuses
 
 
+@pytest.mark.reference
+async def test_the_reference_model_refuses_a_batch_that_cannot_fit_and_keeps_serving(
+    tmp_path: Path, memory_cgroup: Path, reference_gguf: Path
+) -> None:
+    """gemma3 270M with `num_batch` 10^8: bounded to num_ctx (32768), its attention masks alone
+    would take 4 GiB, so the load is refused with a 400 instead of killing the server."""
+    from helpers import add_model
+
+    models = tmp_path / "models"
+    add_model(models, "gemma", reference_gguf, family="gemma3")
+    env = clean_env(
+        free_port(),
+        models,
+        {
+            "PYTHONPATH": str(REPO),
+            "LLM_APPLIANCE_IMPORT_REFERENCE": "0",
+            "LLM_APPLIANCE_MEMORY_BUDGET": "1536MiB",
+            "OLLAMA_NUM_PARALLEL": "1",
+        },
+    )
+    command = _in_cgroup(memory_cgroup, sys.executable, "-m", "appliance", "serve")
+    with trio.fail_after(600):
+        async with run_server(command, env, tmp_path, tmp_path / "server.log") as server:
+            await wait_until_answers(server)
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as client:
+                hostile = await client.post(
+                    "/api/generate",
+                    json={
+                        "model": "gemma",
+                        "prompt": "hello",
+                        "stream": False,
+                        "options": {"num_predict": 2, "num_ctx": 10**9, "num_batch": 10**8},
+                    },
+                )
+                alive = await client.post(
+                    "/api/generate",
+                    json={
+                        "model": "gemma",
+                        "prompt": "hello",
+                        "stream": False,
+                        "options": {"num_predict": 2},
+                    },
+                )
+            assert server.process.returncode is None, server.log_tail()
+    assert hostile.status_code == 400, hostile.text
+    assert "lower num_ctx or num_batch" in hostile.json()["error"]
+    assert alive.status_code == 200, alive.text
+
+
 # ---- the rules, without a server ----------------------------------------------------------------
 
 
