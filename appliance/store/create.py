@@ -19,7 +19,8 @@ from typing import Any
 
 import trio
 
-from appliance.errors import BadRequest, NotFound
+from appliance.errors import ApplianceError, BadRequest, NotFound
+from appliance.options import Options
 from appliance.store.layout import InvalidDigest, api_digest
 from appliance.store.manifest import (
     CONFIG_MEDIA_TYPE,
@@ -181,9 +182,6 @@ def parse_create_request(body: dict[str, Any]) -> CreateRequest:
 def _check_parameters(params: dict[str, Any]) -> None:
     """Type the parameters as Ollama's `Options.FromMap` does, now rather than at every request:
     a badly typed value would otherwise be stored and make every later request a 500."""
-    from appliance.errors import ApplianceError
-    from appliance.options import Options
-
     try:
         Options().with_map(params)
     except ApplianceError as exc:
