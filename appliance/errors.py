@@ -48,6 +48,15 @@ class Conflict(ApplianceError):
     status = 409
 
 
+class PayloadTooLarge(ApplianceError):
+    """A request body over its limit, refused before (or as soon as) it passes the limit."""
+
+    status = 413
+
+    def __init__(self, message: str = "request body too large") -> None:
+        super().__init__(message)
+
+
 class RequestCanceled(ApplianceError):
     """The client went away while its request waited (Ollama's 499)."""
 

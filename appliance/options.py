@@ -183,20 +183,29 @@ class Options:
     def with_map(self, values: Mapping[str, Any] | None) -> Options:
         """These options overlaid with a decoded JSON map, typed as Go's Options.FromMap does.
 
-        Unknown keys are logged and ignored; null values are skipped; a wrong type raises an
-        ApplianceError with status 500 (Ollama's handleScheduleError) and Go's message.
+        Unknown keys are ignored and logged in one line per map (a client can send a million
+        of them: one line each would flood the log); null values are skipped; a wrong type
+        raises an ApplianceError with status 500 (Ollama's handleScheduleError) and Go's message.
         """
         if not values:
             return self
         changes: dict[str, Any] = {}
+        unknown: list[str] = []
         for key, value in values.items():
             kind = OPTION_KINDS.get(key)
             if kind is None:
-                _warn_unknown_option(key)
+                if key in REMOVED_OPTIONS:
+                    _warn_unknown_option(key)  # once per process, as Ollama's users expect
+                else:
+                    unknown.append(key)
                 continue
             if value is None:
                 continue
             changes[key] = _coerce(key, kind, value)
+        if unknown:
+            shown = ", ".join(json.dumps(k[:40]) for k in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            log.warning("invalid option provided: %s%s", shown, more)
         if not changes:
             return self
         return dataclasses.replace(self, **changes, explicit=self.explicit.union(changes))
@@ -238,7 +247,65 @@ def resolve_options(
             ".options of type map[string]interface {}"
         )
     base = Options(num_ctx=default_num_ctx)
-    return base.with_map(model_params).with_map(request_options)
+    options = base.with_map(model_params).with_map(request_options)
+    if request_options and request_options.get("stop") is not None:
+        options = dataclasses.replace(options, stop=_bounded_stops(options.stop))
+    return options
+
+
+MAX_STOPS = 64
+MAX_STOP_CHARS = 1024
+"""Bounds on a request's distinct stop sequences. Ollama has none, but every generated token is
+checked against every stop (and held back while it could begin one) inside the batch step that
+serves all clients: 10,000 stops of 1,000 characters would stall every stream on the model."""
+
+
+def _bounded_stops(stops: tuple[str, ...]) -> tuple[str, ...]:
+    """The request's stops without repeats (same matches); 400 past the bounds."""
+    unique = tuple(dict.fromkeys(stops))
+    if len(unique) > MAX_STOPS:
+        raise BadRequest(f"too many stop sequences: {len(unique)} (at most {MAX_STOPS})")
+    longest = max((len(s) for s in unique), default=0)
+    if longest > MAX_STOP_CHARS:
+        raise BadRequest(f"stop sequence too long: {longest} characters (at most {MAX_STOP_CHARS})")
+    return unique
+
+
+OPEN_ENDED_PREDICT_CONTEXTS = 10
+"""Ollama's boundedNumPredict: generation stops after at most 10 context windows of tokens."""
+
+
+def bounded_num_predict(num_predict: int, num_ctx: int) -> int:
+    """Ollama's boundedNumPredict: an open-ended (negative) or larger `num_predict` becomes
+    10 x num_ctx, so every sequence has a finite budget."""
+    if num_ctx <= 0:
+        return num_predict
+    limit = OPEN_ENDED_PREDICT_CONTEXTS * num_ctx
+    return limit if num_predict < 0 or num_predict > limit else num_predict
+
+
+def bounded_for_context(options: Options, num_ctx: int) -> Options:
+    """Per-request options that size something, bounded by the context the slot really has.
+
+    A `num_predict` above 10 x num_ctx is cut to that (Ollama's boundedNumPredict); a negative
+    one stays open-ended, since the engine (no context shift) already stops a sequence when
+    its context is full, sooner than Ollama's bound. Ollama has no rule for the others, so
+    they are bounded by what the context can use: `num_keep` (-1 keeps the whole prompt) and
+    `repeat_last_n` (-1 means the context; llama.cpp allocates a ring of that many tokens, so
+    a huge value would be an allocation of any size) at most `num_ctx`.
+    """
+    changes: dict[str, Any] = {}
+    num_predict = options.num_predict
+    if num_predict > 0:  # -1 stays open-ended: the engine ends it when the context is full
+        num_predict = bounded_num_predict(num_predict, num_ctx)
+    if num_predict != options.num_predict:
+        changes["num_predict"] = num_predict
+    for key in ("num_keep", "repeat_last_n"):
+        value = getattr(options, key)
+        bounded = max(-1, min(value, num_ctx))
+        if bounded != value:
+            changes[key] = bounded
+    return dataclasses.replace(options, **changes) if changes else options
 
 
 def _go_json_type(value: Any) -> str:

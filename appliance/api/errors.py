@@ -15,7 +15,7 @@ from typing import Any
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from appliance.errors import ApplianceError, ServerBusy, Unauthorized
+from appliance.errors import ApplianceError, PayloadTooLarge, ServerBusy, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def openai_error_body(status: int, message: str) -> dict[str, Any]:
         401: "authentication_error",
         403: "permission_error",
         404: "not_found_error",
+        413: "invalid_request_error",
     }
     kind = kinds.get(status, "api_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
@@ -124,7 +125,12 @@ def install_error_handlers(app: Quart) -> None:
             return Response("404 page not found", status=404, content_type="text/plain")
         if exc.code == 405:
             return Response("405 method not allowed", status=405, content_type="text/plain")
-        return error_response(ApplianceError(exc.description or exc.name, status=exc.code or 500))
+        if exc.code == 413:  # quart's own body limit (a route that streams its body)
+            return error_response(PayloadTooLarge(), dialect=_dialect())
+        return error_response(
+            ApplianceError(exc.description or exc.name, status=exc.code or 500),
+            dialect=_dialect(),
+        )
 
     @app.errorhandler(Exception)
     async def _crash(exc: Exception) -> Response:

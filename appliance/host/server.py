@@ -173,6 +173,7 @@ def resolve_limits(settings: Settings) -> tuple[Limits, SlotPolicy]:
         default_num_ctx=settings.default_num_ctx,
         flash_attention=settings.flash_attention,
         kv_cache_type=settings.kv_cache_type,
+        memory_budget=settings.memory_budget or 0,
     )
     if policy.kv_type() != (settings.kv_cache_type or "f16"):
         log.warning(

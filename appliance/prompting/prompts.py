@@ -454,8 +454,8 @@ def _go_tool_call(call: dict[str, Any]) -> GoStruct:
     if isinstance(raw_args, str):
         try:
             raw_args = json.loads(raw_args) if raw_args.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise PromptError(f"invalid tool call arguments: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, Python's int digit limit
+            raise PromptError(f"invalid tool call arguments: {exc}", status=400) from None
     args = OrderedMap(raw_args or {})
     arguments = GoStruct(args, args, stringer=True)
     index = function.get("index") or 0

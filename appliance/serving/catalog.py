@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from appliance.errors import ApplianceError, NotFound
+from appliance.errors import ApplianceError, BadRequest, NotFound
 from appliance.serving.backend import LoadSpec
 from engine.gguf import GGUFInfo, read_gguf_info
 
@@ -57,6 +57,7 @@ class SlotPolicy:
     default_num_ctx: int
     flash_attention: bool | None = None  # OLLAMA_FLASH_ATTENTION; None lets llama.cpp decide
     kv_cache_type: str = ""  # OLLAMA_KV_CACHE_TYPE: "" (f16), "q8_0", "q4_0"
+    memory_budget: int = 0  # bytes a load may use; 0: the machine's physical memory
 
     def kv_type(self) -> str:
         """The KV cache type to use: a quantized cache needs flash attention, so with flash
@@ -65,6 +66,18 @@ class SlotPolicy:
         if kind != "f16" and self.flash_attention is False:
             return "f16"
         return kind
+
+
+MAX_TOTAL_CTX = (1 << 31) - 1
+"""llama.cpp keeps the context size (all slots together) in a uint32; stay well inside it."""
+
+
+def physical_memory() -> int:
+    """Bytes of RAM in the machine, or 0 when the platform cannot tell."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 class Catalog:
@@ -109,7 +122,20 @@ class Catalog:
         return caps
 
     async def plan(self, model: LocalModel, options: Options) -> LoadSpec:
-        """The load spec a request for `model` with `options` needs (reference §4.6, §4.7)."""
+        """The load spec a request for `model` with `options` needs (reference §4.6, §4.7).
+
+        Every load-time option that sizes an allocation is bounded here, before anything is
+        allocated:
+        - `num_ctx`: at least 4 and at most the model's train context (Ollama's llm/server.go),
+          and all slots together inside llama.cpp's uint32 context size;
+        - `num_batch`: at most `num_ctx` (Ollama's rule), 512 when not positive;
+        - `num_thread`: the CPUs there are, else automatic; `num_gpu`: at most every layer;
+        - the memory estimate counts the batch as well as the KV cache, and a load whose
+          request or Modelfile chose `num_ctx`/`num_batch` and that cannot fit the budget (or,
+          with no budget, the machine) is a 400 before any allocation. Ollama has no such
+          rule (it starts the runner and answers 500 when it dies); here one request must
+          not be able to take the server down.
+        """
         if model.model_path is None:
             raise ApplianceError(f"{model.name.full()} has no model weights", status=400)
         info = await self.info(model.model_path)
@@ -118,11 +144,17 @@ class Catalog:
         num_ctx = options.num_ctx or self.policy.default_num_ctx
         if info.context_length:
             num_ctx = min(num_ctx, info.context_length)
-        num_ctx = max(num_ctx, 4)
+        num_ctx = max(4, min(num_ctx, MAX_TOTAL_CTX // n_seq))
         num_batch = options.num_batch if options.num_batch > 0 else 512
+        num_batch = min(num_batch, num_ctx)
         cores = os.cpu_count() or 1
         num_thread = options.num_thread if 0 < options.num_thread <= cores else 0
         kv_type = _kv_type_for(info, self.policy.kv_type())
+        num_gpu = options.num_gpu
+        if info.block_count and num_gpu > info.block_count + 1:
+            num_gpu = info.block_count + 1  # more layers than the model has means all of them
+        memory = info.estimate_memory(num_ctx, n_seq, num_batch, kv_type=kv_type)
+        self._check_fits(memory, options)
         return LoadSpec(
             key=str(model.model_path),
             model_path=model.model_path,
@@ -131,10 +163,10 @@ class Catalog:
             num_batch=num_batch,
             num_thread=num_thread,
             use_mmap=options.use_mmap,
-            num_gpu=options.num_gpu,
+            num_gpu=num_gpu,
             adapters=tuple(str(a) for a in model.adapters),
             embedding_only=embedding_only,
-            memory_bytes=info.estimate_memory(num_ctx, n_seq, kv_type=kv_type),
+            memory_bytes=memory,
             extra={
                 "flash_attn": self.policy.flash_attention,
                 "type_k": kv_type,
@@ -142,3 +174,15 @@ class Catalog:
             },
             options_key=options.load_key(info.context_length),
         )
+
+    def _check_fits(self, memory: int, options: Options) -> None:
+        """400 when options the client (or Modelfile) chose make the load larger than memory."""
+        if not {"num_ctx", "num_batch"} & options.explicit:
+            return  # the defaults: the scheduler decides, and answers as Ollama does
+        ceiling = self.policy.memory_budget or physical_memory()
+        if ceiling and memory > ceiling:
+            raise BadRequest(
+                f"model requires more system memory ({memory / 2**30:.1f} GiB) than is "
+                f"available ({ceiling / 2**30:.1f} GiB) with num_ctx {options.num_ctx} and "
+                f"num_batch {options.num_batch}; lower num_ctx or num_batch"
+            )

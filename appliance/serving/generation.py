@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import ApplianceError, BadRequest
+from appliance.format_bounds import check_format_bounds
+from appliance.options import bounded_for_context
 from engine.batch import Chunk, SequenceRequest
 from engine.sampling import SamplingParams, format_grammar
 
@@ -45,6 +47,7 @@ def grammar_for(format_value: Any) -> str | None:
         raise BadRequest(
             f'invalid format: {format_value!r}; expected "json" or a valid JSON schema'
         )
+    check_format_bounds(format_value)  # before the converter writes every repetition out
     try:
         return format_grammar(format_value)
     except ValueError as exc:
@@ -54,10 +57,8 @@ def grammar_for(format_value: Any) -> str | None:
 def sequence_request(
     tokens: list[int], options: Options, *, grammar: str | None, num_ctx: int, truncate: bool = True
 ) -> SequenceRequest:
+    options = bounded_for_context(options, num_ctx)  # num_predict, num_keep, repeat_last_n
     num_predict = options.num_predict
-    if num_predict is None or num_predict < 0:
-        # Open-ended generation stops at the end of the context (reference §2.10 caps it too).
-        num_predict = -1
     sampling = SamplingParams(
         temperature=options.temperature,
         top_k=options.top_k,

@@ -19,7 +19,8 @@ from typing import Any
 
 import trio
 
-from appliance.errors import BadRequest, NotFound
+from appliance.errors import ApplianceError, BadRequest, NotFound
+from appliance.options import Options
 from appliance.store.layout import InvalidDigest, api_digest
 from appliance.store.manifest import (
     CONFIG_MEDIA_TYPE,
@@ -142,6 +143,7 @@ def parse_create_request(body: dict[str, Any]) -> CreateRequest:
             "json: cannot unmarshal into Go struct field CreateRequest.parameters "
             "of type map[string]interface {}"
         )
+    _check_parameters(params)
     messages = body.get("messages") or []
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise BadRequest(
@@ -175,6 +177,15 @@ def parse_create_request(body: dict[str, Any]) -> CreateRequest:
         parser=_str_field(body, "parser"),
         stream=stream is not False,
     )
+
+
+def _check_parameters(params: dict[str, Any]) -> None:
+    """Type the parameters as Ollama's `Options.FromMap` does, now rather than at every request:
+    a badly typed value would otherwise be stored and make every later request a 500."""
+    try:
+        Options().with_map(params)
+    except ApplianceError as exc:
+        raise BadRequest(exc.message) from None
 
 
 def _go_numbers(value: Any) -> Any:

@@ -86,6 +86,7 @@ def blobs_dir(root: Path) -> Path:
 
 
 def manifest_path(root: Path, name: ModelName) -> Path:
+    name.check_storable()  # every path built from a name is built here
     return under_root(root, "manifests", *name.parts())
 
 

@@ -17,6 +17,8 @@ DEFAULT_TAG = "latest"
 DEFAULT_SCHEME = "https"
 
 MAX_NAME_CHARS = 350 + 3 * 80 + 3 + 16  # host + ns/model/tag + separators + a scheme
+MAX_FILE_NAME = 255
+"""NAME_MAX on Linux, macOS and Windows: every part of a name becomes one path component."""
 _HOST, _NAMESPACE, _MODEL, _TAG = range(4)
 _ALNUM_ = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -58,6 +60,28 @@ class ModelName:
     def key(self) -> tuple[str, str, str, str]:
         """The case-folded identity two spellings of one model share."""
         return tuple(p.lower() for p in self.parts())  # type: ignore[return-value]
+
+    def check_storable(self) -> None:
+        """400 for a name that parses (Ollama allows a 350-character host) but cannot be a path:
+        a part longer than a file name may be would fail later with ENAMETOOLONG."""
+        for label, part in zip(("host", "namespace", "model", "tag"), self.parts(), strict=True):
+            if len(part.encode()) > MAX_FILE_NAME:
+                raise InvalidName(
+                    f"invalid model name: the {label} part is {len(part)} characters, "
+                    f"more than the {MAX_FILE_NAME} a file name may have"
+                )
+
+    def check_registry_host(self) -> None:
+        """400 for a host no registry can have (checked before a pull or push dials it): a DNS
+        name over 253 characters or with a label over 63, or a port outside 1..65535."""
+        host, _, port = self.host.rpartition(":") if ":" in self.host else (self.host, "", "")
+        problem = ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            problem = f"port {port} is not between 1 and 65535"
+        elif len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
+            problem = "a host name has at most 253 characters and 63 between dots"
+        if problem:
+            raise InvalidName(f"invalid model name: {problem}")
 
     def same_as(self, other: ModelName) -> bool:
         return self.key() == other.key()

@@ -14,7 +14,7 @@ from quart import Blueprint, Response, request
 
 from appliance.api.context import services
 from appliance.api.middleware.asgi import note_model
-from appliance.api.requests import field_of_type, read_json_object
+from appliance.api.requests import check_images, field_of_type, read_json_object
 from appliance.api.streaming import json_response, ndjson_response
 from appliance.errors import BadRequest, NotFound
 from appliance.gocompat.timefmt import go_time_ns
@@ -303,6 +303,7 @@ def _pull_fn() -> Any:
 @bp.route("/api/create", methods=["POST"])
 async def create() -> Response:
     body = await read_json_object()
+    check_images({"messages": body.get("messages")})
     req = parse_create_request(body)
     progress = create_model(_store(), req, noprune=_noprune(), pull=_pull_fn())
     if not req.stream:

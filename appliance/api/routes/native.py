@@ -19,13 +19,13 @@ from quart import Blueprint, Response
 from appliance import OLLAMA_COMPAT_VERSION, __version__
 from appliance.api.context import services
 from appliance.api.middleware.asgi import note_model
-from appliance.api.requests import field_of_type, read_json_object
+from appliance.api.requests import check_images, field_of_type, read_json_object
 from appliance.api.streaming import json_response, ndjson_response
 from appliance.errors import ApplianceError, BadRequest, NotFound
 from appliance.gocompat.durations import parse_keep_alive
 from appliance.gocompat.timefmt import go_time, utc_now_go
 from appliance.options import resolve_options
-from appliance.prompting.prompts import PromptTemplate, truncate_messages
+from appliance.prompting.prompts import PromptError, PromptTemplate, truncate_messages
 from appliance.prompting.reply import ReplyParser, ReplyPart
 from appliance.prompting.thinking import thinking_parser
 from appliance.prompting.toolcalls import tool_call_parser
@@ -37,6 +37,7 @@ from appliance.serving.generation import (
     run_sequence,
     sequence_request,
 )
+from appliance.store.create import validate_template
 from appliance.store.names import parse_model_name
 
 bp = Blueprint("native", __name__)
@@ -59,7 +60,8 @@ async def version() -> Response:
 
 
 def _common_checks(body: dict[str, Any]) -> float | None:
-    """Decode-time checks shared by generate and chat: top_logprobs and keep_alive."""
+    """Decode-time checks shared by generate and chat: images, top_logprobs and keep_alive."""
+    check_images(body)
     top = body.get("top_logprobs")
     if top is not None and (
         not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20
@@ -313,6 +315,8 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
         isinstance(t, int) and not isinstance(t, bool) for t in context
     ):
         raise BadRequest("json: cannot unmarshal context into Go struct field of type []int")
+    if template:
+        validate_template(template)  # a client's template: 400, before a slot is taken
     options = _options(model, body)
     grammar = grammar_for(body.get("format"))
 
@@ -328,13 +332,18 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
             text = prompt
         else:
             tmpl = await _template_for(model, lease, template)
-            text = tmpl.render_generate(
-                prompt,
-                system=system if system is not None else model.system,
-                suffix=suffix or None,
-                messages_before=() if context else list(model.messages or ()),
-                think=think,
-            )
+            try:
+                text = tmpl.render_generate(
+                    prompt,
+                    system=system if system is not None else model.system,
+                    suffix=suffix or None,
+                    messages_before=() if context else list(model.messages or ()),
+                    think=think,
+                )
+            except PromptError as exc:
+                if not template:
+                    raise
+                raise BadRequest(exc.message) from None  # the client's own template failed
             if think:
                 reply = ReplyParser(thinking_parser(tmpl, text))
             if context:

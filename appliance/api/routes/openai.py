@@ -22,7 +22,7 @@ import trio
 from quart import Blueprint, Response
 
 from appliance.api.context import services
-from appliance.api.requests import read_json_object
+from appliance.api.requests import decode_json, read_json_object
 from appliance.api.routes.native import (
     NativeAnswer,
     embed_answer,
@@ -207,8 +207,8 @@ def _tool_calls(calls: Any) -> list[dict[str, Any]]:
             raise BadRequest("invalid message format")
         arguments = function.get("arguments") or "{}"
         try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except json.JSONDecodeError:
+            parsed = decode_json(arguments) if isinstance(arguments, str) else arguments
+        except BadRequest:
             raise BadRequest("invalid tool call arguments") from None
         if not isinstance(parsed, dict):
             raise BadRequest("invalid tool call arguments")

@@ -58,6 +58,8 @@ def _model_text(body: dict[str, Any]) -> str:
 async def pull() -> Response:
     body = await read_json_object()
     name = parse_model_name(_model_text(body))  # 400 `invalid model name`
+    name.check_storable()
+    name.check_registry_host()
     insecure = field_of_type(body, "insecure", bool, False)
     stream = field_of_type(body, "stream", bool, True)
     svc = services()
@@ -84,6 +86,8 @@ async def push() -> Response:
     if not text:
         raise BadRequest("model is required")
     name = parse_model_name(text)
+    name.check_storable()
+    name.check_registry_host()
     insecure = field_of_type(body, "insecure", bool, False)
     stream = field_of_type(body, "stream", bool, True)
     svc = services()

@@ -32,6 +32,11 @@ def execute(nodes: list[Any], data: Any) -> str:
     return "".join(run.out)
 
 
+MAX_RENDER_STEPS = 2_000_000
+"""Nodes one render may execute: `{{range 1000000000}}` in a client's template would otherwise
+hold the event loop for minutes (a long chat's template takes a few hundred thousand)."""
+
+
 class _Break(Exception):
     pass
 
@@ -46,6 +51,12 @@ class _Execution:
     def __init__(self, out: list[str], variables: list[list[Any]]) -> None:
         self.out = out
         self.vars = variables  # [name, value] pairs, innermost last
+        self.steps = MAX_RENDER_STEPS
+
+    def step(self, line: int) -> None:
+        self.steps -= 1
+        if self.steps < 0:
+            raise TemplateError(f"line {line}: template runs more than {MAX_RENDER_STEPS} steps")
 
     def lookup(self, name: str) -> Any:
         for pair in reversed(self.vars):
@@ -62,6 +73,7 @@ class _Execution:
 
     def walk_list(self, nodes: list[Any], dot: Any) -> None:
         for node in nodes:
+            self.step(getattr(node, "line", 0))
             if isinstance(node, Text):
                 self.out.append(node.text)
             elif isinstance(node, Action):
@@ -152,7 +164,7 @@ class _Execution:
         raise TemplateError(f"line {line}: can't evaluate {node!r}")
 
 
-def _range_items(value: Any, line: int) -> list[tuple[Any, Any]]:
+def _range_items(value: Any, line: int) -> Any:
     """(key, element) pairs `range` visits, in Go's order."""
     if value is MISSING or value is None:
         return []
@@ -165,7 +177,8 @@ def _range_items(value: Any, line: int) -> list[tuple[Any, Any]]:
     if isinstance(value, (list, tuple)):
         return list(enumerate(value))
     if isinstance(value, int) and not isinstance(value, bool):
-        return [(i, i) for i in range(value)]
+        # Lazily: a huge count runs out of render steps, not of memory.
+        return zip(range(value), range(value)) if value > 0 else []
     raise TemplateError(f"line {line}: range can't iterate over {go_sprint(value)}")
 
 

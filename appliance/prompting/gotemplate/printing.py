@@ -129,7 +129,13 @@ def go_sprintf(fmt: str, args: list[Any]) -> str:
             continue
         arg = args[argi]
         argi += 1
+        if prec is not None and _too_large(prec):
+            out.append("%!(BADPREC)")  # Go's fmt refuses widths and precisions over 1e6
+            prec = None
         text = _format_verb(verb, arg, prec)
+        if width and _too_large(width):
+            out.append("%!(BADWIDTH)" + text)
+            continue
         if width:
             w = int(width)
             if "-" in flags:
@@ -145,6 +151,10 @@ def go_sprintf(fmt: str, args: list[Any]) -> str:
         extra = ", ".join(f"{go_type(a)}={go_sprint(a)}" for a in args[argi:])
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
+
+
+def _too_large(digits: str) -> bool:
+    return len(digits) > 7 or int(digits) > 1_000_000
 
 
 def _format_verb(verb: str, arg: Any, prec: str | None) -> str:
