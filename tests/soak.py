@@ -397,7 +397,11 @@ class Soak:
             elif kind == "num_batch":
                 r = await client.post(
                     "/api/generate",
-                    json={"model": self.model, "prompt": "hi", "options": {"num_batch": 10**8}},
+                    json={
+                        "model": self.model,
+                        "prompt": "hi",
+                        "options": {"num_batch": 10**8, "num_predict": 1},
+                    },
                 )
             else:  # a body over the limit (64 MiB)
                 r = await client.post(
@@ -467,9 +471,15 @@ class Soak:
     # -- the whole run
 
     async def warm_up(self) -> None:
-        async with self.client() as client:
+        async with self.client(timeout=600) as client:  # the first start imports, then loads
             r = await client.post(
-                "/api/generate", json={"model": self.model, "prompt": "hi", "stream": False}
+                "/api/generate",
+                json={
+                    "model": self.model,
+                    "prompt": "hi",
+                    "stream": False,
+                    "options": {"num_predict": 1},
+                },
             )
             if r.status_code != 200:
                 raise RuntimeError(f"warm-up failed: {r.status_code} {r.text}")
