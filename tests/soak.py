@@ -306,20 +306,18 @@ class Soak:
                     self.report.record("stream", r.status_code, (await r.aread()).decode())
                     return
                 last = None
-                gaps: list[float] = []
                 async for line in r.aiter_lines():
                     if not line.strip():
                         continue
                     now = time.perf_counter()
                     if last is not None:
-                        gaps.append(now - last)
+                        self.report.gaps.append(now - last)
                     last = now
                     obj = json.loads(line)
                     if "error" in obj:
                         self.report.record("stream", 500, f"error line: {obj['error']}")
                         return
                     if obj.get("done"):
-                        self.report.gaps.extend(gaps)
                         self.report.record("stream", 200)
                         self.report.completed["stream"] += 1
 
