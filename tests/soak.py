@@ -8,7 +8,8 @@ together:
 - normal streamers (their gaps between tokens give the p99 gap),
 - clients that hang up mid-prompt (a long history, gone before the first byte) and mid-answer
   (gone after the third line),
-- clients that never read (a 2 KiB receive buffer, the connection held, then closed),
+- clients that never read (a 2 KiB receive buffer, the connection held, then closed; and one that
+  stays connected, never reading, until after the quiet checks),
 - hostile bodies (JSON nested 100,000 deep, a huge num_batch, a body over the size limit),
 - embedding batches,
 - a stray-token prober: a stream abandoned after its third line, then at once a temperature-0
@@ -357,6 +358,15 @@ class Soak:
 
     async def never_read(self) -> None:
         """A stream asked for on a socket with a 2 KiB receive buffer, never read, then closed."""
+        sock = await self.open_never_reader()
+        try:
+            await trio.sleep(self.config.never_read_hold)
+        finally:
+            sock.close()
+        self.report.completed["never_read"] += 1
+
+    async def open_never_reader(self) -> trio.socket.SocketType:
+        """A socket with a 2 KiB receive buffer that asked for a 300-token stream."""
         body = json.dumps(
             {"model": self.model, "prompt": "Write a long essay.", "options": {"num_predict": 300}}
         ).encode()
@@ -373,10 +383,10 @@ class Soak:
             while view:
                 sent = await sock.send(view)
                 view = view[sent:]
-            await trio.sleep(self.config.never_read_hold)
-        finally:
+        except BaseException:
             sock.close()
-        self.report.completed["never_read"] += 1
+            raise
+        return sock
 
     # -- hostile bodies
 
@@ -481,6 +491,9 @@ class Soak:
             )
             if r.status_code != 200:
                 raise RuntimeError(f"warm-up failed: {r.status_code} {r.text}")
+            r = await client.post("/api/embed", json={"model": self.model, "input": "warm up"})
+            if r.status_code != 200:  # the embedding context counts in the RSS baseline
+                raise RuntimeError(f"warm-up embedding failed: {r.status_code} {r.text}")
             if self.model == REFERENCE:
                 self.report.cold_answer = await self.json_answer(client)
 
@@ -498,7 +511,8 @@ class Soak:
 
         async def one() -> None:
             nonlocal served
-            async with self.client(timeout=60) as client:
+            # A slot held by a sequence still generating comes back within this; a leaked one never.
+            async with self.client(timeout=180) as client:
                 r = await client.post(
                     "/api/generate",
                     json={
@@ -519,9 +533,19 @@ class Soak:
             await self.guarded("stray_probe", self.stray_probe_once)
 
     async def run(self) -> SoakReport:
-        config = self.config
         await self.warm_up()
         self.report.rss_start = self.server.rss()
+        # One client that never reads stays connected to the very end: its slot must come back
+        # when its sequence ends, not when it hangs up.
+        stuck = await self.open_never_reader()
+        try:
+            await self.load_and_check()
+        finally:
+            stuck.close()
+        return self.report
+
+    async def load_and_check(self) -> None:
+        config = self.config
         with trio.move_on_after(config.duration):
             async with trio.open_nursery() as nursery:
                 for _ in range(config.streamers):
@@ -540,7 +564,6 @@ class Soak:
         self.report.rss_end = self.server.rss()
         self.report.server_exit = self.server.process.poll()
         self.report.log_tail = self.server.log_tail()
-        return self.report
 
     async def watch_server(self) -> None:
         """End the load early when the server dies: nothing after that is worth measuring."""
