@@ -27,7 +27,8 @@ import numpy as np
 from engine.batch import _default_threads
 from engine.model import Model
 
-CHUNK = 64  # tokens per decode for completion models: bounds the logits scratch to 64 rows
+CHUNK = 32  # tokens per decode for completion models: bounds the logits scratch to 32 rows, and
+# one piece of work to about the time of a few decode steps (the LM head runs on every row)
 
 
 class InputTooLong(ValueError):

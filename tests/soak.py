@@ -70,6 +70,7 @@ class SoakConfig:
     never_read_hold: float = 8.0  # seconds a never-reading client keeps its connection
     memory_limit: int = 4 * 1024**3  # the server's cgroup limit, bytes
     request_timeout: float = 120.0  # a client gives up after this (counted, not a 5xx)
+    settle: float = 180.0  # once quiet, how long a slot may stay busy finishing its sequence
     seed: int = 0
 
 
@@ -497,38 +498,53 @@ class Soak:
             if self.model == REFERENCE:
                 self.report.cold_answer = await self.json_answer(client)
 
-    async def quiet_checks(self) -> None:
+    async def busy_slots(self) -> float | None:
+        """The `ollama_model_slots_busy` gauges of /metrics, summed (None: no such gauge)."""
         async with self.client(timeout=10) as client:
-            with contextlib.suppress(httpx.HTTPError):
+            try:
                 metrics = await client.get("/metrics")
-                busy = [
-                    float(line.rsplit(" ", 1)[1])
-                    for line in metrics.text.splitlines()
-                    if line.startswith("ollama_model_slots_busy")
-                ]
-                self.report.slots_busy_gauge = sum(busy) if busy else None
-        served = 0
+            except httpx.HTTPError:
+                return None
+        busy = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.text.splitlines()
+            if line.startswith("ollama_model_slots_busy")
+        ]
+        return sum(busy) if busy else None
 
-        async def one() -> None:
-            nonlocal served
-            # A slot held by a sequence still generating comes back within this; a leaked one never.
-            async with self.client(timeout=180) as client:
-                r = await client.post(
-                    "/api/generate",
-                    json={
-                        "model": self.model,
-                        "prompt": "hi",
-                        "stream": False,
-                        "options": {"num_predict": 1},
-                    },
-                )
-                self.report.record("quiet_check", r.status_code, r.text)
-                served += r.status_code == 200
+    async def quiet_checks(self) -> None:
+        """Slots still busy once quiet: the gauge (given up to `settle` seconds to reach 0, for a
+        sequence that is still generating), then a request for every slot at once, which must all
+        be in flight together."""
+        with trio.move_on_after(self.config.settle):
+            while (busy := await self.busy_slots()) and busy > 0:
+                await trio.sleep(1)
+        self.report.slots_busy_gauge = await self.busy_slots()
+        first_lines: list[float] = []
+        ends: list[float] = []
+
+        async def check_one() -> None:
+            body = {"model": self.model, "prompt": "Count to ten.", "options": {"num_predict": 8}}
+            async with self.client(timeout=self.config.settle) as client:
+                async with client.stream("POST", "/api/generate", json=body) as r:
+                    if r.status_code != 200:
+                        self.report.record("quiet_check", r.status_code, (await r.aread()).decode())
+                        return
+                    first = None
+                    async for line in r.aiter_lines():
+                        if line.strip() and first is None:
+                            first = time.perf_counter()
+                    self.report.record("quiet_check", r.status_code)
+                    if first is not None:
+                        first_lines.append(first)
+                        ends.append(time.perf_counter())
 
         async with trio.open_nursery() as nursery:
             for _ in range(self.config.num_parallel):
-                nursery.start_soon(self.guarded, "quiet_check", one)
-        self.report.slots_leaked = self.config.num_parallel - served
+                nursery.start_soon(self.guarded, "quiet_check", check_one)
+        # A request that only started once another had finished waited for a slot that was busy.
+        together = sum(first < min(ends) for first in first_lines) if ends else 0
+        self.report.slots_leaked = self.config.num_parallel - together
         if self.model == REFERENCE:
             await self.guarded("stray_probe", self.stray_probe_once)
 
@@ -616,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = (
         report.count_5xx == 0
         and report.slots_leaked == 0
+        and not report.slots_busy_gauge
         and report.stray_tokens == 0
         and report.server_exit is None
     )
