@@ -427,8 +427,8 @@ class Soak:
 
     async def embed_once(self) -> None:
         inputs = [
-            f"Document {i}: " + "the quick brown fox jumps over the lazy dog " * 40
-            for i in range(6)
+            f"Document {i}: " + "the quick brown fox jumps over the lazy dog " * 10
+            for i in range(4)
         ]
         async with self.client() as client:
             r = await client.post("/api/embed", json={"model": self.model, "input": inputs})
