@@ -186,11 +186,6 @@ class Embedding:
     total: np.ndarray | None = field(default=None, repr=False)
     vector: np.ndarray | None = field(default=None, repr=False)
 
-    @property
-    def pieces(self) -> int:
-        """How many decodes the whole input takes."""
-        return -(-len(self.tokens) // self.piece)
-
     def result(self, *, normalize: bool = True, dimensions: int | None = None) -> list[float]:
         """The finished vector, cut to `dimensions` (then always normalised) or normalised.
 
