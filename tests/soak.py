@@ -90,6 +90,7 @@ class SoakReport:
     slots_busy_gauge: float | None = None
     rss_start: int = 0
     rss_end: int = 0
+    unanswered: dict[str, float] = field(default_factory=dict)  # kind -> oldest in flight, s
     server_exit: int | None = None  # the server's exit status if it died during the soak
     cgroup: bool = False
     log_tail: str = ""
@@ -129,6 +130,7 @@ class SoakReport:
                 else "no data"
             ),
             f"  client timeouts:     {dict(self.client_timeouts)}",
+            f"  in flight when the load ended (oldest, s): {self.unanswered}",
             f"  transport errors:    {dict(self.transport_errors)}",
             f"  statuses:            {dict(sorted(self.statuses.items()))}",
             f"  memory cgroup:       {'yes' if self.cgroup else 'no (RLIMIT_AS instead)'}",
@@ -275,6 +277,7 @@ class Soak:
         self.report = SoakReport()
         self.random = random.Random(config.seed)
         self.model = config.model
+        self.in_flight: dict[object, tuple[str, float]] = {}  # action -> (kind, started)
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         kwargs.setdefault("timeout", self.config.request_timeout)
@@ -282,12 +285,16 @@ class Soak:
 
     async def guarded(self, kind: str, fn: Callable[[], Any]) -> None:
         """One client action; timeouts and transport errors are counted, never raised."""
+        token = object()
+        self.in_flight[token] = (kind, time.monotonic())
         try:
             await fn()
         except httpx.TimeoutException:
             self.report.client_timeouts[kind] += 1
         except (httpx.TransportError, OSError, trio.BrokenResourceError) as exc:
             self.report.transport_errors[f"{kind}: {type(exc).__name__}"] += 1
+        finally:
+            del self.in_flight[token]
 
     async def loop(self, kind: str, fn: Callable[[], Any], pause: float = 0.0) -> None:
         while True:
@@ -562,8 +569,19 @@ class Soak:
 
     async def load_and_check(self) -> None:
         config = self.config
-        with trio.move_on_after(config.duration):
+
+        end = trio.current_time() + config.duration
+
+        async def note_unanswered() -> None:
+            await trio.sleep_until(end - 0.05)
+            now = time.monotonic()  # what is still waiting when the load stops, and since when
+            for kind, started in self.in_flight.values():
+                age = round(now - started, 1)
+                self.report.unanswered[kind] = max(self.report.unanswered.get(kind, 0), age)
+
+        with trio.move_on_at(end):
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(note_unanswered)
                 for _ in range(config.streamers):
                     nursery.start_soon(self.loop, "stream", self.stream_once)
                 nursery.start_soon(self.loop, "hang_up_mid_prompt", self.hang_up_mid_prompt, 1.0)
