@@ -114,6 +114,9 @@ class Embedder:
             raise RuntimeError("embedder is closed")
         if job.vector is not None:
             return True
+        if not job.tokens:  # nothing to pool: no vector, as the mean of no rows (NaN) says
+            job.vector = np.full(self._n_embd, np.nan)
+            return True
         start = job.done
         if start == 0:
             llama_cpp.llama_memory_clear(self._mem, True)
