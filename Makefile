@@ -14,7 +14,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 	-DLLAMA_BUILD_TOOLS=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: install serve test test-peers bench binary binary-onedir lint clean
+.PHONY: install serve test test-peers bench soak binary binary-onedir lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ test-peers:
 
 bench: install
 	$(BIN)/python -m bench
+
+# Every kind of client at once against the real server (reference model) for SOAK_SECONDS, then a
+# quiet check: 5xx answers, slots still busy, stray tokens, RSS growth, p99 token gap.
+SOAK_SECONDS ?= 600
+soak: install
+	$(BIN)/python tests/soak.py --duration $(SOAK_SECONDS)
 
 binary: install
 	$(BIN)/python -m pip install --quiet -e ".[binary]"

@@ -9,11 +9,17 @@ Two ways, chosen by what the model declares:
   `n_ctx x n_vocab` floats (4 GiB for gemma3 at 4096 tokens). Instead the input is decoded causally
   in chunks of CHUNK tokens with pooling NONE, and the per-token hidden states (after the final
   norm, what llama.cpp's MEAN pooling averages) are averaged here.
+
+The work comes in pieces, one decode each (`Embedding.advance`): the caller runs each piece as its
+own worker-thread call, so decode steps of other requests interleave with a long embedding and a
+client that leaves stops it between pieces. One input's pieces share the context's memory: finish
+(or abandon) one input before starting the next.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import llama_cpp
 import numpy as np
@@ -21,7 +27,8 @@ import numpy as np
 from engine.batch import _default_threads
 from engine.model import Model
 
-CHUNK = 64  # tokens per decode for completion models: bounds the logits scratch to 64 rows
+CHUNK = 32  # tokens per decode for completion models: bounds the logits scratch to 32 rows, and
+# one piece of work to about the time of a few decode steps (the LM head runs on every row)
 
 
 class InputTooLong(ValueError):
@@ -64,7 +71,11 @@ class Embedder:
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._batch_live = True
 
-    def _fit(self, text: str, truncate: bool) -> list[int]:
+    def fit(self, text: str, truncate: bool = True) -> list[int]:
+        """The tokens `text` is embedded from (reads only the vocabulary: any thread may call it).
+
+        Raises InputTooLong when the text exceeds the context and `truncate` is off.
+        """
         model = self.model
         tokens = model.tokenize(text, add_special=False, parse_special=True)
         specials = int(model.add_bos) + int(model.add_eos)
@@ -92,26 +103,43 @@ class Embedder:
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
 
-    def _embed_tokens(self, tokens: list[int]) -> np.ndarray:
+    def begin(self, tokens: list[int]) -> Embedding:
+        """An input's embedding, not computed yet: call `advance` until it returns True."""
+        piece = len(tokens) if self.pools_natively else self._n_batch
+        return Embedding(tokens, piece=max(1, piece))
+
+    def advance(self, job: Embedding) -> bool:
+        """Decode the next piece of `job` (one llama_decode); True once its vector is ready."""
         if self._ctx is None:
             raise RuntimeError("embedder is closed")
-        llama_cpp.llama_memory_clear(self._mem, True)
+        if job.vector is not None:
+            return True
+        if not job.tokens:  # nothing to pool: no vector, as the mean of no rows (NaN) says
+            job.vector = np.full(self._n_embd, np.nan)
+            return True
+        start = job.done
+        if start == 0:
+            llama_cpp.llama_memory_clear(self._mem, True)
+            job.total = np.zeros(self._n_embd, dtype=np.float64)
+        chunk = job.tokens[start : start + job.piece]
+        self._decode(chunk, start)
         if self.pools_natively:
-            self._decode(tokens, 0)
             ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)
             if not ptr:
                 raise RuntimeError("llama.cpp returned no pooled embedding")
-            return np.ctypeslib.as_array(ptr, shape=(self._n_embd,)).astype(np.float64)
-        total = np.zeros(self._n_embd, dtype=np.float64)
-        for start in range(0, len(tokens), self._n_batch):
-            chunk = tokens[start : start + self._n_batch]
-            self._decode(chunk, start)
-            ptr = llama_cpp.llama_get_embeddings(self._ctx)
-            if not ptr:
-                raise RuntimeError("llama.cpp returned no embeddings")
-            rows = np.ctypeslib.as_array(ptr, shape=(len(chunk), self._n_embd))
-            total += rows.sum(axis=0, dtype=np.float64)
-        return total / len(tokens)
+            job.vector = np.ctypeslib.as_array(ptr, shape=(self._n_embd,)).astype(np.float64)
+            job.done = len(job.tokens)
+            return True
+        ptr = llama_cpp.llama_get_embeddings(self._ctx)
+        if not ptr:
+            raise RuntimeError("llama.cpp returned no embeddings")
+        rows = np.ctypeslib.as_array(ptr, shape=(len(chunk), self._n_embd))
+        job.total += rows.sum(axis=0, dtype=np.float64)
+        job.done = start + len(chunk)
+        if job.done >= len(job.tokens):
+            job.vector = job.total / len(job.tokens)
+            return True
+        return False
 
     def embed(
         self,
@@ -121,22 +149,18 @@ class Embedder:
         normalize: bool = True,
         dimensions: int | None = None,
     ) -> tuple[list[list[float]], int]:
-        """Vectors for `texts` and the total number of input tokens.
+        """Vectors for `texts` and the total number of input tokens, all in this thread.
 
         Raises InputTooLong (truncate=False and an input is too long) and ValueError (the model
         produced NaN or Inf).
         """
-        fitted = [self._fit(text, truncate) for text in texts]
+        fitted = [self.fit(text, truncate) for text in texts]
         vectors: list[list[float]] = []
         for tokens in fitted:
-            vec = self._embed_tokens(tokens)
-            if not np.all(np.isfinite(vec)):
-                raise ValueError("embedding contains NaN or Inf values")
-            if dimensions is not None and 0 < dimensions < len(vec):
-                vec = _l2(vec[:dimensions])
-            elif normalize:
-                vec = _l2(vec)
-            vectors.append(vec.tolist())
+            job = self.begin(tokens)
+            while not self.advance(job):
+                pass
+            vectors.append(job.result(normalize=normalize, dimensions=dimensions))
         return vectors, sum(len(t) for t in fitted)
 
     def close(self) -> None:
@@ -153,6 +177,33 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(eq=False)
+class Embedding:
+    """One input on its way to a vector: `piece` tokens per decode, `done` decoded so far."""
+
+    tokens: list[int]
+    piece: int
+    done: int = 0
+    total: np.ndarray | None = field(default=None, repr=False)
+    vector: np.ndarray | None = field(default=None, repr=False)
+
+    def result(self, *, normalize: bool = True, dimensions: int | None = None) -> list[float]:
+        """The finished vector, cut to `dimensions` (then always normalised) or normalised.
+
+        Raises ValueError when the model produced NaN or Inf.
+        """
+        vec = self.vector
+        if vec is None:
+            raise RuntimeError("the embedding is not finished")
+        if not np.all(np.isfinite(vec)):
+            raise ValueError("embedding contains NaN or Inf values")
+        if dimensions is not None and 0 < dimensions < len(vec):
+            vec = _l2(vec[:dimensions])
+        elif normalize:
+            vec = _l2(vec)
+        return vec.tolist()
 
 
 def _l2(vec: np.ndarray) -> np.ndarray:

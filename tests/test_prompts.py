@@ -430,7 +430,7 @@ def test_jinja_capabilities_come_from_the_template_text() -> None:
     assert PromptTemplate().capabilities() == set()
 
 
-def test_truncation_drops_oldest_non_system_messages_until_it_fits() -> None:
+def test_truncation_drops_the_oldest_whole_turns_until_it_fits() -> None:
     msgs = [
         {"role": "system", "content": "s"},
         {"role": "user", "content": "u1"},
@@ -438,7 +438,7 @@ def test_truncation_drops_oldest_non_system_messages_until_it_fits() -> None:
         {"role": "user", "content": "u2"},
     ]
     kept = truncate_messages(msgs, lambda c: len(c) <= 3)
-    assert [m["content"] for m in kept] == ["s", "a1", "u2"]
+    assert [m["content"] for m in kept] == ["s", "u2"]
 
 
 def test_truncation_keeps_every_system_message_and_the_last_one_even_if_too_long() -> None:
@@ -463,3 +463,41 @@ def test_truncation_keeps_everything_that_fits() -> None:
     msgs = [{"role": "user", "content": str(i)} for i in range(4)]
     assert truncate_messages(msgs, lambda c: True) == msgs
     assert truncate_messages([], lambda c: True) == []
+
+
+def test_truncation_never_starts_the_kept_history_at_an_assistant_turn() -> None:
+    msgs = [{"role": "system", "content": "s"}]
+    for i in range(40):
+        msgs += [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    msgs.append({"role": "user", "content": "last"})
+    for budget in range(2, len(msgs) + 1):
+        kept = truncate_messages(msgs, lambda c, b=budget: len(c) <= b)
+        assert kept[0]["content"] == "s" and kept[1]["role"] == "user", budget
+        assert len(kept) in (budget, budget - 1), budget  # only whole turns are dropped
+
+
+def test_truncation_of_a_long_history_needs_logarithmically_many_renders() -> None:
+    msgs = [{"role": "user", "content": str(i)} for i in range(20_001)]
+    tried: list[int] = []
+
+    def fits(candidate: list[dict[str, str]]) -> bool:
+        tried.append(len(candidate))
+        return len(candidate) <= 777
+
+    kept = truncate_messages(msgs, fits)
+    assert [m["content"] for m in kept] == [str(i) for i in range(20_001 - 777, 20_001)]
+    assert len(tried) <= 2 * 16  # gallop + bisect: about 2 log2(777)
+    assert max(tried) <= 2 * 777  # no render is much bigger than what is kept
+
+
+def test_truncation_tries_a_short_history_whole_first() -> None:
+    tried: list[int] = []
+    assert truncate_messages(HELLO, lambda c: tried.append(len(c)) or True) == HELLO
+    assert tried == [3]
+
+
+def test_truncation_keeps_the_history_as_sent_when_it_fits_even_if_it_starts_with_a_reply() -> None:
+    msgs = [{"role": "assistant", "content": f"a{i}"} for i in range(3)] + [
+        m for i in range(20) for m in ({"role": "user", "content": f"u{i}"},)
+    ]
+    assert truncate_messages(msgs, lambda c: True) == msgs

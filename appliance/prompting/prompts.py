@@ -14,8 +14,9 @@ are read from the same template, once per `PromptTemplate` (`derive`).
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -325,29 +326,85 @@ class PromptTemplate:
             raise PromptError(f"chat template error: {exc}") from None
 
 
+#: Histories with at most this many places to cut are first tried whole: one render, the usual case.
+WHOLE_FIRST = 16
+
+
+def truncation_search(
+    messages: Sequence[dict[str, Any]],
+) -> Generator[list[dict[str, Any]], bool, list[dict[str, Any]]]:
+    """The history to keep, found in O(log n) renders: yields candidates, is sent whether each fits.
+
+    Every system message is kept; the oldest WHOLE turns (a user message and the replies after it)
+    are dropped, so after the system messages the kept history starts at a user message, the only
+    place a strict template (Gemma's: roles must alternate) can begin. The newest turn is always
+    kept: if even it does not fit, it is returned and the caller reports the overflow (Ollama's
+    `chatPrompt` keeps the last message the same way).
+
+    Fewer turns never render longer, so the search gallops back from the newest turn (1, 2, 4, ...
+    turns) and then bisects: each candidate is at most about twice the kept history, and a caller
+    can run each render as its own bounded piece of work.
+    """
+    msgs = list(messages)
+    rest = [i for i, m in enumerate(msgs) if m.get("role") != "system"]
+    if not rest:
+        return msgs
+    systems = [i for i, m in enumerate(msgs) if m.get("role") == "system"]
+    cuts = [i for i in rest if msgs[i].get("role") == "user"] or [rest[-1]]
+    if rest[0] < cuts[0]:
+        cuts.insert(0, rest[0])  # the history as sent, whatever it starts with
+
+    def candidate(j: int) -> list[dict[str, Any]]:
+        start = cuts[j]
+        return [msgs[i] for i in systems[: bisect.bisect_left(systems, start)]] + msgs[start:]
+
+    last = len(cuts) - 1
+    if last <= WHOLE_FIRST:
+        whole = candidate(0)
+        if (yield whole):
+            return whole
+        if last == 0:
+            return whole
+        failed = 0  # index of the newest cut known not to fit
+    else:
+        failed = -1
+    fits = last + 1  # index of the oldest cut known to fit (none yet)
+    span = 1
+    while True:  # gallop: keep 1, 2, 4, ... turns until a candidate overflows or all fit
+        j = max(last + 1 - span, failed + 1)
+        if j >= fits:
+            break
+        if (yield candidate(j)):
+            fits = j
+            if j == failed + 1:
+                break
+            span *= 2
+        else:
+            failed = j
+            break
+    if fits > last:
+        return candidate(last)  # not even the newest turn fits
+    while fits - failed > 1:  # bisect between a cut that overflows and one that fits
+        mid = (failed + fits) // 2
+        if (yield candidate(mid)):
+            fits = mid
+        else:
+            failed = mid
+    return candidate(fits)
+
+
 def truncate_messages(
     messages: Sequence[dict[str, Any]], fits: Callable[[list[dict[str, Any]]], bool]
 ) -> list[dict[str, Any]]:
-    """Drop the oldest non-system messages until `fits` accepts the list (Ollama `chatPrompt`).
-
-    Every system message and the last message are always kept; like Ollama, this scans back from
-    the end and stops at the first message that would overflow, so the kept part is contiguous.
-    If even the last message alone does not fit, the result is the system messages and the last
-    message, and the caller reports the overflow.
-    """
-    msgs = list(messages)
-    if not msgs:
-        return []
-    start = len(msgs) - 1
-
-    def candidate(i: int) -> list[dict[str, Any]]:
-        return [m for m in msgs[:i] if m.get("role") == "system"] + msgs[i:]
-
-    for i in range(len(msgs) - 2, -1, -1):
-        if not fits(candidate(i)):
-            break
-        start = i
-    return candidate(start)
+    """`truncation_search` driven with a synchronous `fits`: the oldest whole turns dropped until
+    the rest fits, every system message and the newest turn kept."""
+    search = truncation_search(messages)
+    try:
+        candidate = next(search)
+        while True:
+            candidate = search.send(fits(candidate))
+    except StopIteration as done:
+        return done.value
 
 
 # ---------------------------------------------------------------------------------------------

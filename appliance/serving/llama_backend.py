@@ -40,6 +40,8 @@ class LlamaBackend:
         self._n_threads = n_threads
         self._embedder: Embedder | None = None
         self._limiter = trio.CapacityLimiter(1)
+        self._embed_lock = trio.Lock()
+        self.embed_pieces = 0  # decode pieces of embeddings computed so far (tests, metrics)
 
     async def _run(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._limiter)
@@ -68,19 +70,31 @@ class LlamaBackend:
     async def embed(
         self, texts: list[str], *, truncate: bool, normalize: bool, dimensions: int | None
     ) -> tuple[list[list[float]], int]:
-        return await self._run(self._embed, texts, truncate, normalize, dimensions)
-
-    def _embed(
-        self, texts: list[str], truncate: bool, normalize: bool, dimensions: int | None
-    ) -> tuple[list[list[float]], int]:
-        if self._embedder is None:
-            self._embedder = Embedder(self.model, n_ctx=self.n_ctx, n_threads=self._n_threads)
-        try:
-            return self._embedder.embed(
-                texts, truncate=truncate, normalize=normalize, dimensions=dimensions
-            )
-        except InputTooLong as exc:
-            raise BadRequest(str(exc)) from None
+        """Vectors for `texts`, one decode piece per worker-thread call through the limiter the
+        decode steps use: a stream on this model goes on while a long embedding runs, and a
+        cancelled request (its client left) stops between two pieces."""
+        async with self._embed_lock:
+            if self._embedder is None:
+                self._embedder = await self._run(
+                    Embedder, self.model, n_ctx=self.n_ctx, n_threads=self._n_threads
+                )
+        embedder = self._embedder
+        fitted: list[list[int]] = []
+        for text in texts:  # tokenizing reads only the vocabulary: no limiter
+            try:
+                fitted.append(await trio.to_thread.run_sync(embedder.fit, text, truncate))
+            except InputTooLong as exc:
+                raise BadRequest(str(exc)) from None
+        vectors: list[list[float]] = []
+        for tokens in fitted:
+            async with self._embed_lock:  # one input at a time owns the embedding context
+                job = embedder.begin(tokens)
+                done = False
+                while not done:
+                    done = await self._run(embedder.advance, job)
+                    self.embed_pieces += 1
+            vectors.append(job.result(normalize=normalize, dimensions=dimensions))
+        return vectors, sum(len(t) for t in fitted)
 
     async def aclose(self) -> None:
         await self._run(self._close)

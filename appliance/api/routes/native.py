@@ -25,7 +25,11 @@ from appliance.errors import ApplianceError, BadRequest, NotFound
 from appliance.gocompat.durations import parse_keep_alive
 from appliance.gocompat.timefmt import go_time, utc_now_go
 from appliance.options import resolve_options
-from appliance.prompting.prompts import PromptError, PromptTemplate, truncate_messages
+from appliance.prompting.prompts import (
+    PromptError,
+    PromptTemplate,
+    truncation_search,
+)
 from appliance.prompting.reply import ReplyParser, ReplyPart
 from appliance.prompting.thinking import thinking_parser
 from appliance.prompting.toolcalls import tool_call_parser
@@ -585,32 +589,41 @@ async def _fit_chat(
     body: dict[str, Any],
     think: bool | None = None,
 ) -> tuple[str, list[int]]:
-    """Render and tokenize; drop the oldest messages while the prompt exceeds the context.
+    """Render and tokenize; drop the oldest whole turns while the prompt exceeds the context.
 
-    Runs in a worker thread: rendering and tokenizing a long history can take milliseconds, and
-    tokenizing reads only the vocabulary, which is safe beside a running decode.
+    Each candidate history is rendered and tokenized in its own worker-thread call (tokenizing
+    reads only the vocabulary, safe beside a running decode), so a client that hangs up stops the
+    search within one render, and `truncation_search` needs O(log n) of them. A template that
+    refuses the history (Gemma's "roles must alternate") is the client's 400, never a 500.
     """
     num_ctx = lease.runner.spec.num_ctx
     backend = lease.runner.backend
     truncate = field_of_type(body, "truncate", bool, True)
+    bos = backend.bos_text or ""
 
-    def tokens_of(text: str) -> list[int]:
-        bos = backend.bos_text or ""
-        return backend.tokenize_blocking(text, add_special=not (bos and text.startswith(bos)))
+    def probe(messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
+        try:
+            text = tmpl.render_chat(messages, tools=tools, think=think)
+        except PromptError as exc:
+            raise BadRequest(exc.message) from None
+        add_special = not (bos and text.startswith(bos))
+        return text, backend.tokenize_blocking(text, add_special=add_special)
 
-    def render(messages: list[dict[str, Any]]) -> str:
-        return tmpl.render_chat(messages, tools=tools, think=think)
-
-    def fit() -> tuple[str, list[int]]:
-        text = render(history)
-        tokens = tokens_of(text)
-        if len(tokens) <= num_ctx or not truncate:
-            return text, tokens
-        kept = truncate_messages(history, lambda c: len(tokens_of(render(c))) <= num_ctx)
-        text = render(kept)
-        return text, tokens_of(text)
-
-    return await trio.to_thread.run_sync(fit)
+    if not truncate:
+        return await trio.to_thread.run_sync(probe, history)
+    search = truncation_search(history)
+    rendered: dict[int, tuple[str, list[int]]] = {}
+    try:
+        candidate = next(search)
+        while True:
+            result = await trio.to_thread.run_sync(probe, candidate)
+            rendered[len(candidate)] = result
+            candidate = search.send(len(result[1]) <= num_ctx)
+    except StopIteration as done:
+        kept = done.value
+    if len(kept) in rendered:  # kept histories differ in length, so this is the one rendered
+        return rendered[len(kept)]
+    return await trio.to_thread.run_sync(probe, kept)
 
 
 def _chat_obj(
