@@ -33,6 +33,9 @@ clients each sending just under the limit would hold 6 GiB before any answer."""
 MAX_BLOB_BYTES = 1 << 40
 """The most one `POST /api/blobs/:digest` upload may stream to disk (1 TiB)."""
 
+DECODE_IN_THREAD_BYTES = 1024 * 1024
+"""Bodies at least this large are decoded in a worker thread."""
+
 MAX_JSON_DEPTH = 128
 """Deepest nesting of arrays and objects accepted. Go's decoder allows 10,000, but Python's
 decoder and every recursive walk after it (schemas to grammars, templates) stop near 1,000
@@ -220,7 +223,10 @@ async def read_json_object(*, allow_empty: bool = False) -> dict[str, Any]:
             if allow_empty:
                 return {}
             raise BadRequest("missing request body")
-        value = decode_json(raw)
+        if len(raw) < DECODE_IN_THREAD_BYTES:
+            value = decode_json(raw)
+        else:  # Python-level work (number hooks, the depth walk) then lets the event loop run
+            value = await trio.to_thread.run_sync(decode_json, raw)
     if not isinstance(value, dict):
         raise BadRequest(f"json: cannot unmarshal {_go_type(value)} into Go value of type object")
     return value
