@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.durations import FOREVER, env_duration_seconds, format_go_duration
 from appliance.options import go_parse_bool
+from engine.cpu_backend import VARIANT_FEATURES
 
 if TYPE_CHECKING:
     from appliance.platform import PlatformDefaults
@@ -86,7 +87,12 @@ FILE_KEYS: dict[str, str] = {
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
+    "cpu_variant": "LLM_APPLIANCE_CPU_VARIANT",
 }
+
+
+# llama.cpp's x86 CPU variants, for LLM_APPLIANCE_CPU_VARIANT.
+CPU_VARIANTS = tuple(VARIANT_FEATURES)
 
 
 class ConfigError(ValueError):
@@ -145,6 +151,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # non-empty: every route needs one
     api_key_file: Path | None = None  # one key per line, re-read when it changes
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    cpu_variant: str = "auto"  # llama.cpp's CPU code: "auto" (the best that runs) or a variant
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -229,6 +236,7 @@ class Settings:
             "HTTPS_PROXY": mask_url_credentials(self.https_proxy or ""),
             "HTTP_PROXY": mask_url_credentials(self.http_proxy or ""),
             "NO_PROXY": self.no_proxy or "",
+            "LLM_APPLIANCE_CPU_VARIANT": self.cpu_variant,
         }
 
 
@@ -514,6 +522,7 @@ class _Loader:
             api_keys=self.api_keys(),
             api_key_file=self.api_key_file(),
             warnings=tuple(self.warnings),
+            cpu_variant=self.cpu_variant(),
         )
 
     # Each method below handles one setting.
@@ -682,6 +691,21 @@ class _Loader:
             return path
 
         return self.file_value("api_key_file", convert)
+
+    def cpu_variant(self) -> str:
+        def check(value: Any) -> str:
+            name = _require_str(value).strip().lower() or "auto"
+            if name != "auto" and name not in CPU_VARIANTS:
+                raise ValueError(f"{name!r} is not auto or one of {', '.join(CPU_VARIANTS)}")
+            return name
+
+        text = env_var(self.env, "LLM_APPLIANCE_CPU_VARIANT")
+        if text:
+            try:
+                return check(text)
+            except ValueError as exc:
+                raise ConfigError(f"LLM_APPLIANCE_CPU_VARIANT: {exc}") from None
+        return self.file_value("cpu_variant", check) or "auto"
 
 
 def read_api_key_file(text: str) -> tuple[str, ...]:
