@@ -223,6 +223,7 @@ class Ggml:
         self.reg_proc = _fn(ggml, "ggml_backend_reg_get_proc_address", vp, vp, ctypes.c_char_p)
         self.dev_init = _fn(ggml, "ggml_backend_dev_init", vp, vp, ctypes.c_char_p)
         self.dev_buft = _fn(ggml, "ggml_backend_dev_buffer_type", vp, vp)
+        self.dev_supports_op = _fn(ggml, "ggml_backend_dev_supports_op", ctypes.c_bool, vp, vp)
         self.buft_name = _fn(ggml, "ggml_backend_buft_name", ctypes.c_char_p, vp)
         self.alloc_ctx = _fn(ggml, "ggml_backend_alloc_ctx_tensors_from_buft", vp, vp, vp)
         self.buffer_free = _fn(ggml, "ggml_backend_buffer_free", None, vp)
@@ -277,8 +278,11 @@ def _variant_score(path: Path) -> int:
 # --- the probe (runs in a child process) ---------------------------------------------------------
 
 
-def _matmul_probe(g: Ggml, reg: int) -> str | None:
-    """Quantised matrix products through one loaded variant; None when all are right."""
+def _matmul_probe(g: Ggml, reg: int, ran: list[str]) -> str | None:
+    """Quantised matrix products through one loaded variant; None when all are right.
+
+    `ran` collects what ran ("q4_0 x 32 rows in AMX"), for the record.
+    """
     dev = g.reg_dev_get(reg, 0)
     if not dev:
         return "the variant has no device"
@@ -306,8 +310,13 @@ def _matmul_probe(g: Ggml, reg: int) -> str | None:
             ]
             for qname, qtype in PROBE_TYPES.items():
                 for buft in bufts:
-                    got = _one_product(g, backend, (buft, bufts[0]), qtype, weights, inputs, m)
                     where = f"{qname} x {m} rows in {g.buft_name(buft).decode()}"
+                    _say({"step": where})  # the last one said is where a fault struck
+                    pair = (buft, bufts[0])
+                    got = _one_product(g, dev, backend, pair, qtype, weights, inputs, m)
+                    if got is None:
+                        continue  # this buffer type does not take this type: llama.cpp won't
+                    ran.append(where)
                     if isinstance(got, str):
                         return f"{where}: {got}"
                     err = math.sqrt(sum((a - b) ** 2 for a, b in zip(got, want, strict=True)))
@@ -321,14 +330,19 @@ def _matmul_probe(g: Ggml, reg: int) -> str | None:
 
 def _one_product(
     g: Ggml,
+    dev: int,
     backend: int,
     bufts: tuple[int, int],
     qtype: int,
     weights: list[float],
     inputs: list[float],
     m: int,
-) -> list[float] | str:
-    """weights (n rows of k) in `bufts[0]` times m input rows in the CPU buffer `bufts[1]`."""
+) -> list[float] | str | None:
+    """weights (n rows of k) in `bufts[0]` times m input rows in the CPU buffer `bufts[1]`.
+
+    None when the device would not run this product from that buffer type (an extra buffer type
+    for other quantisations; llama.cpp asks the same question before it places a weight there).
+    """
     k, n = PROBE_K, PROBE_N
     meta = g.tensor_overhead() * 8 + g.graph_overhead()
     wctx = g.init(_GgmlInitParams(meta, None, True))
@@ -345,6 +359,8 @@ def _one_product(
             if not buffer:
                 return "could not allocate"
             buffers.append(buffer)
+        if not g.dev_supports_op(dev, y):
+            return None
         src = (ctypes.c_float * (k * n))(*weights)
         packed = ctypes.create_string_buffer(g.nbytes(w))
         g.quantize(qtype, src, packed, 0, n, k, None)
@@ -382,7 +398,7 @@ def probe_main(args: Sequence[str]) -> int:
         if score <= 0 and not any_cpu:
             _say({"name": name, "score": 0, "verdict": "cpuid lacks its features"})
             continue
-        if name in AMX_VARIANTS:
+        if name in AMX_VARIANTS and not any_cpu:
             granted, why = amx_granted()
             if not granted:
                 _say({"name": name, "score": score, "verdict": f"kernel refuses AMX: {why}"})
@@ -391,8 +407,9 @@ def probe_main(args: Sequence[str]) -> int:
         if not reg:
             _say({"name": name, "score": score, "verdict": "ggml_backend_init failed"})
             continue
-        problem = _matmul_probe(g, reg)
-        _say({"name": name, "score": score, "verdict": problem or "runs"})
+        ran: list[str] = []
+        problem = _matmul_probe(g, reg, ran)
+        _say({"name": name, "score": score, "verdict": problem or "runs", "ran": ran})
     return 0
 
 
@@ -432,14 +449,16 @@ def run_probes(
             raw = exc.stdout or b""
             lines = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
             code, timed_out = None, True
-        started = None
+        started = step = None
         for line in lines.splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
             if "begin" in record:
-                started = record["begin"]
+                started, step = record["begin"], None
+            elif "step" in record:
+                step = record["step"]
             elif "name" in record:
                 results[record["name"]] = record
                 started = None
@@ -452,6 +471,8 @@ def run_probes(
                 why = f"probe died with {signal.Signals(-code).name}"
             else:
                 why = f"probe exited with status {code}"
+            if step:
+                why += f" ({step})"
             results[started] = {"name": started, "score": None, "verdict": why}
         elif len(done) < len(remaining):  # the child failed before its first variant
             why = "probe could not start" + (f" (status {code})" if code is not None else "")

@@ -53,9 +53,8 @@ def test_the_probe_dies_with_sigill_on_avx512_variants_when_the_cpu_has_no_avx51
     targets = [n for n, feats in cpu_backend.VARIANT_FEATURES.items() if "avx512" in feats]
     # --any-cpu: probed although cpuid says no, to show the products reach the faulting code.
     results = cpu_backend.run_probes([variants[n] for n in targets], any_cpu=True)
-    assert {n: results[n]["verdict"] for n in targets} == {
-        n: "probe died with SIGILL" for n in targets
-    }
+    verdicts = {n: results[n]["verdict"].split(" (")[0] for n in targets}
+    assert verdicts == {n: "probe died with SIGILL" for n in targets}
 
 
 def test_the_baseline_variant_passes_the_probe():
