@@ -108,12 +108,13 @@ def _peer_table(
         if (ours, n) in runs and (peer, n) in runs:
             label = f"{n} stream{'s' if n > 1 else ''}"
             line(label, runs[(ours, n)], runs[(peer, n)], "tok/s", ">= 1.0")
-    for key, label, goal in (
-        ("follow_up_ttft_s", "follow-up turn, first token", "<= 1.0"),
-        ("first_turn_ttft_s", "first turn (cold), first token", ""),
+    for key, label, unit, goal in (
+        ("follow_up_ttft_s", "follow-up turn, first token", "s", "<= 1.0"),
+        ("first_turn_ttft_s", "first turn (cold), first token", "s", "-"),
+        ("follow_up_prompt_eval", "follow-up prompt tokens computed", "tok", "-"),
     ):
         if (ours, key) in ttft and (peer, key) in ttft:
-            line(label, ttft[(ours, key)], ttft[(peer, key)], "s", goal or "-")
+            line(label, ttft[(ours, key)], ttft[(peer, key)], unit, goal)
 
 
 def main(argv: list[str] | None = None) -> int:

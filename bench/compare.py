@@ -67,8 +67,8 @@ FOLLOW_UP = {"role": "user", "content": "Thank you. Now say in one sentence how 
 
 async def _appliance_chat(
     client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], n_tokens: int
-) -> tuple[float, str]:
-    """(seconds to the first token, the whole answer) of one streamed /api/chat."""
+) -> tuple[float, str, int]:
+    """(seconds to the first token, the answer, prompt tokens evaluated) of a streamed /api/chat."""
     body = {
         "model": model,
         "messages": messages,
@@ -78,6 +78,7 @@ async def _appliance_chat(
     started = time.perf_counter()
     first = None
     parts: list[str] = []
+    evaluated = 0
     async with client.stream("POST", "/api/chat", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -88,16 +89,18 @@ async def _appliance_chat(
             if first is None and (text or chunk.get("done")):
                 first = time.perf_counter() - started
             parts.append(text)
-    return float(first or 0.0), "".join(parts)
+            if chunk.get("done"):
+                evaluated = int(chunk.get("prompt_eval_count") or 0)
+    return float(first or 0.0), "".join(parts), evaluated
 
 
 async def _appliance_follow_up(url: str, model: str, round_no: int) -> dict[str, float]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         messages = conversation(round_no)
-        cold, answer = await _appliance_chat(client, model, messages, FIRST_TURN_TOKENS)
+        cold, answer, _ = await _appliance_chat(client, model, messages, FIRST_TURN_TOKENS)
         messages = [*messages, {"role": "assistant", "content": answer}, FOLLOW_UP]
-        warm, _ = await _appliance_chat(client, model, messages, FOLLOW_UP_TOKENS)
-    return {"first_turn_ttft_s": cold, "follow_up_ttft_s": warm}
+        warm, _, evaluated = await _appliance_chat(client, model, messages, FOLLOW_UP_TOKENS)
+    return {"first_turn_ttft_s": cold, "follow_up_ttft_s": warm, "follow_up_prompt_eval": evaluated}
 
 
 def appliance_follow_up(url: str, model: str, round_no: int) -> dict[str, float]:
@@ -109,8 +112,9 @@ def appliance_follow_up(url: str, model: str, round_no: int) -> dict[str, float]
 
 async def _peer_completion(
     client: httpx.AsyncClient, prompt: str, n_tokens: int
-) -> tuple[float, str, int]:
-    """(seconds to the first token, the text, tokens generated) of one streamed /completion."""
+) -> tuple[float, str, int, int]:
+    """(seconds to the first token, the text, tokens generated, prompt tokens evaluated) of one
+    streamed /completion."""
     body = {
         "prompt": prompt,
         "n_predict": n_tokens,
@@ -121,7 +125,7 @@ async def _peer_completion(
     started = time.perf_counter()
     first = None
     parts: list[str] = []
-    predicted = 0
+    predicted = evaluated = 0
     async with client.stream("POST", "/completion", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -136,7 +140,8 @@ async def _peer_completion(
             parts.append(chunk.get("content", ""))
             if chunk.get("stop"):
                 predicted = int(chunk.get("tokens_predicted") or 0)
-    return float(first or 0.0), "".join(parts), predicted
+                evaluated = int((chunk.get("timings") or {}).get("prompt_n") or 0)
+    return float(first or 0.0), "".join(parts), predicted, evaluated
 
 
 async def _peer_template(client: httpx.AsyncClient, messages: list[dict[str, str]]) -> str:
@@ -149,11 +154,11 @@ async def _peer_follow_up(url: str, round_no: int) -> dict[str, float]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         messages = conversation(round_no)
         prompt = await _peer_template(client, messages)
-        cold, answer, _ = await _peer_completion(client, prompt, FIRST_TURN_TOKENS)
+        cold, answer, _, _ = await _peer_completion(client, prompt, FIRST_TURN_TOKENS)
         messages = [*messages, {"role": "assistant", "content": answer}, FOLLOW_UP]
         prompt = await _peer_template(client, messages)
-        warm, _, _ = await _peer_completion(client, prompt, FOLLOW_UP_TOKENS)
-    return {"first_turn_ttft_s": cold, "follow_up_ttft_s": warm}
+        warm, _, _, evaluated = await _peer_completion(client, prompt, FOLLOW_UP_TOKENS)
+    return {"first_turn_ttft_s": cold, "follow_up_ttft_s": warm, "follow_up_prompt_eval": evaluated}
 
 
 def peer_follow_up(url: str, round_no: int) -> dict[str, float]:

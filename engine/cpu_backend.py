@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROBE_ENV = "_LLM_APPLIANCE_CPU_PROBE"  # set in the probe child: run the probe, not the CLI
+PROBE_ENV = "_LLM_APPLIANCE_CPU_PROBE"  # in the probe child: libggml's folder; probe, not the CLI
 PROBE_TIMEOUT_S = 120.0  # whole probe run; slow only under an emulator
 CACHE_VERSION = 1
 PREFIX = "libggml-cpu-"
@@ -89,7 +89,7 @@ class Choice:
         rejected = [
             f"{name}: {why}"
             for name, why in self.verdicts.items()
-            if why != "runs" and not why.startswith("cpuid lacks")
+            if why != "runs" and not why.startswith(("cpuid lacks", "not probed"))
         ]
         lacking = [name for name, why in self.verdicts.items() if why.startswith("cpuid lacks")]
         text = f"{self.variant}: {self.reason}"
@@ -245,10 +245,10 @@ class Ggml:
         )
 
     @classmethod
-    def open(cls, *, in_process_llama: bool) -> Ggml:
+    def open(cls, *, in_process_llama: bool, folder: Path | None = None) -> Ggml:
         """`in_process_llama`: take the copies libllama already loaded (import llama_cpp first)."""
         mode = ctypes.RTLD_GLOBAL
-        folder = lib_dir()
+        folder = folder or lib_dir()
         libs = []
         for soname in ("libggml-base.so.0", "libggml.so.0"):
             target = soname if in_process_llama else str(folder / soname)
@@ -383,17 +383,21 @@ def probe_main(args: Sequence[str]) -> int:
     """The child: for each variant, print its score and whether real products ran right.
 
     One JSON line per step, flushed, so that when a variant kills the process the parent knows
-    which one: the last `begin` without an answer. `--any-cpu` first: probe variants whose
-    features cpuid does not list too (tests show that the probe catches what faults).
+    which one: the last `begin` without an answer. `--any-cpu`: probe variants whose features
+    cpuid does not list too (tests show that the probe catches what faults); `--first`: stop
+    after the first that runs.
     """
-    any_cpu = bool(args) and args[0] == "--any-cpu"
-    g = Ggml.open(in_process_llama=False)
-    for path in args[1:] if any_cpu else args:
-        name = Path(path).name[len(PREFIX) : -len(".so")]
+    flags = {arg for arg in args if arg.startswith("--")}
+    any_cpu, first = "--any-cpu" in flags, "--first" in flags
+    g = Ggml.open(in_process_llama=False, folder=Path(os.environ[PROBE_ENV]))
+    for path in (arg for arg in args if not arg.startswith("--")):
+        name = _name(path)
         _say({"begin": name})
         # Loaded by hand rather than through ggml_backend_load, which refuses a variant whose
         # score is 0, and registered nowhere: this process only runs the products and exits.
+        _say({"step": "loading the library"})
         lib = ctypes.CDLL(path, mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        _say({"step": "ggml_backend_score"})
         score = int(_fn(lib, "ggml_backend_score", ctypes.c_int)())
         if score <= 0 and not any_cpu:
             _say({"name": name, "score": 0, "verdict": "cpuid lacks its features"})
@@ -403,6 +407,7 @@ def probe_main(args: Sequence[str]) -> int:
             if not granted:
                 _say({"name": name, "score": score, "verdict": f"kernel refuses AMX: {why}"})
                 continue
+        _say({"step": "ggml_backend_init"})
         reg = _fn(lib, "ggml_backend_init", ctypes.c_void_p)()
         if not reg:
             _say({"name": name, "score": score, "verdict": "ggml_backend_init failed"})
@@ -410,6 +415,8 @@ def probe_main(args: Sequence[str]) -> int:
         ran: list[str] = []
         problem = _matmul_probe(g, reg, ran)
         _say({"name": name, "score": score, "verdict": problem or "runs", "ran": ran})
+        if first and not problem:
+            break
     return 0
 
 
@@ -424,33 +431,47 @@ def _probe_command() -> list[str]:
     return [sys.executable, "-m", "engine.cpu_backend"]
 
 
+def _name(path: Path | str) -> str:
+    return Path(path).name[len(PREFIX) : -len(".so")]
+
+
 def run_probes(
-    paths: Sequence[Path], *, timeout: float = PROBE_TIMEOUT_S, any_cpu: bool = False
+    paths: Sequence[Path],
+    *,
+    timeout: float = PROBE_TIMEOUT_S,
+    any_cpu: bool = False,
+    first: bool = False,
 ) -> dict[str, dict]:
-    """Probe each variant in child processes; one that dies is reported with its signal and the
-    rest are probed in a fresh child. `any_cpu`: even those cpuid says this CPU lacks."""
+    """Probe variants in child processes, in the order given. A child that dies is reported with
+    its signal (and the step it was in), and the rest are probed in a fresh child.
+
+    `first`: stop at the first variant that runs (the others stay out of the answer).
+    `any_cpu`: also those whose features cpuid does not list.
+    """
     results: dict[str, dict] = {}
-    remaining = list(paths)
-    env = dict(os.environ, **{PROBE_ENV: "1"})
+    remaining = [str(path) for path in paths]
+    env = dict(os.environ, **{PROBE_ENV: str(lib_dir())})
     if not getattr(sys, "frozen", False):
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    flags = (["--any-cpu"] if any_cpu else []) + (["--first"] if first else [])
     while remaining:
         try:
             proc = subprocess.run(
-                [*_probe_command(), *(["--any-cpu"] if any_cpu else []), *map(str, remaining)],
+                [*_probe_command(), *flags, *remaining],
                 env=env,
                 capture_output=True,
                 timeout=timeout,
                 check=False,
             )
-            lines, code, timed_out = proc.stdout.decode(errors="replace"), proc.returncode, False
+            out, code, timed_out = proc.stdout.decode(errors="replace"), proc.returncode, False
         except subprocess.TimeoutExpired as exc:
             raw = exc.stdout or b""
-            lines = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            out = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
             code, timed_out = None, True
         started = step = None
-        for line in lines.splitlines():
+        answered = 0
+        for line in out.splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
@@ -462,25 +483,23 @@ def run_probes(
             elif "name" in record:
                 results[record["name"]] = record
                 started = None
-        done = {Path(p).name[len(PREFIX) : -len(".so")] for p in remaining}
-        done &= set(results) | ({started} if started else set())
-        if started is not None:
-            if timed_out:
-                why = f"probe timed out after {timeout:.0f} s"
-            elif code is not None and code < 0:
-                why = f"probe died with {signal.Signals(-code).name}"
-            else:
-                why = f"probe exited with status {code}"
-            if step:
-                why += f" ({step})"
-            results[started] = {"name": started, "score": None, "verdict": why}
-        elif len(done) < len(remaining):  # the child failed before its first variant
-            why = "probe could not start" + (f" (status {code})" if code is not None else "")
-            for p in remaining:
-                name = Path(p).name[len(PREFIX) : -len(".so")]
-                results.setdefault(name, {"name": name, "score": None, "verdict": why})
-            break
-        remaining = [p for p in remaining if Path(p).name[len(PREFIX) : -len(".so")] not in done]
+                answered += 1
+        if started is None:
+            if not answered:  # the child failed before its first variant
+                why = "probe could not start" + (f" (status {code})" if code is not None else "")
+                for path in remaining:
+                    results[_name(path)] = {"name": _name(path), "score": None, "verdict": why}
+            break  # the child did all it was asked
+        if timed_out:
+            why = f"probe timed out after {timeout:.0f} s"
+        elif code is not None and code < 0:
+            why = f"probe died with {signal.Signals(-code).name}"
+        else:
+            why = f"probe exited with status {code}"
+        if step:
+            why += f" ({step})"
+        results[started] = {"name": started, "score": None, "verdict": why}
+        remaining = remaining[[_name(path) for path in remaining].index(started) + 1 :]
     return results
 
 
@@ -553,34 +572,40 @@ def choose(forced: str | None = None, *, use_cache: bool = True) -> Choice:
             )
         return Choice(forced, str(variants[forced]), "forced by cpu_variant", forced=True)
     key = cache_key(variants)
-    results = _read_cache(key) if use_cache else None
-    if results is None or set(results) != set(variants):
-        order = sorted(variants, key=rank, reverse=True)
-        results = run_probes([variants[name] for name in order])
+    order = sorted(variants, key=rank, reverse=True)
+    results = (_read_cache(key) if use_cache else None) or {}
+    if not results:
+        # Best first, stopping at the first that runs: one child, a second only after a fault.
+        results = run_probes([variants[n] for n in order], first=True)
         _write_cache(key, results)
     # Asked again here, best first, until one says yes: under an emulator (qemu-user) the child
     # runs on the host CPU, while this process sees the CPU the emulator presents. Only libraries
     # a child loaded safely get here, and on real hardware the first one asked is the answer.
     Ggml.open(in_process_llama=_llama_loaded())  # libggml-base.so.0 for the variants' symbols
-    verdicts = {
-        name: results.get(name, {}).get("verdict", "not probed")
-        for name in sorted(variants, key=rank, reverse=True)
-    }
-    passed = [name for name, verdict in verdicts.items() if verdict == "runs"]
-    passed.sort(key=lambda n: (results[n].get("score") or 0, rank(n)), reverse=True)
+    verdicts: dict[str, str] = {}
     chosen = None
-    for name in passed:
-        if _variant_score(variants[name]) > 0:
-            chosen = name
+    for i, name in enumerate(order):
+        if name not in results:  # not probed: a better one ran, until this process said no
+            more = run_probes([variants[n] for n in order[i:] if n not in results], first=True)
+            results.update(more)
+            _write_cache(key, results)
+        verdict = results.get(name, {}).get("verdict", "not probed")
+        if verdict == "runs" and chosen is None:
+            if _variant_score(variants[name]) > 0:
+                chosen = name
+            else:
+                verdict = "cpuid lacks its features (as this process sees the CPU)"
+        verdicts[name] = verdict
+        if chosen is not None:
             break
-        verdicts[name] = "cpuid lacks its features (as this process sees the CPU)"
+    for name in order:
+        verdicts.setdefault(name, results.get(name, {}).get("verdict", "not probed: lower"))
     if chosen is None:
         raise CpuBackendError(
             "no CPU variant runs here: " + "; ".join(f"{n}: {v}" for n, v in verdicts.items())
         )
     features = " ".join(VARIANT_FEATURES.get(chosen, ())) or "x86-64 baseline"
-    runs = sum(v == "runs" for v in verdicts.values())
-    reason = f"{features} run here (best of {runs} that pass the probe)"
+    reason = f"{features} run here, the best that does"
     return Choice(chosen, str(variants[chosen]), reason, verdicts)
 
 

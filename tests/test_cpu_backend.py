@@ -62,13 +62,12 @@ def test_the_baseline_variant_passes_the_probe():
     assert results["x64"]["verdict"] == "runs"
 
 
-def test_the_chosen_variant_passed_the_probe_and_is_the_best_that_did(own_cache: Path):
+def test_the_chosen_variant_passed_the_probe_and_every_better_one_did_not(own_cache: Path):
     choice = cpu_backend.choose(use_cache=False)
     assert choice.verdicts[choice.variant] == "runs"
-    passed = [name for name, verdict in choice.verdicts.items() if verdict == "runs"]
-    assert "x64" in passed
-    assert max(passed, key=cpu_backend.rank) == choice.variant
-    assert choice.variant in choice.describe()
+    better = [n for n in choice.verdicts if cpu_backend.rank(n) > cpu_backend.rank(choice.variant)]
+    assert all(choice.verdicts[n] != "runs" for n in better)
+    assert choice.describe().startswith(f"{choice.variant}: ")
 
 
 def test_sapphirerapids_is_not_chosen_when_the_kernel_refuses_amx(own_cache: Path):
