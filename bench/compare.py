@@ -27,7 +27,7 @@ FIRST_TURN_TOKENS = 32
 _FACTS = (
     "The lighthouse stands on a granite point where two currents meet and the fog comes in fast.",
     "Its lamp was converted from paraffin to electricity in 1921 and automated in 1987.",
-    "The keeper logged the weather every four hours, the ships that passed and the state of the sea.",
+    "The keeper logged the weather every four hours, the ships that passed and the sea state.",
     "Supplies came by boat once a fortnight, when the swell allowed a landing at the north steps.",
     "In winter the keeper painted the railings, cleaned the lens and repaired the fog signal.",
     "The island has no trees, a walled garden for potatoes and a cistern that collects rain water.",

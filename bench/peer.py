@@ -93,7 +93,9 @@ def ensure_llama_server(cmake_args: tuple[str, ...] = PEER_CMAKE_ARGS) -> Path:
     folder.mkdir(parents=True)
     source = _sdist_sources(version, folder / "src")
     jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
-    subprocess.run(["cmake", "-S", str(source), "-B", str(folder / "build"), *cmake_args], check=True)
+    subprocess.run(
+        ["cmake", "-S", str(source), "-B", str(folder / "build"), *cmake_args], check=True
+    )
     subprocess.run(
         ["cmake", "--build", str(folder / "build"), "--target", "llama-server", "-j", jobs],
         check=True,
@@ -112,7 +114,12 @@ def _free_port() -> int:
 
 @contextmanager
 def llama_server(
-    binary: Path, model: Path, cpu_library: str | None, *, parallel: int, ctx_per_slot: int,
+    binary: Path,
+    model: Path,
+    cpu_library: str | None,
+    *,
+    parallel: int,
+    ctx_per_slot: int,
     threads: int,
 ) -> Iterator[str]:
     """llama-server on a free loopback port with `parallel` slots of `ctx_per_slot`; yields its URL.
