@@ -1,8 +1,10 @@
-"""`make bench`: tokens/s on the reference model, in-process and over HTTP, with ratios.
+"""`make bench`: tokens/s on the reference model, in-process and over HTTP, and against the peer.
 
 Everything runs in one invocation on one machine, so ratios compare like with like; absolute figures
-depend on the machine and its load (report both, with the machine). Options: `--tokens N`,
-`--streams 1 2 4 8`, `--skip-startup`, `--skip-memory`.
+depend on the machine and its load (report both, with the machine). The peer is llama.cpp's own
+llama-server built from the same llama.cpp (bench/peer.py, once) running the same CPU variant:
+streams' tok/s and a chat's follow-up time to first token side by side (bench/compare.py).
+Options: `--tokens N`, `--streams 1 2 4 8`, `--skip-peer`, `--skip-startup`, `--skip-memory`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
+from bench.compare import appliance_follow_up, peer_follow_up, peer_streams
 from bench.http import bench_http, fresh_store, rss_bytes, server
 from bench.inprocess import bench_engine, bench_llama_class
 
@@ -70,6 +74,49 @@ def _memory(models: Path) -> list[dict]:
     return out
 
 
+def _peer_cpu_library() -> str | None:
+    """The CPU variant library the appliance loads here, for llama-server to load too."""
+    from engine import cpu_backend
+
+    choice = cpu_backend.choose()
+    if choice.path is None:
+        print("peer skipped: this llama.cpp has its CPU code built in (no GGML_BACKEND_DL)")
+        return None
+    return choice.path
+
+
+def _peer_table(
+    runs: dict[tuple[str, int], list[float]],
+    ttft: dict[tuple[str, str], list[float]],
+    ours: str,
+    peer: str,
+    streams: list[int],
+) -> None:
+    """Side by side, with the per-round ratios appliance / llama-server."""
+
+    def line(label: str, a: list[float], b: list[float], unit: str, goal: str) -> None:
+        per_round = [x / y for x, y in zip(a, b, strict=True) if y]
+        rounds = ", ".join(f"{r:.2f}" for r in per_round)
+        print(
+            f"{label:<34}{statistics.median(a):>10.2f}{statistics.median(b):>14.2f} {unit:<6}"
+            f"{statistics.median(per_round) if per_round else float('nan'):>7.2f}"
+            f"  (rounds: {rounds})  goal {goal}"
+        )
+
+    print(f"{'appliance vs ' + peer:<34}{'appliance':>10}{'llama-server':>14} {'':<6}{'ratio':>7}")
+    for n in streams:
+        if (ours, n) in runs and (peer, n) in runs:
+            label = f"{n} stream{'s' if n > 1 else ''}"
+            line(label, runs[(ours, n)], runs[(peer, n)], "tok/s", ">= 1.0")
+    for key, label, unit, goal in (
+        ("follow_up_ttft_s", "follow-up turn, first token", "s", "<= 1.0"),
+        ("first_turn_ttft_s", "first turn (cold), first token", "s", "-"),
+        ("follow_up_prompt_eval", "follow-up prompt tokens computed", "tok", "-"),
+    ):
+        if (ours, key) in ttft and (peer, key) in ttft:
+            line(label, ttft[(ours, key)], ttft[(peer, key)], unit, goal)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
@@ -77,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--skip-startup", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-peer", action="store_true", help="no llama-server comparison")
+    parser.add_argument(
+        "--skip-inprocess", action="store_true", help="only the HTTP servers (fixed slots, peer)"
+    )
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs per figure; the median is reported"
     )
@@ -94,27 +145,67 @@ def main(argv: list[str] | None = None) -> int:
     auto = "server HTTP (NUM_PARALLEL=auto)"
     llama_name = "llama-cpp-python Llama.create_completion"
     runs: dict[tuple[str, int], list[float]] = {}
+    ttft: dict[tuple[str, str], list[float]] = {}
     models = fresh_store()
+    peer = "llama-server, same CPU code"
+    peer_cpu = None if args.skip_peer else _peer_cpu_library()
+    if peer_cpu is not None:
+        from bench.peer import ensure_llama_server, llama_server
+
+        peer_binary = ensure_llama_server()
+        print(f"peer: {peer_binary} with {peer_cpu}")
     # Every configuration is measured once per round, rounds interleaved, so a machine that
     # speeds up or slows down over minutes moves all of them alike; ratios are taken per round.
-    with (
-        server(models, num_parallel=max_streams, threads=args.threads) as (fixed_url, _),
-        server(models, num_parallel=None, threads=args.threads) as (auto_url, _),
-    ):
-        for _ in range(args.repeats):
-            runs.setdefault((llama_name, 1), []).append(
-                bench_llama_class(model_path, args.tokens, args.threads)["tok_per_s"]
+    with ExitStack() as stack:
+        fixed_url, _ = stack.enter_context(
+            server(models, num_parallel=max_streams, threads=args.threads)
+        )
+        auto_url = None
+        if not args.skip_inprocess:
+            auto_url, _ = stack.enter_context(
+                server(models, num_parallel=None, threads=args.threads)
             )
+        peer_url = None
+        if peer_cpu is not None:
+            peer_url = stack.enter_context(
+                llama_server(
+                    peer_binary,
+                    model_path,
+                    peer_cpu,
+                    parallel=max_streams,
+                    ctx_per_slot=4096,
+                    threads=args.threads,
+                )
+            )
+        for round_no in range(args.repeats):
+            if not args.skip_inprocess:
+                runs.setdefault((llama_name, 1), []).append(
+                    bench_llama_class(model_path, args.tokens, args.threads)["tok_per_s"]
+                )
             for n in args.streams:
-                for name, measure in (
-                    (
-                        "engine in-process",
-                        lambda n=n: bench_engine(model_path, n, args.tokens, args.threads),
-                    ),
+                measures = [
                     (fixed, lambda n=n: bench_http(fixed_url, "gemma3:270m", n, args.tokens)),
-                    (auto, lambda n=n: bench_http(auto_url, "gemma3:270m", n, args.tokens)),
-                ):
+                ]
+                if not args.skip_inprocess:
+                    measures[:0] = [
+                        (
+                            "engine in-process",
+                            lambda n=n: bench_engine(model_path, n, args.tokens, args.threads),
+                        )
+                    ]
+                    measures.append(
+                        (auto, lambda n=n: bench_http(auto_url, "gemma3:270m", n, args.tokens))
+                    )
+                if peer_url is not None:
+                    measures.append((peer, lambda n=n: peer_streams(peer_url, n, args.tokens)))
+                for name, measure in measures:
                     runs.setdefault((name, n), []).append(measure()["tok_per_s"])
+            turns = [(fixed, lambda r=round_no: appliance_follow_up(fixed_url, "gemma3:270m", r))]
+            if peer_url is not None:
+                turns.append((peer, lambda r=round_no: peer_follow_up(peer_url, r)))
+            for name, measure in turns:
+                for key, value in measure().items():
+                    ttft.setdefault((name, key), []).append(value)
 
     def med(values: list[float]) -> float:
         return statistics.median(values)
@@ -123,11 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         {"runner": name, "streams": n, "tok_per_s": med(values)}
         for (name, n), values in runs.items()
     ]
-    order = {llama_name: 0, "engine in-process": 1, fixed: 2, auto: 3}
+    order = {llama_name: 0, "engine in-process": 1, fixed: 2, auto: 3, peer: 4}
     rows.sort(key=lambda r: (order[r["runner"]], r["streams"]))
-    engine_1 = med(runs[("engine in-process", 1)])
+    base = runs.get(("engine in-process", 1)) or runs[(fixed, 1)]
     print()
-    _table(rows, engine_1, med(runs[(llama_name, 1)]))
+    _table(rows, med(base), med(runs.get((llama_name, 1)) or base))
     print()
 
     def ratio(a: tuple[str, int], b: tuple[str, int]) -> str:
@@ -143,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if a in runs and b in runs:
             print(f"{label:<36} {ratio(a, b)}  {('goal ' + goal) if goal else ''}")
+    if peer_url is not None:
+        print()
+        _peer_table(runs, ttft, fixed, peer, args.streams)
 
     if not args.skip_memory:
         print()

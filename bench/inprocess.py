@@ -70,9 +70,11 @@ def bench_llama_class(
     """Tokens/s of `Llama.create_completion(stream=True)` for the same prompt, greedy."""
     from llama_cpp import Llama
 
+    from engine import cpu_backend
     from engine.llama_log import init_llama
 
     init_llama()
+    cpu_backend.load()  # the class loads no CPU code itself (llama-cpp-python#2069)
     llm = Llama(
         model_path=str(model_path),
         n_ctx=N_CTX,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from engine import cpu_backend
 from engine.llama_log import LOGGER_NAME, init_llama
 
 
@@ -69,6 +70,10 @@ class Model:
     def load(cls, path: Path | str, *, n_gpu_layers: int = 0, use_mmap: bool = True) -> Model:
         """Load the weights (blocking). Raises ModelLoadFailed with llama.cpp's reason."""
         init_llama()
+        try:
+            cpu_backend.load()  # the CPU variant chosen at start-up, or the best that runs
+        except cpu_backend.CpuBackendError as exc:
+            raise ModelLoadFailed(f"unable to load model {path}: {exc}") from None
         path = Path(path)
         if not path.is_file():
             raise ModelLoadFailed(f"model file not found: {path}")

@@ -405,3 +405,12 @@ def test_for_tests_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None
     s = Settings.for_tests(max_queue=3)
     assert (s.host, s.port, s.max_queue) == ("127.0.0.1", 0, 3)
     assert s.models_dir.is_dir() and not any(s.models_dir.iterdir())
+
+
+def test_cpu_variant_is_auto_unless_a_known_variant_is_named(tmp_path: Path) -> None:
+    assert load({}).cpu_variant == "auto"
+    assert load({"LLM_APPLIANCE_CPU_VARIANT": "Haswell"}).cpu_variant == "haswell"
+    with pytest.raises(ConfigError, match="LLM_APPLIANCE_CPU_VARIANT: 'pentium4'"):
+        load({"LLM_APPLIANCE_CPU_VARIANT": "pentium4"})
+    assert load(config_path=write_toml(tmp_path, 'cpu_variant = "x64"\n')).cpu_variant == "x64"
+    assert load({}).as_log_map()["LLM_APPLIANCE_CPU_VARIANT"] == "auto"

@@ -65,11 +65,32 @@ def test_cpu_with_x86_64_v3_passes():
     assert check.detail["logical_cpus"] == 8
 
 
-def test_cpu_without_avx2_fails_and_says_what_is_needed():
-    check = doctor.check_cpu(HostFacts(cpuinfo=cpuinfo(SANDY_BRIDGE_FLAGS)))
+def test_cpu_without_avx_passes_since_the_binary_carries_baseline_code():
+    check = doctor.check_cpu(HostFacts(cpuinfo=cpuinfo(SANDY_BRIDGE_FLAGS.replace(" avx", ""))))
+    assert check.status is Status.OK
+
+
+def test_cpu_check_names_the_chosen_variant_and_why_others_were_rejected():
+    from engine.cpu_backend import Choice
+
+    choice = Choice(
+        "icelake",
+        "/x/libggml-cpu-icelake.so",
+        "avx2 avx512 avx512_vbmi avx512_vnni run here (best of 9)",
+        {"sapphirerapids": "probe died with SIGILL", "icelake": "runs"},
+    )
+    check = doctor.check_cpu(HostFacts(cpuinfo=cpuinfo(HASWELL_FLAGS), cpu_code=choice))
+    assert check.status is Status.OK
+    assert "icelake: avx2 avx512" in check.summary
+    assert "sapphirerapids: probe died with SIGILL" in check.summary
+    assert check.detail["variant"] == "icelake"
+
+
+def test_cpu_check_fails_when_no_variant_runs():
+    facts = HostFacts(cpuinfo=cpuinfo(HASWELL_FLAGS), cpu_code="no CPU variant runs here: x64: ...")
+    check = doctor.check_cpu(facts)
     assert check.status is Status.FAIL
-    assert check.detail["missing"] == ["avx2", "fma", "f16c", "bmi2"]
-    assert "Haswell" in check.hint and "Excavator" in check.hint
+    assert "LLM_APPLIANCE_CPU_VARIANT" in check.hint
 
 
 def test_non_x86_machine_is_warned():
@@ -233,7 +254,7 @@ async def test_full_report_renders_as_text_and_json(tmp_path: Path):
 
 
 def test_exit_code_is_1_on_a_failure():
-    failing = doctor.check_cpu(HostFacts(cpuinfo=cpuinfo(SANDY_BRIDGE_FLAGS)))
+    failing = doctor.check_cpu(HostFacts(cpuinfo=cpuinfo(HASWELL_FLAGS), cpu_code="none runs"))
     assert doctor.exit_code([failing]) == 1
 
 
@@ -241,6 +262,7 @@ def test_gather_host_facts_reads_this_host():
     facts = doctor.gather_host_facts()
     assert facts.machine
     assert isinstance(facts.cpuinfo, str)
+    assert facts.cpu_code is not None  # a Choice, or the reason none runs
 
 
 def test_platform_defaults_are_listed_with_their_rule():

@@ -3,8 +3,8 @@
 Each check is a plain function of injected facts (the host's /proc files, the environment, the
 settings), so tests build the facts they need; `gather_host_facts()` reads the real ones. The
 report names the fix for each problem users hit in Ollama's issues: slow WSL2 networking (LSO),
-a models directory the service user cannot write, a proxy that is not the one expected, a CPU
-older than the binary's x86-64-v3 baseline.
+a models directory the service user cannot write, a proxy that is not the one expected, and
+which of llama.cpp's CPU variants this CPU runs (and why the better ones were rejected).
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from typing import Any
 
 import trio
 
-# llama.cpp is built with GGML_NATIVE=OFF and AVX/AVX2/FMA/F16C/BMI2 on (x86-64-v3): the binary
-# stops with SIGILL on a CPU without them (Intel before Haswell, AMD before Excavator).
-REQUIRED_CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi2")
+# llama.cpp's CPU code is built once per x86-64 level (GGML_CPU_ALL_VARIANTS) and chosen at start
+# (engine/cpu_backend.py), down to the x86-64 baseline: no CPU flag is required any more.
 GOOD_TO_HAVE_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vnni", "avx_vnni")
 BUILD_GLIBC = "2.36"  # Debian 12's; the one-file binary needs this glibc or newer
 WSL_SCRIPT = "wsl/Tune-WslNetwork.ps1"
@@ -68,10 +67,12 @@ class HostFacts:
     machine: str = "x86_64"
     glibc: str | None = None
     frozen: bool = False
+    cpu_code: Any = None  # engine.cpu_backend.Choice, or why none runs (str); None: not asked
 
 
-def gather_host_facts() -> HostFacts:
-    """Read the real host: /proc files, the machine type, glibc, whether we run as the binary."""
+def gather_host_facts(cpu_variant: str = "auto") -> HostFacts:
+    """Read the real host: /proc files, the machine type, glibc, whether we run as the binary,
+    and the CPU variant the server would load (probing in child processes what is not cached)."""
 
     def read(path: str) -> str:
         try:
@@ -90,7 +91,17 @@ def gather_host_facts() -> HostFacts:
         machine=platform.machine(),
         glibc=glibc,
         frozen=bool(getattr(sys, "frozen", False)),
+        cpu_code=_cpu_code(cpu_variant),
     )
+
+
+def _cpu_code(cpu_variant: str) -> Any:
+    from engine import cpu_backend
+
+    try:
+        return cpu_backend.choose(cpu_variant)
+    except cpu_backend.CpuBackendError as exc:
+        return str(exc)
 
 
 # -- WSL ---------------------------------------------------------------------------------------
@@ -196,11 +207,7 @@ def cpu_flags(cpuinfo: str) -> frozenset[str]:
 def check_cpu(facts: HostFacts) -> Check:
     flags = cpu_flags(facts.cpuinfo)
     cores = sum(1 for line in facts.cpuinfo.splitlines() if line.startswith("processor"))
-    detail: dict[str, Any] = {
-        "machine": facts.machine,
-        "logical_cpus": cores,
-        "required": list(REQUIRED_CPU_FLAGS),
-    }
+    detail: dict[str, Any] = {"machine": facts.machine, "logical_cpus": cores}
     if facts.machine not in ("x86_64", "AMD64", "amd64"):
         return Check(
             "cpu",
@@ -209,22 +216,24 @@ def check_cpu(facts: HostFacts) -> Check:
             detail,
             "build from source on this machine (make binary)",
         )
-    missing = [flag for flag in REQUIRED_CPU_FLAGS if flag not in flags]
-    detail["missing"] = missing
     detail["extras"] = [flag for flag in GOOD_TO_HAVE_CPU_FLAGS if flag in flags]
-    if missing:
+    code = facts.cpu_code
+    if isinstance(code, str):
         return Check(
             "cpu",
             Status.FAIL,
-            "CPU lacks " + ", ".join(missing),
+            f"no llama.cpp CPU code can be used: {code}",
             detail,
-            "the binary needs x86-64-v3 (AVX2, FMA, F16C, BMI2: Intel Haswell / AMD "
-            "Excavator or newer) and would stop with 'Illegal instruction'; build "
-            "llama-cpp-python from source with matching CMAKE_ARGS",
+            "set LLM_APPLIANCE_CPU_VARIANT to a variant that runs here (x64 needs only x86-64), "
+            "or reinstall the binary",
         )
-    return Check(
-        "cpu", Status.OK, f"{cores} logical CPUs with " + ", ".join(REQUIRED_CPU_FLAGS), detail
-    )
+    if code is None:
+        return Check("cpu", Status.OK, f"{cores} logical CPUs (x86-64)", detail)
+    detail["variant"] = code.variant
+    detail["verdicts"] = dict(code.verdicts)
+    detail["forced"] = code.forced
+    summary = f"{cores} logical CPUs; llama.cpp CPU code {code.describe()}"
+    return Check("cpu", Status.OK, summary, detail)
 
 
 def check_glibc(facts: HostFacts) -> Check:
@@ -587,7 +596,8 @@ def command(args: argparse.Namespace) -> int:
     except ValueError as exc:  # config.ConfigError: the server would refuse to start too
         print(f"[fail] config    {exc}")
         return 1
-    checks = trio.run(run_checks, gather_host_facts(), environ, target)
+    cpu_variant = getattr(target.settings, "cpu_variant", "auto")
+    checks = trio.run(run_checks, gather_host_facts(cpu_variant), environ, target)
     if args.json:
         print(json.dumps([check.as_json() for check in checks], indent=2))
     else:

@@ -34,6 +34,7 @@ from appliance.settings.config import Settings, load_settings
 from appliance.store.layout import sweep_temp_files
 from appliance.store.remote.download import Downloads
 from appliance.store.store import Store
+from engine import cpu_backend
 
 log = logging.getLogger("appliance")
 
@@ -216,6 +217,11 @@ def _serve_command(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level)
     log.info("server config %s", settings.as_log_map())
+    try:  # before any model loads; logs e.g. "cpu variant icelake: avx512 ... run here; ..."
+        log.info("cpu variant %s", cpu_backend.load(settings.cpu_variant).describe())
+    except cpu_backend.CpuBackendError as exc:
+        log.error("%s", exc)
+        return 1
     # Ignored outside trio's signal receiver: the receiver restores this when it closes, so a
     # second SIGTERM (systemd signals every process of the unit) cannot kill the process while
     # the interpreter winds down after a clean shutdown.

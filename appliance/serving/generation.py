@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import ApplianceError, BadRequest
-from appliance.serving.format_bounds import check_format_bounds
 from appliance.options import bounded_for_context
+from appliance.serving.format_bounds import check_format_bounds
 from engine.batch import Chunk, SequenceRequest
 from engine.sampling import SamplingParams, format_grammar
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.gocompat.durations import FOREVER, env_duration_seconds, format_go_duration
 from appliance.options import go_parse_bool
+from engine.cpu_backend import VARIANT_FEATURES
 
 if TYPE_CHECKING:
     from appliance.settings.platform import PlatformDefaults
@@ -97,7 +98,12 @@ FILE_KEYS: dict[str, str] = {
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
+    "cpu_variant": "LLM_APPLIANCE_CPU_VARIANT",
 }
+
+
+# llama.cpp's x86 CPU variants, for LLM_APPLIANCE_CPU_VARIANT.
+CPU_VARIANTS = tuple(VARIANT_FEATURES)
 
 
 class ConfigError(ValueError):
@@ -171,6 +177,7 @@ class Settings:
     drop_unsupported_tools: bool = False
     write_timeout: float = DEFAULT_WRITE_TIMEOUT  # drop a client that accepts no byte this long
     allowed_registries: tuple[str, ...] = ()  # hosts pulls and pushes may use; empty: any
+    cpu_variant: str = "auto"  # llama.cpp's CPU code: "auto" (the best that runs) or a variant
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -286,6 +293,7 @@ class Settings:
             "NO_PROXY": self.no_proxy or "",
             "LLM_APPLIANCE_WRITE_TIMEOUT": format_go_duration(self.write_timeout),
             "LLM_APPLIANCE_ALLOWED_REGISTRIES": ",".join(self.allowed_registries),
+            "LLM_APPLIANCE_CPU_VARIANT": self.cpu_variant,
         }
 
 
@@ -599,6 +607,7 @@ class _Loader:
             drop_unsupported_tools=bool(
                 self.flag("LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS", "drop_unsupported_tools", False)
             ),
+            cpu_variant=self.cpu_variant(),
         )
 
     # Each method below handles one setting.
@@ -837,6 +846,21 @@ class _Loader:
             return path
 
         return self.file_value(key, convert)
+
+    def cpu_variant(self) -> str:
+        def check(value: Any) -> str:
+            name = _require_str(value).strip().lower() or "auto"
+            if name != "auto" and name not in CPU_VARIANTS:
+                raise ValueError(f"{name!r} is not auto or one of {', '.join(CPU_VARIANTS)}")
+            return name
+
+        text = env_var(self.env, "LLM_APPLIANCE_CPU_VARIANT")
+        if text:
+            try:
+                return check(text)
+            except ValueError as exc:
+                raise ConfigError(f"LLM_APPLIANCE_CPU_VARIANT: {exc}") from None
+        return self.file_value("cpu_variant", check) or "auto"
 
 
 def read_api_key_file(text: str) -> tuple[str, ...]:

@@ -1,0 +1,179 @@
+"""The peer: llama.cpp's own llama-server, built once from the llama.cpp llama-cpp-python vendors.
+
+The sources come from the installed llama-cpp-python's sdist (`pip download --no-binary :all:`),
+so both sides run the same llama.cpp. It is built as the appliance's llama.cpp is (GGML_NATIVE=OFF,
+GGML_BACKEND_DL) but without CPU code of its own (GGML_CPU=OFF): at run time it loads, through
+`GGML_BACKEND_PATH`, the very CPU variant library the appliance chose, so both run the same code.
+Only the `llama-server` target is built, into a folder keyed by (version, CMake arguments) under
+~/.cache/llm-appliance/llama-server/, which later runs (and other clones) reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+PEER_CMAKE_ARGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_BACKEND_DL=ON",
+    "-DGGML_CPU=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_CURL=OFF",
+)
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-appliance" / "llama-server"
+
+
+def build_dir(version: str, cmake_args: tuple[str, ...] = PEER_CMAKE_ARGS) -> Path:
+    key = hashlib.sha256(json.dumps([version, list(cmake_args)]).encode()).hexdigest()[:16]
+    return cache_root() / f"{version}-{key}"
+
+
+def _sdist_sources(version: str, into: Path) -> Path:
+    """vendor/llama.cpp of llama-cpp-python's sdist, downloaded (pip's own client) and unpacked."""
+    with tempfile.TemporaryDirectory(prefix="llama-sdist-") as tmp:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                "--no-cache-dir",
+                "-d",
+                tmp,
+                f"llama-cpp-python=={version}",
+            ],
+            check=True,
+        )
+        (archive,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
+        with tarfile.open(archive) as tar:
+            tar.extractall(into, filter="data")
+    (top,) = into.glob("llama_cpp_python-*")
+    return top / "vendor" / "llama.cpp"
+
+
+def ensure_llama_server(cmake_args: tuple[str, ...] = PEER_CMAKE_ARGS) -> Path:
+    """The llama-server binary for the installed llama-cpp-python, building it on first use."""
+    version = importlib.metadata.version("llama-cpp-python")
+    folder = build_dir(version, cmake_args)
+    binary = folder / "build" / "bin" / "llama-server"
+    if (folder / ".built").is_file() and binary.is_file():
+        return binary
+    print(f"building llama-server {version} into {folder} (once)", file=sys.stderr, flush=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    source = _sdist_sources(version, folder / "src")
+    jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
+    subprocess.run(
+        ["cmake", "-S", str(source), "-B", str(folder / "build"), *cmake_args], check=True
+    )
+    subprocess.run(
+        ["cmake", "--build", str(folder / "build"), "--target", "llama-server", "-j", jobs],
+        check=True,
+    )
+    (folder / ".built").write_text(json.dumps({"version": version, "cmake_args": cmake_args}))
+    return binary
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def llama_server(
+    binary: Path,
+    model: Path,
+    cpu_library: str | None,
+    *,
+    parallel: int,
+    ctx_per_slot: int,
+    threads: int,
+) -> Iterator[str]:
+    """llama-server on a free loopback port with `parallel` slots of `ctx_per_slot`; yields its URL.
+
+    `cpu_library`: the CPU variant to load (GGML_BACKEND_PATH); None for a build with its own.
+    """
+    port = _free_port()
+    env = dict(os.environ)
+    if cpu_library:
+        env["GGML_BACKEND_PATH"] = cpu_library
+    log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
+    command = [
+        str(binary),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-t",
+        str(threads),
+        "-tb",
+        str(threads),
+        "-np",
+        str(parallel),
+        "-c",
+        str(ctx_per_slot * parallel),
+        "--no-webui",
+    ]
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited ({proc.returncode}); see {log.name}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise RuntimeError(f"llama-server did not start; see {log.name}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+if __name__ == "__main__":
+    print(ensure_llama_server())
