@@ -86,6 +86,7 @@ FILE_KEYS: dict[str, str] = {
     "https_proxy": "HTTPS_PROXY",
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
+    "prompt_cache": "LLM_APPLIANCE_PROMPT_CACHE",
 }
 
 
@@ -145,6 +146,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # non-empty: every route needs one
     api_key_file: Path | None = None  # one key per line, re-read when it changes
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    prompt_cache: bool = True  # keep each sequence's KV for the next prompt sharing its prefix
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -229,6 +231,7 @@ class Settings:
             "HTTPS_PROXY": mask_url_credentials(self.https_proxy or ""),
             "HTTP_PROXY": mask_url_credentials(self.http_proxy or ""),
             "NO_PROXY": self.no_proxy or "",
+            "LLM_APPLIANCE_PROMPT_CACHE": str(self.prompt_cache).lower(),
         }
 
 
@@ -514,6 +517,7 @@ class _Loader:
             api_keys=self.api_keys(),
             api_key_file=self.api_key_file(),
             warnings=tuple(self.warnings),
+            prompt_cache=bool(self.flag("LLM_APPLIANCE_PROMPT_CACHE", "prompt_cache", True)),
         )
 
     # Each method below handles one setting.

@@ -70,7 +70,8 @@ class Appliance:
         metrics = Metrics() if settings.metrics else None
         scheduler = Scheduler(
             limits=limits,
-            loader=self.loader or make_loader(settings.num_threads),
+            loader=self.loader
+            or make_loader(settings.num_threads, prompt_cache=settings.prompt_cache),
             planner=catalog.plan,
             observer=metrics,
         )

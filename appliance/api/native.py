@@ -120,13 +120,12 @@ async def _template_for(model: Any, lease: Any, override: str | None = None) -> 
     # Models that share weights share a runner but not always a template.
     if not override and cached is not None and cached.go_template == model.template:
         return cached
-    backend = runner.backend
     info = await services().extras["catalog"].info(model.model_path)
     template = PromptTemplate(
         go_template=override or model.template,
-        chat_template=backend.chat_template,
-        bos_token=backend.bos_text or "",
-        eos_token=backend.eos_text or "",
+        chat_template=lease.chat_template,
+        bos_token=lease.bos_text,
+        eos_token=lease.eos_text,
         architecture=info.architecture,
     )
     if not override:
@@ -135,11 +134,10 @@ async def _template_for(model: Any, lease: Any, override: str | None = None) -> 
 
 
 async def _tokenize_prompt(lease: Any, text: str, *, raw: bool) -> list[int]:
-    backend = lease.runner.backend
-    bos = backend.bos_text or ""
+    bos = lease.bos_text
     # A rendered chat template usually writes BOS itself; never add a second one.
     add_special = raw or not (bos and text.startswith(bos))
-    return await lease.runner.tokenize(text, add_special=add_special)
+    return await lease.tokenize(text, add_special=add_special)
 
 
 def _final_metrics(chunk: Any, timing: Timing) -> dict[str, int]:
@@ -249,13 +247,13 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
             if think:
                 reply = ReplyParser(thinking_parser(tmpl, text))
             if context:
-                text = await lease.runner.backend.detokenize(list(context)) + text
+                text = await lease.detokenize(list(context)) + text
         tokens = await _tokenize_prompt(lease, text, raw=raw)
         seq = sequence_request(
             tokens,
             options,
             grammar=grammar,
-            num_ctx=lease.runner.spec.num_ctx,
+            num_ctx=lease.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
     except BaseException:
@@ -434,7 +432,7 @@ async def prepare_chat(body: dict[str, Any], timing: Timing) -> NativeAnswer:
             tokens,
             options,
             grammar=grammar,
-            num_ctx=lease.runner.spec.num_ctx,
+            num_ctx=lease.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
     except BaseException:
@@ -457,13 +455,12 @@ async def _fit_chat(
     Runs in a worker thread: rendering and tokenizing a long history can take milliseconds, and
     tokenizing reads only the vocabulary, which is safe beside a running decode.
     """
-    num_ctx = lease.runner.spec.num_ctx
-    backend = lease.runner.backend
+    num_ctx = lease.num_ctx
     truncate = field_of_type(body, "truncate", bool, True)
 
     def tokens_of(text: str) -> list[int]:
-        bos = backend.bos_text or ""
-        return backend.tokenize_blocking(text, add_special=not (bos and text.startswith(bos)))
+        bos = lease.bos_text
+        return lease.tokenize_blocking(text, add_special=not (bos and text.startswith(bos)))
 
     def render(messages: list[dict[str, Any]]) -> str:
         return tmpl.render_chat(messages, tools=tools, think=think)
@@ -552,7 +549,7 @@ async def embed_answer(body: dict[str, Any], timing: Timing) -> dict[str, Any]:
         if not inputs:
             return {"model": model_text, "embeddings": []}
         try:
-            vectors, count = await lease.runner.embed(
+            vectors, count = await lease.embed(
                 inputs, truncate=truncate, normalize=True, dimensions=dimensions or None
             )
         except ApplianceError as exc:
@@ -588,7 +585,7 @@ async def embeddings() -> Response:
     try:
         if not prompt:
             return json_response({"embedding": []})
-        vectors, _ = await lease.runner.embed(
+        vectors, _ = await lease.embed(
             [prompt], truncate=True, normalize=False, dimensions=None
         )
     finally:
