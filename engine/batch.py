@@ -53,7 +53,7 @@ class SequenceRequest:
     stop: list[str] = field(default_factory=list)
     num_keep: int = 4
     truncate: bool = True
-    num_ctx: int = 0  # this request's own context limit; 0 (or more than the engine's): the engine's
+    num_ctx: int = 0  # this request's own context limit; 0 (or above the engine's): the engine's
 
 
 @dataclass

@@ -585,9 +585,7 @@ async def embeddings() -> Response:
     try:
         if not prompt:
             return json_response({"embedding": []})
-        vectors, _ = await lease.embed(
-            [prompt], truncate=True, normalize=False, dimensions=None
-        )
+        vectors, _ = await lease.embed([prompt], truncate=True, normalize=False, dimensions=None)
     finally:
         lease.release()
     return json_response({"embedding": vectors[0]})
