@@ -27,7 +27,7 @@ import trio
 
 from appliance.backend import Admit, Backend, Loader, LoadSpec, Rejected, Release
 from appliance.errors import ApplianceError, ModelLoadError
-from engine.batch import Chunk, SequenceRequest
+from engine.batch import MIN_REUSE, Chunk, SequenceRequest
 
 if TYPE_CHECKING:
     from appliance.store.store import LocalModel
@@ -50,10 +50,9 @@ class RunnerObserver(Protocol):
     def sequence_done(self, runner: Runner, chunk: Chunk) -> None: ...
 
 
-#: A cached prefix shorter than this many tokens, or than this share of the prompt, is not worth
-#: keeping a sequence for: the prompt goes to the least recently used free sequence instead
-#: (llama-server's slot similarity rule, 0.1). Every chat prompt shares its template's first tokens.
-MIN_USEFUL_PREFIX = 16
+#: A cached prefix shorter than the engine's MIN_REUSE, or than this share of the prompt, is not
+#: worth a sequence's cache: the prompt goes to the least recently used free sequence instead
+#: (llama-server's slot similarity rule, 0.1).
 MIN_USEFUL_SHARE = 0.1
 
 
@@ -287,7 +286,7 @@ class Runner:
             n = backend.cached_prefix(seq, tokens)
             if n > best_len:
                 best, best_len = seq, n
-        if best_len < max(MIN_USEFUL_PREFIX, MIN_USEFUL_SHARE * len(tokens)):
+        if best_len < len(tokens) and best_len < max(MIN_REUSE, MIN_USEFUL_SHARE * len(tokens)):
             return lru
         return best
 

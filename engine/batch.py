@@ -26,6 +26,11 @@ PROMPT_TOO_LONG = (
     "length"
 )
 
+#: A cached prefix shorter than this is not reused (unless it is the whole prompt): it would save
+#: next to nothing, and a cold prefill keeps the answer equal to a cold run's. Every chat prompt
+#: shares its template's first few tokens with every other.
+MIN_REUSE = 16
+
 KV_TYPES = {
     "f32": llama_cpp.GGML_TYPE_F32,
     "f16": llama_cpp.GGML_TYPE_F16,
@@ -169,6 +174,7 @@ class BatchEngine:
         type_k: str = "f16",
         type_v: str = "f16",
         reuse_prefix: bool = True,
+        min_reuse: int = MIN_REUSE,
     ) -> None:
         """`reuse_prefix` (the prompt cache) keeps a finished sequence's KV and reuses its longest
         common prefix for the sequence's next prompt, so a chat's next turn prefills only its new
@@ -176,7 +182,7 @@ class BatchEngine:
         served whole from the cache and samples from the very logits of its first run, so a
         repeated request gives the same answer. A follow-up turn reuses KV that was computed in
         batches of other shapes, so its greedy output may differ in the last bits from a cold
-        run."""
+        run. A partial prefix shorter than `min_reuse` tokens is prefilled again."""
         if n_seq < 1 or n_ctx < 2:
             raise ValueError("need at least one sequence and a context of 2 tokens")
         self.model = model
@@ -184,6 +190,7 @@ class BatchEngine:
         self.n_ctx = n_ctx
         self.n_batch = max(n_batch, n_seq)
         self.reuse_prefix = reuse_prefix
+        self.min_reuse = max(1, min_reuse)
         threads = n_threads or _default_threads()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * n_seq
@@ -255,6 +262,8 @@ class BatchEngine:
             preset = kept[1]
         else:
             common = min(common, len(prompt) - 1)  # decode at least one token for its logits
+            if common < self.min_reuse:
+                common = 0
         if common > 0 and self._window_intact(seq, common):
             if llama_cpp.llama_memory_seq_rm(self._mem, seq, common, -1):
                 return common, preset

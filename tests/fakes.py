@@ -33,6 +33,7 @@ class FakeBackend:
     step_seconds: float = 0.01
     prompt_chunk: int = 4  # prompt tokens fed per step, like n_batch
     default_tokens: int = 5  # tokens to generate when num_predict is -1
+    echo: bool = False  # every chunk's text is the prompt's first token, chr()'d: who it belongs to
     chat_template: str | None = None
     bos_text: str = ""
     eos_text: str = ""
@@ -104,7 +105,8 @@ class FakeBackend:
                 state.request.num_predict if state.request.num_predict > 0 else self.default_tokens
             )
             done = state.generated >= limit
-            out.append(Chunk(seq, "t", done=False, ticket=state.ticket))
+            text = chr(state.request.tokens[0]) if self.echo else "t"
+            out.append(Chunk(seq, text, done=False, ticket=state.ticket))
             if done:
                 del self._seqs[seq]
                 self.cached[seq] = list(state.request.tokens)
@@ -137,6 +139,7 @@ class FakeLoader:
     """Loads FakeBackends after `load_seconds`; paths listed in `failing` fail to load."""
 
     load_seconds: float = 1.0
+    echo: bool = False  # passed to every FakeBackend
     failing: set[str] = field(default_factory=set)
     loads: list[str] = field(default_factory=list)
     backends: list[FakeBackend] = field(default_factory=list)
@@ -153,7 +156,7 @@ class FakeLoader:
             self.concurrent -= 1
         if spec.key in self.failing:
             raise ModelLoadError("llama runner process has terminated: error loading model")
-        backend = FakeBackend(spec)
+        backend = FakeBackend(spec, echo=self.echo)
         self.backends.append(backend)
         return backend
 

@@ -249,13 +249,25 @@ def test_a_changed_history_reuses_only_the_common_part(tiny_model: Model) -> Non
     second = head + tiny_model.tokenize(" slept all day long", add_special=False)
     common = common_prefix(first, second)
     assert 0 < common < len(second)
-    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128, min_reuse=1) as engine:
         engine.admit(0, SequenceRequest(first, GREEDY, num_predict=3))
         drain(engine)
         engine.admit(0, SequenceRequest(second, GREEDY, num_predict=3))
         done = final(drain(engine)[0])
     assert done.prompt_cached == common
     assert done.prompt_eval_count == len(second) - common
+
+
+def test_a_prefix_shorter_than_min_reuse_is_prefilled_again(tiny_model: Model) -> None:
+    first = tiny_model.tokenize("the cat looked at the bird")
+    second = tiny_model.tokenize("the cat slept all day long")
+    assert 0 < common_prefix(first, second) < 16
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128) as engine:
+        engine.admit(0, SequenceRequest(first, GREEDY, num_predict=3))
+        drain(engine)
+        engine.admit(0, SequenceRequest(second, GREEDY, num_predict=3))
+        done = final(drain(engine)[0])
+    assert done.prompt_cached == 0 and done.prompt_eval_count == len(second)
 
 
 def test_the_prompt_cache_can_be_turned_off(tiny_model: Model) -> None:
@@ -308,7 +320,7 @@ def test_common_prefix(a: list[int], b: list[int], n: int) -> None:
 
 def test_continuing_a_conversation_reuses_prompt_and_reply(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("the cat")
-    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128, reuse_prefix=True) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128, min_reuse=1) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=6))
         reply = final(drain(engine)[0]).tokens
         follow_up = prompt + reply + tiny_model.tokenize(" is", add_special=False)
