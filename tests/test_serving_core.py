@@ -24,7 +24,7 @@ from helpers import add_model, running_appliance
 from prometheus_client.parser import text_string_to_metric_families
 
 LIMIT = 240
-REFERENCE_LIMIT = 600
+REFERENCE_LIMIT = 900  # a JSON-schema answer on a loaded 2-core machine takes seconds
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 # Long enough that a conversation's prefix dwarfs what a turn adds (about 400 tokens).
 SYSTEM = " ".join(
@@ -87,7 +87,7 @@ async def test_tokens_of_a_stream_the_client_dropped_never_reach_the_next_answer
         with trio.fail_after(REFERENCE_LIMIT):
             async with srv.client(timeout=REFERENCE_LIMIT) as client:
                 cold = (await client.post("/api/chat", json=json_chat)).json()["message"]
-                for _ in range(20):
+                for _ in range(12):
                     async with client.stream("POST", "/api/chat", json=story) as r:
                         lines = 0
                         async for _line in r.aiter_lines():
@@ -97,7 +97,7 @@ async def test_tokens_of_a_stream_the_client_dropped_never_reach_the_next_answer
                     r = await client.post("/api/chat", json=json_chat)
                     answers.append(r.json()["message"]["content"])
     assert json.loads(cold["content"])["city"]
-    assert answers == [cold["content"]] * 20
+    assert answers == [cold["content"]] * 12
 
 
 @pytest.mark.reference
@@ -116,7 +116,7 @@ async def test_a_dropped_v1_stream_leaves_nothing_in_the_next_generate(
             async with srv.client(timeout=REFERENCE_LIMIT) as client:
                 cold = (await client.post("/api/generate", json=body)).json()["response"]
                 oa = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
-                for _ in range(10):
+                for _ in range(8):
                     stream = await oa.chat.completions.create(
                         model="gemma3:270m",
                         messages=[{"role": "user", "content": "Write a poem about rain."}],
@@ -132,7 +132,7 @@ async def test_a_dropped_v1_stream_leaves_nothing_in_the_next_generate(
                     r = await client.post("/api/generate", json=body)
                     answers.append(r.json()["response"])
                 await oa.close()
-    assert cold and answers == [cold] * 10
+    assert cold and answers == [cold] * 8
 
 
 # ---- 2. a slot is released when its sequence ends, not when its body is drained ------------------
@@ -279,6 +279,25 @@ async def test_two_models_each_keep_their_own_cache(
     for m in ("gemma", "tiny"):
         assert cold[m]["prompt_eval_count"] == prompt_tokens(cold[m]) > 100
         assert warm[m]["prompt_eval_count"] < 10, (m, warm[m])
+
+
+async def test_a_repeated_prompt_is_served_from_the_cache_and_counted(
+    tmp_path: Path, tiny_gguf: Path
+):
+    models = tmp_path / "models"
+    add_model(models, "tiny", tiny_gguf)
+    prompt = "the cat sat on the mat " * 8
+    async with running_appliance(models, num_threads=1) as srv:
+        with trio.fail_after(LIMIT):
+            async with srv.client() as client:
+                answers = [await generate(client, "tiny", prompt) for _ in range(2)]
+                cached = await metric(
+                    client, "llamacpp:prompt_tokens_cached_total", model="tiny:latest"
+                )
+    assert answers[0]["prompt_eval_count"] == prompt_tokens(answers[0]) > 16
+    assert "prompt_eval_count" not in answers[1]  # 0, omitted as Ollama omits zero counts
+    assert answers[1]["response"] == answers[0]["response"]
+    assert cached == prompt_tokens(answers[1])
 
 
 async def test_the_prompt_cache_setting_turns_it_off(tmp_path: Path, tiny_gguf: Path):
