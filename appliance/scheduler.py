@@ -7,6 +7,9 @@ path. A waiter leaves the queue the moment its client goes away and is never run
 Requests for one model are served strictly in arrival order; a waiter for one model does not block
 another model's free slots. Only one model loads at a time, in arrival order. All state changes
 happen on the trio thread, and `_dispatch()` (synchronous) is run after each one.
+
+The scheduler counts slots, it does not own them: a granted request holds a claim on a runner
+(`Runner.capacity`, `claim`, `unclaim`); which engine sequence runs it is the runner's choice.
 """
 
 from __future__ import annotations

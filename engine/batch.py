@@ -286,16 +286,6 @@ class BatchEngine:
         """How many leading `tokens` sequence `seq` already holds in its KV cache."""
         return common_prefix(self._cached[seq], tokens)
 
-    def pick_slot(self, tokens: list[int], free: list[int]) -> int:
-        """The free sequence id whose cache shares the longest prefix with `tokens`.
-
-        Ties go to the first id in `free`. Lets a runner send a follow-up turn to the slot that
-        already holds the conversation so far.
-        """
-        if not free:
-            raise ValueError("no free sequence")
-        return max(free, key=lambda seq: (self.cached_prefix(seq, tokens), -free.index(seq)))
-
     def release(self, seq: int, ticket: int | None = None) -> None:
         """Stop sequence `seq` now and free its slot; safe if it is already done or free, and a
         no-op when `ticket` is given and the sequence now runs another admission.

@@ -370,13 +370,13 @@ def test_reference_model_batched_greedy_is_repeatable(reference_gguf) -> None:
     assert runs[0] == runs[1]
 
 
-def test_pick_slot_prefers_the_sequence_holding_the_prefix(tiny_model: Model) -> None:
+def test_cached_prefix_tells_which_sequence_holds_a_prompt(tiny_model: Model) -> None:
     first, second = tiny_model.tokenize("the cat"), tiny_model.tokenize("on the mat")
     with BatchEngine(tiny_model, n_threads=1, n_seq=3, n_ctx=128) as engine:
         engine.admit(0, SequenceRequest(first, GREEDY, num_predict=2))
         engine.admit(1, SequenceRequest(second, GREEDY, num_predict=2))
         drain(engine)
         follow_up = second + tiny_model.tokenize(" is", add_special=False)
-        assert engine.pick_slot(follow_up, [0, 1, 2]) == 1
         assert engine.cached_prefix(1, follow_up) == len(second)
-        assert engine.pick_slot(tiny_model.tokenize("zzz", add_special=False), [2, 0]) == 2
+        assert engine.cached_prefix(0, follow_up) < len(second)
+        assert engine.cached_prefix(2, follow_up) == 0
