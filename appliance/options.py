@@ -106,6 +106,9 @@ class LoadKey(NamedTuple):
 
     Compare with `matches`, not `==`: Ollama's needsReload treats `num_gpu < 0` in a request as
     "any", lets an unset `use_mmap` inherit, and counts two automatic num_ctx/num_batch as equal.
+    Unlike Ollama, a runner with at least the requested num_ctx serves the request (which keeps its
+    own limit): Open WebUI sends num_ctx on a chat and none on its follow-up task, and would
+    otherwise reload the model twice a turn.
     """
 
     num_ctx: int
@@ -119,17 +122,26 @@ class LoadKey(NamedTuple):
 
     def matches(self, loaded: LoadKey) -> bool:
         """Whether a runner loaded with `loaded` can serve a request that wants `self`."""
-        if not (self.auto_num_ctx and loaded.auto_num_ctx) and self.num_ctx != loaded.num_ctx:
-            return False
+        return not self.differences(loaded)
+
+    def differences(self, loaded: LoadKey) -> list[str]:
+        """What keeps a runner loaded with `loaded` from serving `self`, as `option old -> new`."""
+        out = []
+        if self.num_ctx > loaded.num_ctx and not (self.auto_num_ctx and loaded.auto_num_ctx):
+            out.append(f"num_ctx {loaded.num_ctx} -> {self.num_ctx}")
         if not (self.auto_num_batch and loaded.auto_num_batch) and (
             self.num_batch != loaded.num_batch
         ):
-            return False
+            out.append(f"num_batch {loaded.num_batch} -> {self.num_batch}")
         if self.num_gpu >= 0 and self.num_gpu != loaded.num_gpu:
-            return False
+            out.append(f"num_gpu {loaded.num_gpu} -> {self.num_gpu}")
         if self.use_mmap is not None and self.use_mmap != loaded.use_mmap:
-            return False
-        return self.main_gpu == loaded.main_gpu and self.num_thread == loaded.num_thread
+            out.append(f"use_mmap {loaded.use_mmap} -> {self.use_mmap}")
+        if self.main_gpu != loaded.main_gpu:
+            out.append(f"main_gpu {loaded.main_gpu} -> {self.main_gpu}")
+        if self.num_thread != loaded.num_thread:
+            out.append(f"num_thread {loaded.num_thread} -> {self.num_thread}")
+        return out
 
 
 def _warn_unknown_option(key: str) -> None:

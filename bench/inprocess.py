@@ -28,7 +28,12 @@ def bench_engine(
     with Model.load(model_path) as model:
         prompt = model.tokenize(PROMPT)
         with BatchEngine(
-            model, n_seq=n_streams, n_ctx=N_CTX, n_batch=512, n_threads=n_threads
+            model,
+            n_seq=n_streams,
+            n_ctx=N_CTX,
+            n_batch=512,
+            n_threads=n_threads,
+            reuse_prefix=False,  # every prompt is evaluated, as in the Llama-class baseline
         ) as engine:
             # Warm-up: one short run so first-call allocations are not timed.
             engine.admit(0, SequenceRequest(list(prompt), greedy, num_predict=4))

@@ -27,6 +27,11 @@ PROMPT_TOO_LONG = (
     "length"
 )
 
+#: A cached prefix shorter than this is not reused (unless it is the whole prompt): it would save
+#: next to nothing, and a cold prefill keeps the answer equal to a cold run's. Every chat prompt
+#: shares its template's first few tokens with every other.
+MIN_REUSE = 16
+
 KV_TYPES = {
     "f32": llama_cpp.GGML_TYPE_F32,
     "f16": llama_cpp.GGML_TYPE_F16,
@@ -59,22 +64,29 @@ class SequenceRequest:
     # At the end of the context, drop half of it and go on (Ollama's `shift`); the API turns it
     # on unless a request says `shift: false`, as Ollama defaults it.
     shift: bool = False
+    num_ctx: int = 0  # this request's own context limit; 0 (or above the engine's): the engine's
 
 
 @dataclass
 class Chunk:
-    """Output of one sequence for one step. A done chunk has empty text and the totals."""
+    """Output of one sequence for one step. A done chunk has empty text and the totals.
+
+    `ticket` names the admission the chunk belongs to (see `BatchEngine.admit`), so a caller that
+    reuses a sequence id can tell a late chunk of the previous sequence from the current one's.
+    """
 
     seq: int
     text: str
     done: bool = False
     done_reason: str | None = None
-    prompt_eval_count: int = 0
+    prompt_eval_count: int = 0  # prompt tokens decoded (not those served from the cache)
     prompt_eval_ns: int = 0
     eval_count: int = 0
     eval_ns: int = 0
     tokens: list[int] | None = None
     logprobs: list[Logprob] | None = None  # of the token sampled in this step, when asked
+    ticket: int = 0
+    prompt_cached: int = 0  # prompt tokens whose KV was reused from the sequence's cache
 
 
 class _Slot:
@@ -95,10 +107,30 @@ class _Slot:
         "eval_ns",
         "out_row",
         "shifted",
+        "ticket",
+        "n_ctx",
+        "reused",
+        "preset",
+        "prompt_logits",
     )
 
-    def __init__(self, req: SequenceRequest, sampler: SamplerChain, prompt: list[int], reuse: int):
+    def __init__(
+        self,
+        req: SequenceRequest,
+        sampler: SamplerChain,
+        prompt: list[int],
+        reuse: int,
+        *,
+        ticket: int,
+        n_ctx: int,
+        preset: np.ndarray | None,
+    ):
         self.req = req
+        self.ticket = ticket
+        self.n_ctx = n_ctx  # the request's own limit (at most the engine's)
+        self.reused = reuse
+        self.preset = preset  # kept logits of the last prompt position: sample without decoding
+        self.prompt_logits: np.ndarray | None = preset
         self.sampler = sampler
         self.prompt = prompt
         self.fed = reuse  # prompt tokens already in the KV cache
@@ -150,12 +182,16 @@ class BatchEngine:
         flash_attn: bool | None = None,
         type_k: str = "f16",
         type_v: str = "f16",
-        reuse_prefix: bool = False,
+        reuse_prefix: bool = True,
+        min_reuse: int = MIN_REUSE,
     ) -> None:
-        """`reuse_prefix` keeps a finished sequence's KV and reuses its longest common prefix for
-        the slot's next prompt. It saves prefill time on multi-turn chats, but the reused part was
-        computed in a batch of another shape, so greedy output can differ in the last bits from a
-        cold run: off by default, so that the same request gives the same answer."""
+        """`reuse_prefix` (the prompt cache) keeps a finished sequence's KV and reuses its longest
+        common prefix for the sequence's next prompt, so a chat's next turn prefills only its new
+        tokens. The logits row of the last prompt position is kept too: the same prompt again is
+        served whole from the cache and samples from the very logits of its first run, so a
+        repeated request gives the same answer. A follow-up turn reuses KV that was computed in
+        batches of other shapes, so its greedy output may differ in the last bits from a cold
+        run. A partial prefix shorter than `min_reuse` tokens is prefilled again."""
         if n_seq < 1 or n_ctx < 2:
             raise ValueError("need at least one sequence and a context of 2 tokens")
         self.model = model
@@ -163,6 +199,7 @@ class BatchEngine:
         self.n_ctx = n_ctx
         self.n_batch = max(n_batch, n_seq)
         self.reuse_prefix = reuse_prefix
+        self.min_reuse = max(1, min_reuse)
         threads = n_threads or _default_threads()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * n_seq
@@ -193,66 +230,85 @@ class BatchEngine:
         self._batch_live = True
         self._slots: list[_Slot | None] = [None] * n_seq
         self._cached: list[list[int]] = [[] for _ in range(n_seq)]  # tokens in each seq's KV
+        # Per sequence: the logits after its last prompt and that prompt's length (see admit).
+        self._logits: list[tuple[int, np.ndarray] | None] = [None] * n_seq
+        self._n_vocab = model.n_vocab
+        self._n_swa = llama_cpp.llama_model_n_swa(model.handle)
 
     # -- admission -----------------------------------------------------------------------
 
-    def admit(self, seq: int, req: SequenceRequest) -> None:
-        """Start `req` on sequence `seq` (a free slot). Raises PromptTooLong, ValueError."""
+    def admit(self, seq: int, req: SequenceRequest, ticket: int = 0) -> None:
+        """Start `req` on sequence `seq` (a free slot); its chunks carry `ticket`.
+
+        Raises PromptTooLong or ValueError, leaving the sequence and its cache as they were.
+        """
         if not 0 <= seq < self.n_seq:
             raise ValueError(f"sequence {seq} out of range 0..{self.n_seq - 1}")
         if self._slots[seq] is not None:
             raise ValueError(f"sequence {seq} is busy")
         if not req.tokens:
             raise ValueError("empty prompt")
-        prompt = fit_prompt(req.tokens, self.n_ctx, req.num_keep, req.num_predict, req.truncate)
-        sampler = SamplerChain(req.sampling, self.model.vocab, self.n_ctx)
-        reuse = self._reuse_prefix(seq, prompt)
-        self._slots[seq] = _Slot(req, sampler, prompt, reuse)
+        n_ctx = min(req.num_ctx, self.n_ctx) if req.num_ctx > 0 else self.n_ctx
+        prompt = fit_prompt(req.tokens, n_ctx, req.num_keep, req.num_predict, req.truncate)
+        sampler = SamplerChain(req.sampling, self.model.vocab, n_ctx)
+        reuse, preset = self._reuse_prefix(seq, prompt)
+        self._slots[seq] = _Slot(
+            req, sampler, prompt, reuse, ticket=ticket, n_ctx=n_ctx, preset=preset
+        )
         self._cached[seq] = prompt[:reuse]
+        self._logits[seq] = None
 
-    def _reuse_prefix(self, seq: int, prompt: list[int]) -> int:
-        """Keep the KV of the longest prefix this sequence already holds; return its length."""
-        common = min(self.cached_prefix(seq, prompt), len(prompt) - 1)  # decode at least one
-        if not self.reuse_prefix:
-            common = 0
-        # A sliding-window cache may have dropped old cells: reuse only an intact sequence.
-        if common > 0 and llama_cpp.llama_memory_seq_pos_min(self._mem, seq) == 0:
+    def _reuse_prefix(self, seq: int, prompt: list[int]) -> tuple[int, np.ndarray | None]:
+        """Keep the KV of the longest prefix this sequence already holds.
+
+        Returns how many prompt tokens are reused and, when the whole prompt is (the same prompt
+        again), the kept logits of its last position to sample the first token from.
+        """
+        common = self.cached_prefix(seq, prompt) if self.reuse_prefix else 0
+        preset = None
+        kept = self._logits[seq]
+        if common == len(prompt) and kept is not None and kept[0] == len(prompt):
+            preset = kept[1]
+        else:
+            common = min(common, len(prompt) - 1)  # decode at least one token for its logits
+            if common < self.min_reuse:
+                common = 0
+        if common > 0 and self._window_intact(seq, common):
             if llama_cpp.llama_memory_seq_rm(self._mem, seq, common, -1):
-                return common
+                return common, preset
         llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
-        return 0
+        return 0, None
+
+    def _window_intact(self, seq: int, common: int) -> bool:
+        """Whether the KV still holds every cell that decoding after `common` tokens attends to.
+
+        A sliding-window cache that is not full-size drops cells older than the window; reuse then
+        needs the window before `common` (llama-server's check); otherwise the sequence must be
+        intact from position 0.
+        """
+        pos_min = llama_cpp.llama_memory_seq_pos_min(self._mem, seq)
+        if pos_min == 0:
+            return True
+        return self._n_swa > 0 and 0 < pos_min <= common - self._n_swa
 
     def cached_prefix(self, seq: int, tokens: list[int]) -> int:
         """How many leading `tokens` sequence `seq` already holds in its KV cache."""
-        cached = self._cached[seq]
-        n = 0
-        limit = min(len(cached), len(tokens))
-        while n < limit and cached[n] == tokens[n]:
-            n += 1
-        return n
+        return common_prefix(self._cached[seq], tokens)
 
-    def pick_slot(self, tokens: list[int], free: list[int]) -> int:
-        """The free sequence id whose cache shares the longest prefix with `tokens`.
-
-        Ties go to the first id in `free`. Lets a runner send a follow-up turn to the slot that
-        already holds the conversation so far.
-        """
-        if not free:
-            raise ValueError("no free sequence")
-        return max(free, key=lambda seq: (self.cached_prefix(seq, tokens), -free.index(seq)))
-
-    def release(self, seq: int) -> None:
-        """Stop sequence `seq` now and free its slot; safe if it is already done or free.
+    def release(self, seq: int, ticket: int | None = None) -> None:
+        """Stop sequence `seq` now and free its slot; safe if it is already done or free, and a
+        no-op when `ticket` is given and the sequence now runs another admission.
 
         A sequence stopped mid-way loses its KV; a finished one keeps it for prefix reuse.
         """
         slot = self._slots[seq]
-        if slot is None:
+        if slot is None or (ticket is not None and slot.ticket != ticket):
             return
         self._slots[seq] = None
         slot.sampler.close()
         llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
         self._cached[seq] = []
+        self._logits[seq] = None
 
     def has_work(self) -> bool:
         return any(slot is not None for slot in self._slots)
@@ -275,6 +331,20 @@ class BatchEngine:
             batch.seq_id,
             batch.logits,
         )
+        chunks: list[Chunk] = []
+        for seq, slot in enumerate(self._slots):
+            if slot is not None and slot.preset is not None:
+                # The whole prompt came from the cache: its first token needs no decode.
+                preset, slot.preset = slot.preset, None
+                t0 = time.perf_counter_ns()
+                tok = slot.sampler.sample_logits(preset)
+                first = len(chunks)
+                self._advance(seq, slot, tok, chunks)
+                if slot.req.logprobs and not self.model.is_eog(tok) and len(chunks) > first:
+                    top = slot.req.top_logprobs
+                    entry = token_logprob(preset, tok, top, self.model.token_to_piece)
+                    chunks[first].logprobs = [entry]
+                slot.eval_ns += time.perf_counter_ns() - t0
         n = 0
         outputs: list[tuple[int, _Slot]] = []
         prefilling: list[tuple[_Slot, int]] = []
@@ -309,7 +379,7 @@ class BatchEngine:
                 slot.out_row = n - 1
                 outputs.append((seq, slot))
         if n == 0:
-            return []
+            return chunks
         batch.n_tokens = n
         started = time.perf_counter_ns()
         rc = llama_cpp.llama_decode(self._ctx, batch)
@@ -327,9 +397,13 @@ class BatchEngine:
             slot.generated.append(slot.pending)  # type: ignore[arg-type]
             slot.pending = None
 
-        chunks: list[Chunk] = []
         for seq, slot in outputs:
             t0 = time.perf_counter_ns()
+            if slot.pending is None and slot.fed == len(slot.prompt) and not slot.generated:
+                # The prompt's last position: keep its logits, so the same prompt again can be
+                # served whole from the cache and sample from the same numbers.
+                row = llama_cpp.llama_get_logits_ith(self._ctx, slot.out_row)
+                slot.prompt_logits = np.ctypeslib.as_array(row, shape=(self._n_vocab,)).copy()
             tok = slot.sampler.sample(self._ctx, slot.out_row)
             first = len(chunks)
             self._advance(seq, slot, tok, chunks)
@@ -354,19 +428,19 @@ class BatchEngine:
             slot.generated.append(tok)
             self._finish(seq, slot, text, "length", chunks)
             return
-        if slot.n_past >= self.n_ctx and not self._shift_context(seq, slot):
+        if slot.n_past >= slot.n_ctx and not self._shift_context(seq, slot):
             slot.generated.append(tok)  # no cell left to decode this token
             self._finish(seq, slot, text, "length", chunks)
             return
         slot.pending = tok
-        chunks.append(Chunk(seq, text))
+        chunks.append(Chunk(seq, text, ticket=slot.ticket))
 
     def _finish(self, seq: int, slot: _Slot, text: str, reason: str, chunks: list[Chunk]) -> None:
         if slot.stops.matched is None:
             text += slot.stops.feed(slot.utf8.flush())[0]
             text += slot.stops.flush()
         if text:
-            chunks.append(Chunk(seq, text))
+            chunks.append(Chunk(seq, text, ticket=slot.ticket))
         chunks.append(
             Chunk(
                 seq,
@@ -378,13 +452,21 @@ class BatchEngine:
                 eval_count=len(slot.generated),
                 eval_ns=slot.eval_ns,
                 tokens=list(slot.generated),
+                ticket=slot.ticket,
+                prompt_cached=slot.reused,
             )
         )
         slot.sampler.close()
         self._slots[seq] = None
         # KV now holds the prompt and every generated token that was decoded (not the last).
         decoded = slot.generated[: slot.n_past - len(slot.prompt)]
-        self._cached[seq] = [] if slot.shifted else slot.prompt + decoded
+        if slot.shifted:  # the KV no longer holds the prompt as it was
+            self._cached[seq] = []
+            self._logits[seq] = None
+        else:
+            self._cached[seq] = slot.prompt + decoded
+            if slot.prompt_logits is not None and slot.n_past >= len(slot.prompt):
+                self._logits[seq] = (len(slot.prompt), slot.prompt_logits)
 
     def _logprob(self, row: int, token: int, top: int) -> Logprob:
         """The log-probability entry of `token`, sampled from batch position `row`."""
@@ -406,8 +488,8 @@ class BatchEngine:
         keep = len(slot.prompt) if slot.req.num_keep < 0 else slot.req.num_keep
         if self.model.add_bos:
             keep += 1
-        keep = max(0, min(keep, self.n_ctx - 1))
-        discard = max((self.n_ctx - keep) // 2, 1)
+        keep = max(0, min(keep, slot.n_ctx - 1))
+        discard = max((slot.n_ctx - keep) // 2, 1)
         if keep + discard > n_past:
             return False
         if not llama_cpp.llama_memory_seq_rm(self._mem, seq, keep, keep + discard):
@@ -436,6 +518,21 @@ class BatchEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists (slice compares run in C)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n - 1  # a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _kv_type(name: str) -> int:

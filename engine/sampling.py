@@ -117,6 +117,19 @@ class SamplerChain:
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
 
+    def sample_logits(self, logits: np.ndarray) -> int:
+        """Sample from a kept logits row (a prompt served whole from the cache), exactly as
+        `sample` does from the context's row; the samplers accept the token."""
+        if self._argmax:
+            return int(logits.argmax())
+        token = self._pick(logits, with_grammar=False)
+        if self._grammar is not None:
+            if not self._grammar_allows(token, float(logits[token])):
+                token = self._pick(logits, with_grammar=True)
+            llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
     def _pick(self, logits: np.ndarray, *, with_grammar: bool) -> int:
         cur = np.empty(self._n_vocab, dtype=TOKEN_DATA)
         cur["id"] = np.arange(self._n_vocab, dtype=np.int32)

@@ -14,14 +14,15 @@ from typing import Any
 import trio
 
 from appliance.errors import BadRequest, ModelLoadError
-from appliance.serving.backend import LoadSpec, Rejected
+from appliance.serving.backend import Admit, LoadSpec, Rejected, Release
 from appliance.store.names import parse_model_name
-from engine.batch import Chunk, SequenceRequest
+from engine.batch import Chunk, SequenceRequest, common_prefix
 
 
 @dataclass
 class _Seq:
     request: SequenceRequest
+    ticket: int
     prompt_left: int
     generated: int = 0
 
@@ -32,11 +33,13 @@ class FakeBackend:
     step_seconds: float = 0.01
     prompt_chunk: int = 4  # prompt tokens fed per step, like n_batch
     default_tokens: int = 5  # tokens to generate when num_predict is -1
+    echo: bool = False  # every chunk's text is the prompt's first token, chr()'d: who it belongs to
     chat_template: str | None = None
     bos_text: str = ""
     eos_text: str = ""
     closed: bool = False
     steps: list[dict[str, Any]] = field(default_factory=list)
+    cached: dict[int, list[int]] = field(default_factory=dict)  # a finished sequence's "KV"
     _seqs: dict[int, _Seq] = field(default_factory=dict)
 
     @property
@@ -60,21 +63,31 @@ class FakeBackend:
     async def detokenize(self, tokens: list[int]) -> str:
         return "".join(chr(t) for t in tokens)
 
-    async def step(
-        self, admits: list[tuple[int, SequenceRequest]], releases: list[int]
-    ) -> list[Chunk | Rejected]:
+    def cached_prefix(self, seq: int, tokens: list[int]) -> int:
+        return common_prefix(self.cached.get(seq, []), tokens)
+
+    async def step(self, admits: list[Admit], releases: list[Release]) -> list[Chunk | Rejected]:
         out: list[Chunk | Rejected] = []
-        for seq in releases:
-            self._seqs.pop(seq, None)
-        for seq, request in admits:
-            if len(request.tokens) > self.spec.num_ctx and not request.truncate:
-                out.append(Rejected(seq, BadRequest("the prompt is longer than the context")))
+        for release in releases:
+            state = self._seqs.get(release.seq)
+            if state is not None and state.ticket == release.ticket:
+                del self._seqs[release.seq]
+                self.cached.pop(release.seq, None)
+        for admit in admits:
+            seq, request = admit.seq, admit.request
+            if seq in self._seqs:
+                raise AssertionError(f"sequence {seq} admitted while busy")
+            limit = request.num_ctx or self.spec.num_ctx
+            if len(request.tokens) > limit and not request.truncate:
+                out.append(
+                    Rejected(seq, BadRequest("the prompt is longer than the context"), admit.ticket)
+                )
                 continue
-            self._seqs[seq] = _Seq(request, prompt_left=len(request.tokens))
+            self._seqs[seq] = _Seq(request, admit.ticket, prompt_left=len(request.tokens))
         self.steps.append(
             {
-                "releases": list(releases),
-                "admits": [a[0] for a in admits],
+                "releases": [r.seq for r in releases],
+                "admits": [a.seq for a in admits],
                 "active": sorted(self._seqs),
             }
         )
@@ -92,9 +105,11 @@ class FakeBackend:
                 state.request.num_predict if state.request.num_predict > 0 else self.default_tokens
             )
             done = state.generated >= limit
-            out.append(Chunk(seq, "t", done=False))
+            text = chr(state.request.tokens[0]) if self.echo else "t"
+            out.append(Chunk(seq, text, done=False, ticket=state.ticket))
             if done:
                 del self._seqs[seq]
+                self.cached[seq] = list(state.request.tokens)
                 out.append(
                     Chunk(
                         seq,
@@ -104,6 +119,7 @@ class FakeBackend:
                         prompt_eval_count=len(state.request.tokens),
                         eval_count=state.generated,
                         tokens=[116] * state.generated,
+                        ticket=state.ticket,
                     )
                 )
         return out
@@ -123,6 +139,7 @@ class FakeLoader:
     """Loads FakeBackends after `load_seconds`; paths listed in `failing` fail to load."""
 
     load_seconds: float = 1.0
+    echo: bool = False  # passed to every FakeBackend
     failing: set[str] = field(default_factory=set)
     loads: list[str] = field(default_factory=list)
     backends: list[FakeBackend] = field(default_factory=list)
@@ -139,7 +156,7 @@ class FakeLoader:
             self.concurrent -= 1
         if spec.key in self.failing:
             raise ModelLoadError("llama runner process has terminated: error loading model")
-        backend = FakeBackend(spec)
+        backend = FakeBackend(spec, echo=self.echo)
         self.backends.append(backend)
         return backend
 

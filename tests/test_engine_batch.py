@@ -13,7 +13,14 @@ import json
 
 import pytest
 
-from engine.batch import PROMPT_TOO_LONG, BatchEngine, Chunk, PromptTooLong, SequenceRequest
+from engine.batch import (
+    PROMPT_TOO_LONG,
+    BatchEngine,
+    Chunk,
+    PromptTooLong,
+    SequenceRequest,
+    common_prefix,
+)
 from engine.model import Model
 from engine.sampling import SamplingParams, format_grammar
 
@@ -218,13 +225,102 @@ def test_same_prompt_on_the_same_slot_reuses_its_prefix(tiny_model: Model) -> No
         first = drain(engine)[0]
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=8))
         second = drain(engine)[0]
-    assert final(second).prompt_eval_count == 1
+    # The whole prompt comes from the cache and the first token from its kept logits.
+    assert final(second).prompt_eval_count == 0
+    assert final(second).prompt_cached == len(prompt)
     assert text_of(second) == text_of(first)
+
+
+def test_a_repeated_prompt_samples_from_the_kept_logits_of_its_first_run(tiny_model: Model) -> None:
+    prompt = tiny_model.tokenize("the dog runs after the ball")
+    sampling = SamplingParams(temperature=1.0, seed=7)
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128) as engine:
+        engine.admit(0, SequenceRequest(prompt, sampling, num_predict=6))
+        first = drain(engine)[0]
+        engine.admit(0, SequenceRequest(prompt, sampling, num_predict=6))
+        second = drain(engine)[0]
+    assert final(second).tokens == final(first).tokens
+    assert final(second).prompt_eval_count == 0
+
+
+def test_a_changed_history_reuses_only_the_common_part(tiny_model: Model) -> None:
+    head = tiny_model.tokenize("the cat sat on the mat and")
+    first = head + tiny_model.tokenize(" looked at the bird", add_special=False)
+    second = head + tiny_model.tokenize(" slept all day long", add_special=False)
+    common = common_prefix(first, second)
+    assert 0 < common < len(second)
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128, min_reuse=1) as engine:
+        engine.admit(0, SequenceRequest(first, GREEDY, num_predict=3))
+        drain(engine)
+        engine.admit(0, SequenceRequest(second, GREEDY, num_predict=3))
+        done = final(drain(engine)[0])
+    assert done.prompt_cached == common
+    assert done.prompt_eval_count == len(second) - common
+
+
+def test_a_prefix_shorter_than_min_reuse_is_prefilled_again(tiny_model: Model) -> None:
+    first = tiny_model.tokenize("the cat looked at the bird")
+    second = tiny_model.tokenize("the cat slept all day long")
+    assert 0 < common_prefix(first, second) < 16
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128) as engine:
+        engine.admit(0, SequenceRequest(first, GREEDY, num_predict=3))
+        drain(engine)
+        engine.admit(0, SequenceRequest(second, GREEDY, num_predict=3))
+        done = final(drain(engine)[0])
+    assert done.prompt_cached == 0 and done.prompt_eval_count == len(second)
+
+
+def test_the_prompt_cache_can_be_turned_off(tiny_model: Model) -> None:
+    prompt = tiny_model.tokenize("the cat is on the mat")
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128, reuse_prefix=False) as engine:
+        for _ in range(2):
+            engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=3))
+            done = final(drain(engine)[0])
+    assert done.prompt_eval_count == len(prompt) and done.prompt_cached == 0
+
+
+def test_every_chunk_carries_the_ticket_of_its_admission(tiny_model: Model) -> None:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=2, n_ctx=64) as engine:
+        engine.admit(0, SequenceRequest(tiny_model.tokenize("a b"), GREEDY, num_predict=3), 41)
+        engine.admit(1, SequenceRequest(tiny_model.tokenize("c d"), GREEDY, num_predict=3), 42)
+        out = drain(engine)
+    assert {c.ticket for c in out[0]} == {41} and {c.ticket for c in out[1]} == {42}
+
+
+def test_a_release_for_another_ticket_leaves_the_sequence_running(tiny_model: Model) -> None:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=64) as engine:
+        engine.admit(0, SequenceRequest(tiny_model.tokenize("a b"), GREEDY, num_predict=4), 2)
+        engine.release(0, ticket=1)  # a stale release of an earlier sequence on this id
+        assert engine.active() == [0]
+        engine.release(0, ticket=2)
+        assert engine.active() == []
+
+
+def test_a_request_is_held_to_its_own_context_length(tiny_model: Model) -> None:
+    prompt = tiny_model.tokenize("x " * 10)
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=24) as engine:
+        engine.admit(0, SequenceRequest(prompt, GREEDY))
+        small = final(drain(engine)[0])
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=256) as engine:
+        engine.admit(0, SequenceRequest(prompt, GREEDY, num_ctx=24))
+        done = final(drain(engine)[0])
+    assert done.done_reason == small.done_reason == "length"
+    assert done.eval_count == small.eval_count < 256 - len(prompt)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "n"),
+    [([], [1], 0), ([1, 2, 3], [1, 2, 3], 3), ([1, 2, 3], [1, 2], 2), ([1, 2, 3], [1, 9, 3], 1)],
+)
+def test_common_prefix(a: list[int], b: list[int], n: int) -> None:
+    assert common_prefix(a, b) == n == common_prefix(b, a)
+    long = list(range(1000))
+    assert common_prefix(long, long[:700] + [-1] + long[701:]) == 700
 
 
 def test_continuing_a_conversation_reuses_prompt_and_reply(tiny_model: Model) -> None:
     prompt = tiny_model.tokenize("the cat")
-    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128, reuse_prefix=True) as engine:
+    with BatchEngine(tiny_model, n_threads=1, n_seq=1, n_ctx=128, min_reuse=1) as engine:
         engine.admit(0, SequenceRequest(prompt, GREEDY, num_predict=6))
         reply = final(drain(engine)[0]).tokens
         follow_up = prompt + reply + tiny_model.tokenize(" is", add_special=False)
@@ -274,13 +370,13 @@ def test_reference_model_batched_greedy_is_repeatable(reference_gguf) -> None:
     assert runs[0] == runs[1]
 
 
-def test_pick_slot_prefers_the_sequence_holding_the_prefix(tiny_model: Model) -> None:
+def test_cached_prefix_tells_which_sequence_holds_a_prompt(tiny_model: Model) -> None:
     first, second = tiny_model.tokenize("the cat"), tiny_model.tokenize("on the mat")
     with BatchEngine(tiny_model, n_threads=1, n_seq=3, n_ctx=128) as engine:
         engine.admit(0, SequenceRequest(first, GREEDY, num_predict=2))
         engine.admit(1, SequenceRequest(second, GREEDY, num_predict=2))
         drain(engine)
         follow_up = second + tiny_model.tokenize(" is", add_special=False)
-        assert engine.pick_slot(follow_up, [0, 1, 2]) == 1
         assert engine.cached_prefix(1, follow_up) == len(second)
-        assert engine.pick_slot(tiny_model.tokenize("zzz", add_special=False), [2, 0]) == 2
+        assert engine.cached_prefix(0, follow_up) < len(second)
+        assert engine.cached_prefix(2, follow_up) == 0

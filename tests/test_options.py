@@ -136,8 +136,14 @@ def test_negative_num_gpu_matches_any_loaded_value() -> None:
 
 
 def test_two_automatic_num_ctx_compare_equal_even_if_values_differ() -> None:
-    assert not needs_reload(_key(num_ctx=4096), _key(num_ctx=2048))
-    assert needs_reload(_key(request={"num_ctx": 4096}), _key(request={"num_ctx": 2048}))
+    assert not needs_reload(_key(num_ctx=2048), _key(num_ctx=4096))
+    assert needs_reload(_key(request={"num_ctx": 2048}), _key(request={"num_ctx": 4096}))
+
+
+def test_a_larger_loaded_num_ctx_serves_a_smaller_request() -> None:
+    assert not needs_reload(_key(request={"num_ctx": 8192}), _key())
+    assert not needs_reload(_key(request={"num_ctx": 8192}), _key(request={"num_ctx": 2048}))
+    assert needs_reload(_key(), _key(request={"num_ctx": 8192}))
 
 
 def test_unset_use_mmap_inherits_the_loaded_choice() -> None:

@@ -333,3 +333,119 @@ async def test_shutdown_ends_streams_with_an_error_after_the_grace_period(autoju
             await scheduler.shutdown(grace=5)
         assert outcome == ["server is shutting down"]
         assert scheduler.runners == []
+
+
+# ---- sequence identity, slots released at the end, the prompt cache, reloads ---------------------
+
+
+def request(first: str, *, n: int = 3, prompt: list[int] | None = None) -> SequenceRequest:
+    return SequenceRequest(tokens=prompt or [ord(first)], num_predict=n)
+
+
+async def test_a_late_chunk_of_a_hung_up_sequence_never_reaches_the_next_holder(autojump_clock):
+    # One slot: A hangs up after its first chunk while the next step (with A's next chunk) is in
+    # flight; B, already waiting, takes the slot at once. Every chunk B sees must be its own.
+    async with running(loader=FakeLoader(echo=True)) as (scheduler, _):
+        model = FakeModel("a")
+        texts: list[str] = []
+
+        async def b() -> None:
+            lease = await scheduler.acquire(model, {}, None)
+            texts.append("".join([c.text async for c in run_sequence(lease, request("b"))]))
+
+        a = await scheduler.acquire(model, {}, None)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b)
+            chunks = run_sequence(a, request("a", n=50))
+            assert (await chunks.__anext__()).text == "a"
+            await chunks.aclose()
+    assert texts == ["bbb"]
+
+
+async def test_a_sequence_id_is_reused_only_after_a_step_released_it(autojump_clock):
+    async with running(loader=FakeLoader(echo=True)) as (scheduler, loader):
+        model = FakeModel("a")
+        a = await scheduler.acquire(model, {}, None)
+        chunks = run_sequence(a, request("a", n=50))
+        await chunks.__anext__()
+        await chunks.aclose()  # the lease is back at once; the sequence is not, yet
+        b = await scheduler.acquire(model, {}, None)
+        assert await generate_on(b, request("b")) == "bbb"
+        steps = loader.backends[0].steps
+    release_at = next(i for i, step in enumerate(steps) if step["releases"] == [0])
+    admit_b = [i for i, step in enumerate(steps) if step["admits"] == [0]][1]
+    assert admit_b > release_at
+
+
+async def generate_on(lease, req: SequenceRequest) -> str:  # type: ignore[no-untyped-def]
+    return "".join([c.text async for c in run_sequence(lease, req)])
+
+
+async def test_a_finished_sequence_gives_its_slot_back_before_it_is_read(autojump_clock):
+    async with running() as (scheduler, _):
+        model = FakeModel("a")
+        lease = await scheduler.acquire(model, {}, None)
+        unread = run_sequence(lease, request("a", n=5))
+        with trio.fail_after(5):
+            # The first iteration submits; nothing is read after it.
+            await unread.__anext__()
+            second = await scheduler.acquire(model, {}, None)  # one slot: free once A is done
+        assert await generate_on(second, request("b")) == "ttt"
+        rest = [c async for c in unread]  # A's chunks waited for their reader
+        assert rest[-1].done and len(rest) == 5
+
+
+async def test_a_follow_up_goes_to_the_sequence_that_holds_its_prefix(autojump_clock):
+    async with running(n_seq=3) as (scheduler, loader):
+        model = FakeModel("a")
+        convo_x, convo_y = list(range(100, 140)), list(range(200, 240))
+        async with trio.open_nursery() as nursery:
+            for prompt in (convo_x, convo_y):
+                nursery.start_soon(run_prompt, scheduler, model, prompt)
+        backend = loader.backends[0]
+        seq_of = {tuple(t[:2]): s for s, t in backend.cached.items()}
+        await run_prompt(scheduler, model, convo_y + [7, 8, 9])
+        await run_prompt(scheduler, model, convo_x + [7, 8, 9])
+        admits = [a for step in backend.steps for a in step["admits"]]
+    assert admits[-2:] == [seq_of[(200, 201)], seq_of[(100, 101)]]
+
+
+async def run_prompt(scheduler: Scheduler, model: FakeModel, prompt: list[int]) -> None:
+    lease = await scheduler.acquire(model, {}, None)
+    await generate_on(lease, SequenceRequest(tokens=prompt, num_predict=2))
+
+
+async def test_a_new_prompt_takes_the_least_recently_used_free_sequence(autojump_clock):
+    async with running(n_seq=3) as (scheduler, loader):
+        model = FakeModel("a")
+        for base in (100, 200, 300):  # one after another: sequences 0, 1, 2 in turn
+            await run_prompt(scheduler, model, list(range(base, base + 40)))
+        await run_prompt(scheduler, model, list(range(100, 140)) + [1])  # uses sequence 0 again
+        await run_prompt(scheduler, model, list(range(500, 540)))  # no useful prefix anywhere
+        admits = [a for step in loader.backends[0].steps for a in step["admits"]]
+    assert admits == [0, 1, 2, 0, 1]
+
+
+async def test_a_smaller_num_ctx_is_served_by_a_larger_runner_without_a_reload(autojump_clock):
+    async with running() as (scheduler, loader):
+        model = FakeModel("a")
+        # Open WebUI: num_ctx on the chat, none on its follow-up task, and so on.
+        for options in ({"num_ctx": 8192}, {}, {"num_ctx": 8192}, {}, {"num_ctx": 4096}):
+            await generate(scheduler, model, options=options)
+        assert len(loader.loads) == 1
+        await generate(scheduler, model, options={"num_ctx": 16384})  # more: reload once
+        await generate(scheduler, model, options={"num_ctx": 8192})
+        await generate(scheduler, model, options={})
+        assert len(loader.loads) == 2
+        (runner,) = scheduler.runners
+        assert runner.spec.num_ctx == 16384
+
+
+async def test_a_request_keeps_its_own_num_ctx_on_a_larger_runner(autojump_clock):
+    async with running() as (scheduler, loader):
+        model = FakeModel("a")
+        await generate(scheduler, model, options={"num_ctx": 8192})
+        lease = await scheduler.acquire(model, {}, None)  # the planner's default: 2048
+        req = SequenceRequest(tokens=[1], num_predict=1)
+        await generate_on(lease, req)
+        assert lease.num_ctx == 2048 and req.num_ctx == 2048

@@ -79,7 +79,11 @@ class Appliance:
         scheduler = Scheduler(
             limits=limits,
             loader=self.loader
-            or make_loader(settings.num_threads, load_timeout=settings.load_timeout),
+            or make_loader(
+                settings.num_threads,
+                load_timeout=settings.load_timeout,
+                prompt_cache=settings.prompt_cache,
+            ),
             planner=catalog.plan,
             observer=metrics,
         )

@@ -22,6 +22,24 @@ class Rejected:
 
     seq: int
     error: ApplianceError
+    ticket: int = 0
+
+
+@dataclass(frozen=True)
+class Admit:
+    """Start `request` on engine sequence `seq`; every chunk it yields carries `ticket`."""
+
+    seq: int
+    ticket: int
+    request: SequenceRequest
+
+
+@dataclass(frozen=True)
+class Release:
+    """Stop the sequence admitted as `ticket` on `seq` (a no-op once it has finished)."""
+
+    seq: int
+    ticket: int
 
 
 @dataclass(frozen=True)
@@ -50,14 +68,29 @@ class LoadSpec:
     def can_serve(self, requested: LoadSpec) -> bool:
         """Whether a runner loaded with this spec serves `requested` without a reload.
 
-        Ollama's needsReload: sampling options never matter; `num_gpu < 0` matches anything, an
-        unset `use_mmap` inherits, two automatic `num_ctx`/`num_batch` count as equal.
+        Ollama's needsReload, except for the context: sampling options never matter; a runner
+        whose per-slot context is at least the requested one serves it (the request keeps its own
+        limit), so clients that send different num_ctx do not make the model reload back and forth.
         """
-        if self.adapters != requested.adapters or self.embedding_only != requested.embedding_only:
-            return False
+        return not self.reload_reasons(requested)
+
+    def reload_reasons(self, requested: LoadSpec) -> list[str]:
+        """Why a runner loaded with this spec cannot serve `requested`: `option old -> new`."""
+        reasons = []
+        if self.adapters != requested.adapters:
+            reasons.append(f"adapters {list(self.adapters)} -> {list(requested.adapters)}")
+        if self.embedding_only != requested.embedding_only:
+            reasons.append(f"embedding_only {self.embedding_only} -> {requested.embedding_only}")
         if self.options_key is not None and requested.options_key is not None:
-            return bool(requested.options_key.matches(self.options_key))
-        return self.load_key() == requested.load_key()
+            reasons.extend(requested.options_key.differences(self.options_key))
+            return reasons
+        if self.num_ctx < requested.num_ctx:
+            reasons.append(f"num_ctx {self.num_ctx} -> {requested.num_ctx}")
+        for name in ("num_batch", "num_thread", "use_mmap"):
+            old, new = getattr(self, name), getattr(requested, name)
+            if old != new:
+                reasons.append(f"{name} {old} -> {new}")
+        return reasons
 
 
 class Backend(Protocol):
@@ -78,9 +111,14 @@ class Backend(Protocol):
 
     async def detokenize(self, tokens: list[int]) -> str: ...
 
-    async def step(
-        self, admits: list[tuple[int, SequenceRequest]], releases: list[int]
-    ) -> list[Chunk | Rejected]: ...
+    def cached_prefix(self, seq: int, tokens: list[int]) -> int:
+        """How many leading `tokens` sequence `seq` holds in its KV cache. Called on the trio
+        thread, only for a sequence the runner holds free (no step reads or writes its cache)."""
+        ...
+
+    async def step(self, admits: list[Admit], releases: list[Release]) -> list[Chunk | Rejected]:
+        """One decode step: releases first, then admissions, then one batch for all."""
+        ...
 
     async def embed(
         self, texts: list[str], *, truncate: bool, normalize: bool, dimensions: int | None

@@ -57,6 +57,7 @@ def grammar_for(format_value: Any) -> str | None:
 def sequence_request(
     tokens: list[int], options: Options, *, grammar: str | None, num_ctx: int, truncate: bool = True
 ) -> SequenceRequest:
+    """The engine request; `num_ctx` is the request's own context limit (truncation, the edge)."""
     options = bounded_for_context(options, num_ctx)  # num_predict, num_keep, repeat_last_n
     num_predict = options.num_predict
     sampling = SamplingParams(
@@ -79,16 +80,18 @@ def sequence_request(
         stop=list(options.stop or []),
         num_keep=options.num_keep if options.num_keep is not None else 4,
         truncate=truncate,
+        num_ctx=num_ctx,
     )
 
 
 async def run_sequence(lease: Lease, request: SequenceRequest) -> AsyncIterator[Chunk]:
-    """Chunks of one sequence; the slot is given back when the iterator ends or is closed.
+    """Chunks of one sequence. The slot is given back as soon as the sequence ends in the engine
+    (the chunks wait in the channel for this reader), or when the iterator is closed.
 
     The `finally` is synchronous: it runs even when the client's disconnect cancels the handler,
-    and the sequence leaves the batch before the next decode step.
+    and the sequence leaves the batch at the next decode step.
     """
-    receive = lease.runner.submit(lease.slot, request)
+    receive = lease.submit(request)
     try:
         async for item in receive:
             if isinstance(item, ApplianceError):

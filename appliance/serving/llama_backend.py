@@ -16,8 +16,8 @@ from functools import partial
 import trio
 
 from appliance.errors import ApplianceError, BadRequest, ModelLoadError
-from appliance.serving.backend import LoadSpec, Rejected
-from engine.batch import BatchEngine, Chunk, PromptTooLong, SequenceRequest
+from appliance.serving.backend import Admit, LoadSpec, Rejected, Release
+from engine.batch import BatchEngine, Chunk, PromptTooLong
 from engine.embed import Embedder, InputTooLong
 from engine.model import Model, ModelLoadFailed
 
@@ -60,9 +60,13 @@ class LlamaBackend:
             raise BadRequest(f"invalid context: token ids must be between 0 and {n_vocab - 1}")
         return await trio.to_thread.run_sync(self.model.detokenize, tokens)
 
-    async def step(
-        self, admits: list[tuple[int, SequenceRequest]], releases: list[int]
-    ) -> list[Chunk | Rejected]:
+    def cached_prefix(self, seq: int, tokens: list[int]) -> int:
+        # Reads a list the worker thread does not touch while the runner holds `seq` free.
+        if self.batch is None:
+            return 0
+        return self.batch.cached_prefix(seq, tokens)
+
+    async def step(self, admits: list[Admit], releases: list[Release]) -> list[Chunk | Rejected]:
         if self.batch is None:
             raise ApplianceError("this model does not support generate", status=400)
         return await self._run(_step, self.batch, admits, releases)
@@ -108,24 +112,24 @@ class LlamaBackend:
 
 
 def _step(
-    batch: BatchEngine, admits: list[tuple[int, SequenceRequest]], releases: list[int]
+    batch: BatchEngine, admits: list[Admit], releases: list[Release]
 ) -> list[Chunk | Rejected]:
     out: list[Chunk | Rejected] = []
-    for seq in releases:
-        batch.release(seq)
-    for seq, request in admits:
+    for release in releases:
+        batch.release(release.seq, release.ticket)
+    for admit in admits:
         try:
-            batch.admit(seq, request)
+            batch.admit(admit.seq, admit.request, admit.ticket)
         except PromptTooLong as exc:
-            out.append(Rejected(seq, BadRequest(str(exc))))
+            out.append(Rejected(admit.seq, BadRequest(str(exc)), admit.ticket))
         except ValueError as exc:
-            out.append(Rejected(seq, ApplianceError(str(exc))))
+            out.append(Rejected(admit.seq, ApplianceError(str(exc)), admit.ticket))
     if batch.has_work():
         out.extend(batch.step())
     return out
 
 
-def _load_sync(spec: LoadSpec, n_threads: int) -> LlamaBackend:
+def _load_sync(spec: LoadSpec, n_threads: int, prompt_cache: bool = True) -> LlamaBackend:
     assert spec.model_path is not None
     model = Model.load(
         spec.model_path, use_mmap=spec.use_mmap is not False, n_gpu_layers=max(spec.num_gpu, 0)
@@ -142,6 +146,7 @@ def _load_sync(spec: LoadSpec, n_threads: int) -> LlamaBackend:
                 flash_attn=spec.extra.get("flash_attn"),
                 type_k=spec.extra.get("type_k") or "f16",
                 type_v=spec.extra.get("type_v") or "f16",
+                reuse_prefix=prompt_cache,
             )
         return LlamaBackend(spec, model, batch, n_threads)
     except BaseException:
@@ -177,14 +182,19 @@ class _Handover:
 
 
 def make_loader(  # type: ignore[no-untyped-def]
-    default_threads: int | None = None, *, load_timeout: float = math.inf, load_sync=None
+    default_threads: int | None = None,
+    *,
+    load_timeout: float = math.inf,
+    load_sync=None,
+    prompt_cache: bool = True,
 ):
     """A `Loader` that loads GGUF models with llama.cpp in a worker thread.
 
     A load still running after `load_timeout` seconds (OLLAMA_LOAD_TIMEOUT) fails with Ollama's
-    message; `load_sync(spec, n_threads)` replaces the blocking load in tests.
+    message; `load_sync(spec, n_threads)` replaces the blocking load in tests. `prompt_cache`
+    keeps each sequence's KV for the next prompt that shares its prefix.
     """
-    load_blocking = load_sync or _load_sync
+    load_blocking = load_sync or partial(_load_sync, prompt_cache=prompt_cache)
 
     async def load(spec: LoadSpec) -> LlamaBackend:
         n_threads = spec.num_thread or default_threads or os.cpu_count() or 1

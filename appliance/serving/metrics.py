@@ -42,6 +42,12 @@ class Metrics:
         self.prompt_tokens = Counter(
             "llamacpp:prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
         )
+        self.prompt_tokens_cached = Counter(
+            "llamacpp:prompt_tokens_cached",
+            "Prompt tokens served from the prompt cache (not decoded again).",
+            ["model"],
+            registry=r,
+        )
         self.tokens_predicted = Counter(
             "llamacpp:tokens_predicted", "Generated tokens.", ["model"], registry=r
         )
@@ -94,6 +100,7 @@ class Metrics:
     def sequence_done(self, runner: Runner, chunk: Chunk) -> None:
         model = model_label(runner)
         self.prompt_tokens.labels(model).inc(max(chunk.prompt_eval_count, 0))
+        self.prompt_tokens_cached.labels(model).inc(max(chunk.prompt_cached, 0))
         self.tokens_predicted.labels(model).inc(max(chunk.eval_count, 0))
         self.prompt_seconds.labels(model).inc(max(chunk.prompt_eval_ns, 0) / 1e9)
         self.predicted_seconds.labels(model).inc(max(chunk.eval_ns, 0) / 1e9)

@@ -1,15 +1,24 @@
-"""One loaded model: its nursery, its slots, its keep_alive scope and its batch loop.
+"""One loaded model: its nursery, its sequences, its keep_alive scope and its batch loop.
 
 A runner lives exactly as long as `run()`: loading happens inside it (in a worker thread), the batch
 loop runs in its nursery, and unloading is cancelling its scope. The scope's deadline is the
-keep_alive timer: set when the runner goes idle, lifted (infinite) while any request holds a slot.
+keep_alive timer: set when the runner goes idle, lifted (infinite) while any request holds a claim.
+
+The runner alone owns its engine sequence ids. The scheduler only counts claims (at most `n_seq`);
+a claimed request submits its prompt and gets a ticket, a number never used twice. The ticket is
+placed on the free sequence whose cache shares the longest prefix with the prompt (the prompt
+cache), every engine chunk carries it, and a chunk whose ticket is no longer live (its client hung
+up while a step was in flight) is dropped. A sequence id is free again only once the engine has
+really let it go: its done chunk arrived, or a step processed its release.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from appliance.errors import ApplianceError, ModelLoadError
-from appliance.serving.backend import Backend, Loader, LoadSpec, Rejected
-from engine.batch import Chunk, SequenceRequest
+from appliance.serving.backend import Admit, Backend, Loader, LoadSpec, Rejected, Release
+from engine.batch import MIN_REUSE, Chunk, SequenceRequest
 
 if TYPE_CHECKING:
     from appliance.store.store import LocalModel
@@ -41,10 +50,22 @@ class RunnerObserver(Protocol):
     def sequence_done(self, runner: Runner, chunk: Chunk) -> None: ...
 
 
+#: A cached prefix shorter than the engine's MIN_REUSE, or than this share of the prompt, is not
+#: worth a sequence's cache: the prompt goes to the least recently used free sequence instead
+#: (llama-server's slot similarity rule, 0.1).
+MIN_USEFUL_SHARE = 0.1
+
+
 @dataclass(eq=False)
 class _Job:
+    """One submitted sequence, from its ticket to its last chunk."""
+
+    ticket: int
+    request: SequenceRequest
     send: trio.MemorySendChannel[Item]
-    admitted: bool = False
+    on_end: Callable[[], None] | None
+    seq: int | None = None  # the engine sequence, once placed
+    stepped: bool = False  # its admission went to a step: stopping it early needs a release
 
 
 class Runner:
@@ -67,19 +88,23 @@ class Runner:
         self.backend: Backend | None = None
         self.state = "loading"  # loading -> ready -> gone
         self.load_error: ApplianceError | None = None
-        self.ref_count = 0
         self.expired = False  # unload as soon as idle; never handed out again
-        self.free_slots: list[int] = list(range(spec.n_seq))
         self.expires_at: float = math.inf  # wall-clock seconds, for /api/ps
         self.loaded_at: float | None = None
+        self._claims = 0
         self._loader = loader
         self._on_ready = on_ready
         self._on_exit = on_exit
         self._observer = observer
         self._scope = trio.CancelScope()
-        self._jobs: dict[int, _Job] = {}
-        self._admits: list[tuple[int, SequenceRequest]] = []
-        self._releases: list[int] = []
+        self._tickets = itertools.count(1)
+        self._jobs: dict[int, _Job] = {}  # live tickets
+        self._waiting: deque[_Job] = deque()  # submitted, waiting for a free sequence
+        self._free: set[int] = set(range(spec.n_seq))  # sequence ids the engine has let go
+        self._last_used = [0] * spec.n_seq  # a use counter per sequence, for LRU
+        self._uses = itertools.count(1)
+        self._admits: list[_Job] = []
+        self._releases: list[Release] = []
         self._wake = trio.Event()
         self.steps = 0
         self.prompt_template: Any = None  # parsed once, by the routes, on first use
@@ -105,7 +130,7 @@ class Runner:
                 self.loaded_at = time.time()
                 if self._observer is not None:
                     self._observer.model_loaded(self, time.monotonic() - started)
-                self._on_ready(self)  # hands out slots to the requests that waited for the load
+                self._on_ready(self)  # hands out claims to the requests that waited for the load
                 self.set_idle_if_unused()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._batch_loop)
@@ -126,17 +151,49 @@ class Runner:
     def expire(self) -> None:
         """Unload as soon as no request holds the runner (Ollama's expireRunner)."""
         self.expired = True
-        if self.ref_count == 0 and self.state != "loading":
+        if self._claims == 0 and self.state != "loading":
             self.unload()
 
-    # ---- keep_alive -----------------------------------------------------------------------------
+    # ---- claims (counted by the scheduler) and keep_alive ---------------------------------------
+
+    @property
+    def ref_count(self) -> int:
+        """Requests holding a claim on this runner (a slot each)."""
+        return self._claims
+
+    @property
+    def free_sequences(self) -> list[int]:
+        """Engine sequence ids free now (released by the engine, not merely given back)."""
+        return sorted(self._free)
+
+    @property
+    def capacity(self) -> int:
+        """How many more claims this runner can hand out now."""
+        if self.state != "ready" or self.expired:
+            return 0
+        return self.spec.n_seq - self._claims
+
+    def claim(self, keep_alive: float | None) -> None:
+        """A request takes one of the `n_seq` slots; a keep_alive it names sticks (§4.5)."""
+        if self.capacity <= 0:
+            raise RuntimeError("runner has no free slot")
+        self._claims += 1
+        if keep_alive is not None:
+            self.keep_alive = keep_alive
+        self.set_busy()
+
+    def unclaim(self) -> None:
+        """A request gives its slot back (its sequence ended, or it never ran one)."""
+        self._claims -= 1
+        if self.state == "ready":
+            self.set_idle_if_unused()
 
     def set_busy(self) -> None:
         self._scope.deadline = math.inf
 
     def set_idle_if_unused(self) -> None:
         """Start the keep_alive timer when no request holds a slot."""
-        if self.ref_count:
+        if self._claims:
             return
         if self.expired or self.keep_alive <= 0:
             self.unload()
@@ -156,68 +213,122 @@ class Runner:
 
     # ---- generation -----------------------------------------------------------------------------
 
-    def submit(self, slot: int, request: SequenceRequest) -> trio.MemoryReceiveChannel[Item]:
-        """Join the running batch on `slot`; chunks arrive on the returned channel."""
+    def submit(
+        self, request: SequenceRequest, on_end: Callable[[], None] | None = None
+    ) -> tuple[int, trio.MemoryReceiveChannel[Item]]:
+        """Queue `request`; returns its ticket and the channel its chunks arrive on.
+
+        `on_end` is called (on the trio thread) the moment the sequence leaves the engine: its
+        done chunk or error is in the channel, whether or not anyone reads it yet.
+        """
         if self.state != "ready":
             raise ApplianceError("model is not loaded", status=500)
         send, receive = trio.open_memory_channel[Item](math.inf)
-        self._jobs[slot] = _Job(send)
-        self._admits.append((slot, request))
+        job = _Job(next(self._tickets), request, send, on_end)
+        self._jobs[job.ticket] = job
+        self._waiting.append(job)
+        self._place()
         self._wake.set()
-        return receive
+        return job.ticket, receive
 
-    def cancel(self, slot: int) -> None:
-        """Drop the sequence on `slot`; it leaves the batch before the next decode step."""
-        job = self._jobs.pop(slot, None)
+    def cancel(self, ticket: int) -> None:
+        """Drop the sequence of `ticket` (its client went away); a no-op once it has ended.
+
+        It leaves the batch at the next step; chunks of a step already in flight are dropped.
+        """
+        job = self._jobs.get(ticket)
         if job is None:
             return
-        job.send.close()
-        pending = [a for a in self._admits if a[0] == slot]
-        if pending:
-            self._admits = [a for a in self._admits if a[0] != slot]
-        else:
-            self._releases.append(slot)
-        self._wake.set()
+        self._end(job, None)
 
-    def _fail_jobs(self, error: ApplianceError) -> None:
-        for job in self._jobs.values():
+    def _end(self, job: _Job, last: Item | None, *, engine_done: bool = False) -> None:
+        """Retire a live job: send its last item, free or release its sequence, call on_end.
+
+        `engine_done`: the engine holds nothing of it any more (it finished, or refused it).
+        """
+        del self._jobs[job.ticket]
+        if last is not None:
             try:
-                job.send.send_nowait(error)
+                job.send.send_nowait(last)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-            job.send.close()
-        self._jobs.clear()
-        self._admits.clear()
+        job.send.close()
+        if job.seq is None:
+            self._waiting.remove(job)
+        elif not job.stepped:
+            self._admits.remove(job)
+            self._free.add(job.seq)  # it never reached the engine
+        elif engine_done:
+            self._free.add(job.seq)
+        else:
+            self._releases.append(Release(job.seq, job.ticket))  # free once a step has run it
+        self._wake.set()
+        if job.on_end is not None:
+            job.on_end()
+
+    def _place(self) -> None:
+        """Give waiting jobs, in arrival order, the free sequence that suits each best."""
+        while self._waiting and self._free:
+            job = self._waiting.popleft()
+            job.seq = self._pick(job.request.tokens)
+            self._free.discard(job.seq)
+            self._last_used[job.seq] = next(self._uses)
+            self._admits.append(job)
+
+    def _pick(self, tokens: list[int]) -> int:
+        """The free sequence holding the longest useful cached prefix of `tokens`, else the least
+        recently used one (its cache is the least likely to be continued)."""
+        free = sorted(self._free)
+        lru = min(free, key=lambda seq: self._last_used[seq])
+        backend = self.backend
+        if backend is None or len(free) == 1:
+            return lru
+        best, best_len = lru, 0
+        for seq in free:
+            n = backend.cached_prefix(seq, tokens)
+            if n > best_len:
+                best, best_len = seq, n
+        if best_len < len(tokens) and best_len < max(MIN_REUSE, MIN_USEFUL_SHARE * len(tokens)):
+            return lru
+        return best
+
+    def _fail_jobs(self, error: ApplianceError) -> None:
+        for job in list(self._jobs.values()):
+            self._end(job, error)
 
     def abort_all(self, error: ApplianceError) -> None:
-        """End every in-flight sequence with `error` (shutdown); their slots are released."""
-        slots = list(self._jobs)
+        """End every in-flight sequence with `error` (shutdown); their sequences are released."""
         self._fail_jobs(error)
-        self._releases.extend(slots)
-        self._wake.set()
 
     async def _batch_loop(self) -> None:
         assert self.backend is not None
         backend = self.backend
         while True:
+            self._place()
             if not (self._admits or self._releases or self._jobs):
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            admits, self._admits = self._admits, []
+            jobs, self._admits = self._admits, []
             releases, self._releases = self._releases, []
-            for slot, _ in admits:
-                job = self._jobs.get(slot)
-                if job is not None:
-                    job.admitted = True
+            admits = []
+            for job in jobs:
+                assert job.seq is not None
+                job.stepped = True
+                admits.append(Admit(job.seq, job.ticket, job.request))
+            if not admits and not releases and not any(j.stepped for j in self._jobs.values()):
+                # Only jobs waiting for a sequence that a later release frees: nothing to step.
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
             try:
                 chunks = await backend.step(admits, releases)
             except Exception as exc:
                 log.exception("decode step failed")
-                slots = list(self._jobs)
+                self._free.update(r.seq for r in releases)
                 self._fail_jobs(ApplianceError(f"decode failed: {exc}", status=500))
-                self._releases.extend(slots)
                 continue
+            self._free.update(r.seq for r in releases)  # the engine has let them go
             self.steps += 1
             if self._observer is not None:
                 self._observer.decode_step(self)
@@ -227,28 +338,19 @@ class Runner:
     def _deliver(self, chunk: Chunk | Rejected) -> None:
         if self._observer is not None and isinstance(chunk, Chunk) and chunk.done:
             self._observer.sequence_done(self, chunk)  # the work was done, read or not
-        job = self._jobs.get(chunk.seq)
-        if job is None:
-            return
+        job = self._jobs.get(chunk.ticket)
+        if job is None or job.seq != chunk.seq:
+            return  # a late chunk of a sequence whose client left: its release is queued
         if isinstance(chunk, Rejected):
-            self._jobs.pop(chunk.seq, None)
-            try:
-                job.send.send_nowait(chunk.error)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            job.send.close()
+            self._end(job, chunk.error, engine_done=True)
+            return
+        if chunk.done:
+            self._end(job, chunk, engine_done=True)
             return
         try:
             job.send.send_nowait(chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The client went away between steps: free the sequence now.
-            self._jobs.pop(chunk.seq, None)
-            if not chunk.done:
-                self._releases.append(chunk.seq)
-            return
-        if chunk.done:
-            self._jobs.pop(chunk.seq, None)
-            job.send.close()
+            self._end(job, None)  # the client went away between steps: free the sequence now
 
     # ---- other work on the model ---------------------------------------------------------------
 

@@ -7,6 +7,9 @@ path. A waiter leaves the queue the moment its client goes away and is never run
 Requests for one model are served strictly in arrival order; a waiter for one model does not block
 another model's free slots. Only one model loads at a time, in arrival order. All state changes
 happen on the trio thread, and `_dispatch()` (synchronous) is run after each one.
+
+The scheduler counts slots, it does not own them: a granted request holds a claim on a runner
+(`Runner.capacity`, `claim`, `unclaim`); which engine sequence runs it is the runner's choice.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import trio
 
 from appliance.errors import ApplianceError, ServerBusy, ShuttingDown
 from appliance.serving.backend import Loader, LoadSpec
-from appliance.serving.runner import Runner, RunnerObserver
+from appliance.serving.runner import Item, Runner, RunnerObserver
+from engine.batch import SequenceRequest
 
 if TYPE_CHECKING:
     from appliance.store.store import LocalModel
@@ -43,17 +47,74 @@ class Limits:
 
 @dataclass(eq=False)
 class Lease:
-    """A slot on a runner, held for the lifetime of one request; `release()` is idempotent."""
+    """One request's claim on a runner: at most one sequence, then `release()` (idempotent).
+
+    Routes talk to the lease, not to the runner's backend. `spec` is what the request asked for:
+    a runner loaded with a larger context may serve it, and the request keeps its own `num_ctx`.
+    The claim is given back the moment the sequence leaves the engine (done, refused or failed),
+    not when the client has read its answer; a client that never reads holds no slot.
+    """
 
     runner: Runner
-    slot: int
     scheduler: Scheduler
+    spec: LoadSpec
     acquired_at: float = field(default_factory=time.monotonic)
+    ticket: int | None = None
     released: bool = False
+
+    @property
+    def num_ctx(self) -> int:
+        """The request's own context limit (never more than the runner's)."""
+        return min(self.spec.num_ctx, self.runner.spec.num_ctx)
+
+    @property
+    def backend(self) -> Any:
+        assert self.runner.backend is not None
+        return self.runner.backend
+
+    @property
+    def bos_text(self) -> str:
+        return self.backend.bos_text or ""
+
+    @property
+    def eos_text(self) -> str:
+        return self.backend.eos_text or ""
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.backend.chat_template
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return await self.runner.tokenize(text, add_special=add_special)
+
+    def tokenize_blocking(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Tokenize on the calling (worker) thread; safe beside a running decode."""
+        return self.backend.tokenize_blocking(text, add_special=add_special)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return await self.backend.detokenize(tokens)
+
+    async def embed(
+        self, texts: list[str], *, truncate: bool, normalize: bool, dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        return await self.runner.embed(
+            texts, truncate=truncate, normalize=normalize, dimensions=dimensions
+        )
+
+    def submit(self, request: SequenceRequest) -> trio.MemoryReceiveChannel[Item]:
+        """Start this lease's one sequence; the lease is released when the sequence ends."""
+        if self.released or self.ticket is not None:
+            raise RuntimeError("a lease runs one sequence")
+        if request.num_ctx <= 0 or request.num_ctx > self.num_ctx:
+            request.num_ctx = self.num_ctx
+        self.ticket, receive = self.runner.submit(request, on_end=self.release)
+        return receive
 
     def release(self) -> None:
         if not self.released:
             self.released = True
+            if self.ticket is not None:
+                self.runner.cancel(self.ticket)
             self.scheduler._release(self)
 
 
@@ -182,15 +243,11 @@ class Scheduler:
             runner = self._runners.get(key)
             if runner is not None:
                 if runner.state == "ready" and not runner.expired:
-                    if not runner.spec.can_serve(waiter.spec):
-                        log.info(
-                            "reloading %s: load-time options changed (%s -> %s)",
-                            waiter.model.name,
-                            runner.spec.load_key(),
-                            waiter.spec.load_key(),
-                        )
+                    reasons = runner.spec.reload_reasons(waiter.spec)
+                    if reasons:
+                        log.info("reloading %s: %s", waiter.model.name, ", ".join(reasons))
                         runner.expire()
-                    elif runner.free_slots:
+                    elif runner.capacity > 0:
                         self._grant(waiter, runner)
                         blocked.discard(key)  # the next waiter for it may take another slot
                 continue  # loading, expiring or full: wait for it
@@ -207,13 +264,9 @@ class Scheduler:
         self._notify()
 
     def _grant(self, waiter: _Waiter, runner: Runner) -> None:
-        slot = runner.free_slots.pop(0)
-        runner.ref_count += 1
-        if waiter.keep_alive is not None:
-            runner.keep_alive = waiter.keep_alive  # sticky (reference §4.5)
-        runner.set_busy()
+        runner.claim(waiter.keep_alive)
         self._pending.remove(waiter)
-        waiter.result = Lease(runner, slot, self)
+        waiter.result = Lease(runner, self, waiter.spec)
         waiter.event.set()
 
     def _fail(self, waiter: _Waiter, error: ApplianceError) -> None:
@@ -223,13 +276,7 @@ class Scheduler:
         waiter.event.set()
 
     def _release(self, lease: Lease) -> None:
-        runner = lease.runner
-        runner.cancel(lease.slot)
-        runner.free_slots.append(lease.slot)
-        runner.free_slots.sort()
-        runner.ref_count -= 1
-        if runner.state == "ready":
-            runner.set_idle_if_unused()
+        lease.runner.unclaim()
         self._dispatch()
 
     # ---- loading and eviction -------------------------------------------------------------------

@@ -99,6 +99,7 @@ FILE_KEYS: dict[str, str] = {
     "http_proxy": "HTTP_PROXY",
     "no_proxy": "NO_PROXY",
     "cpu_variant": "LLM_APPLIANCE_CPU_VARIANT",
+    "prompt_cache": "LLM_APPLIANCE_PROMPT_CACHE",
 }
 
 
@@ -178,6 +179,7 @@ class Settings:
     write_timeout: float = DEFAULT_WRITE_TIMEOUT  # drop a client that accepts no byte this long
     allowed_registries: tuple[str, ...] = ()  # hosts pulls and pushes may use; empty: any
     cpu_variant: str = "auto"  # llama.cpp's CPU code: "auto" (the best that runs) or a variant
+    prompt_cache: bool = True  # keep each sequence's KV for the next prompt sharing its prefix
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -294,6 +296,7 @@ class Settings:
             "LLM_APPLIANCE_WRITE_TIMEOUT": format_go_duration(self.write_timeout),
             "LLM_APPLIANCE_ALLOWED_REGISTRIES": ",".join(self.allowed_registries),
             "LLM_APPLIANCE_CPU_VARIANT": self.cpu_variant,
+            "LLM_APPLIANCE_PROMPT_CACHE": str(self.prompt_cache).lower(),
         }
 
 
@@ -608,6 +611,7 @@ class _Loader:
                 self.flag("LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS", "drop_unsupported_tools", False)
             ),
             cpu_variant=self.cpu_variant(),
+            prompt_cache=bool(self.flag("LLM_APPLIANCE_PROMPT_CACHE", "prompt_cache", True)),
         )
 
     # Each method below handles one setting.

@@ -132,13 +132,12 @@ async def _template_for(model: Any, lease: Any, override: str | None = None) -> 
     # Models that share weights share a runner but not always a template.
     if not override and cached is not None and cached.go_template == model.template:
         return cached
-    backend = runner.backend
     info = await services().extras["catalog"].info(model.model_path)
     template = PromptTemplate(
         go_template=override or model.template,
-        chat_template=backend.chat_template,
-        bos_token=backend.bos_text or "",
-        eos_token=backend.eos_text or "",
+        chat_template=lease.chat_template,
+        bos_token=lease.bos_text,
+        eos_token=lease.eos_text,
         architecture=info.architecture,
     )
     if not override:
@@ -147,11 +146,10 @@ async def _template_for(model: Any, lease: Any, override: str | None = None) -> 
 
 
 async def _tokenize_prompt(lease: Any, text: str, *, raw: bool) -> list[int]:
-    backend = lease.runner.backend
-    bos = backend.bos_text or ""
+    bos = lease.bos_text
     # A rendered chat template usually writes BOS itself; never add a second one.
     add_special = raw or not (bos and text.startswith(bos))
-    return await lease.runner.tokenize(text, add_special=add_special)
+    return await lease.tokenize(text, add_special=add_special)
 
 
 _tools_dropped_for: set[str] = set()
@@ -351,13 +349,13 @@ async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer
             if think:
                 reply = ReplyParser(thinking_parser(tmpl, text))
             if context:
-                text = await lease.runner.backend.detokenize(list(context)) + text
+                text = await lease.detokenize(list(context)) + text
         tokens = await _tokenize_prompt(lease, text, raw=raw)
         seq = sequence_request(
             tokens,
             options,
             grammar=grammar,
-            num_ctx=lease.runner.spec.num_ctx,
+            num_ctx=lease.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
         _decode_fields(seq, body)
@@ -565,7 +563,7 @@ async def prepare_chat(
             tokens,
             options,
             grammar=grammar,
-            num_ctx=lease.runner.spec.num_ctx,
+            num_ctx=lease.num_ctx,
             truncate=field_of_type(body, "truncate", bool, True),
         )
         _decode_fields(seq, body)
@@ -596,10 +594,9 @@ async def _fit_chat(
     search within one render, and `truncation_search` needs O(log n) of them. A template that
     refuses the history (Gemma's "roles must alternate") is the client's 400, never a 500.
     """
-    num_ctx = lease.runner.spec.num_ctx
-    backend = lease.runner.backend
+    num_ctx = lease.num_ctx
     truncate = field_of_type(body, "truncate", bool, True)
-    bos = backend.bos_text or ""
+    bos = lease.bos_text or ""
 
     def probe(messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
         try:
@@ -607,7 +604,7 @@ async def _fit_chat(
         except PromptError as exc:
             raise BadRequest(exc.message) from None
         add_special = not (bos and text.startswith(bos))
-        return text, backend.tokenize_blocking(text, add_special=add_special)
+        return text, lease.tokenize_blocking(text, add_special=add_special)
 
     if not truncate:
         return await trio.to_thread.run_sync(probe, history)
@@ -700,7 +697,7 @@ async def embed_answer(body: dict[str, Any], timing: Timing) -> dict[str, Any]:
         if not inputs:
             return {"model": model_text, "embeddings": []}
         try:
-            vectors, count = await lease.runner.embed(
+            vectors, count = await lease.embed(
                 inputs, truncate=truncate, normalize=True, dimensions=dimensions or None
             )
         except ApplianceError as exc:
@@ -736,9 +733,7 @@ async def embeddings() -> Response:
     try:
         if not prompt:
             return json_response({"embedding": []})
-        vectors, _ = await lease.runner.embed(
-            [prompt], truncate=True, normalize=False, dimensions=None
-        )
+        vectors, _ = await lease.embed([prompt], truncate=True, normalize=False, dimensions=None)
     finally:
         lease.release()
     return json_response({"embedding": vectors[0]})
