@@ -81,8 +81,9 @@ async def _measure(url: str, n_inputs: int, words: int, n_tokens: int) -> dict[s
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stream)
             nursery.start_soon(embed)
-    # A gap belongs to the embedding when its token arrived after the embedding began.
-    during = [gap for at, gap in gaps if span["start"] < at <= span["end"]]
+    # A gap belongs to the embedding when it overlaps it: a stream stalled for the whole embedding
+    # shows as one gap that spans it.
+    during = [gap for at, gap in gaps if at > span["start"] and at - gap < span["end"]]
     longest = max(during, default=span["end"] - span["start"])
     return {
         "inputs": n_inputs,

@@ -27,7 +27,7 @@ import numpy as np
 from engine.batch import _default_threads
 from engine.model import Model
 
-CHUNK = 32  # tokens per decode for completion models: bounds the logits scratch to 32 rows, and
+CHUNK = 16  # tokens per decode for completion models: bounds the logits scratch to 16 rows, and
 # one piece of work to about the time of a few decode steps (the LM head runs on every row)
 
 

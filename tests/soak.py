@@ -398,12 +398,17 @@ class Soak:
 
     # -- hostile bodies
 
-    async def hostile_once(self) -> None:
-        kinds = self.config.hostile
-        if not kinds:
-            await trio.sleep(1)
-            return
-        kind = self.random.choice(kinds)
+    async def hostile_loop(self) -> None:
+        """Hostile requests one after another, each counted under its own kind."""
+        while True:
+            if not self.config.hostile:
+                await trio.sleep(1)
+                continue
+            kind = self.random.choice(self.config.hostile)
+            await self.guarded(f"hostile_{kind}", lambda k=kind: self.hostile_once(k))
+            await trio.sleep(0.5)
+
+    async def hostile_once(self, kind: str) -> None:
         async with self.client() as client:
             if kind == "deep_json":
                 content = b'{"model": "x", "options": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
@@ -428,7 +433,6 @@ class Soak:
         self.report.record(f"hostile_{kind}", r.status_code, r.text)
         if r.status_code < 500:
             self.report.completed[f"hostile_{kind}"] += 1
-        await trio.sleep(0.5)
 
     # -- embedding batches
 
@@ -587,7 +591,7 @@ class Soak:
                 nursery.start_soon(self.loop, "hang_up_mid_prompt", self.hang_up_mid_prompt, 1.0)
                 nursery.start_soon(self.loop, "hang_up_mid_answer", self.hang_up_mid_answer, 0.5)
                 nursery.start_soon(self.loop, "never_read", self.never_read, 2.0)
-                nursery.start_soon(self.loop, "hostile", self.hostile_once)
+                nursery.start_soon(self.hostile_loop)
                 nursery.start_soon(self.loop, "embed", self.embed_once, 1.0)
                 if self.model == REFERENCE:
                     nursery.start_soon(self.loop, "stray_probe", self.stray_probe_once)
