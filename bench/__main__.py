@@ -74,6 +74,17 @@ def _memory(models: Path) -> list[dict]:
     return out
 
 
+def _retry(measure):  # type: ignore[no-untyped-def]
+    """One more try after a dropped connection (seen once on a loaded machine), said out loud."""
+    import httpx
+
+    try:
+        return measure()
+    except (httpx.TransportError, ExceptionGroup) as exc:
+        print(f"  (retrying once after {exc!r})")
+        return measure()
+
+
 def _peer_cpu_library() -> str | None:
     """The CPU variant library the appliance loads here, for llama-server to load too."""
     from engine import cpu_backend
@@ -103,7 +114,8 @@ def _peer_table(
             f"  (rounds: {rounds})  goal {goal}"
         )
 
-    print(f"{'appliance vs ' + peer:<34}{'appliance':>10}{'llama-server':>14} {'':<6}{'ratio':>7}")
+    print(f"appliance against {peer}; ratio = appliance / llama-server, per round")
+    print(f"{'measure':<34}{'appliance':>10}{'llama-server':>14} {'':<6}{'ratio':>7}")
     for n in streams:
         if (ours, n) in runs and (peer, n) in runs:
             label = f"{n} stream{'s' if n > 1 else ''}"
@@ -199,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                 if peer_url is not None:
                     measures.append((peer, lambda n=n: peer_streams(peer_url, n, args.tokens)))
                 for name, measure in measures:
-                    runs.setdefault((name, n), []).append(measure()["tok_per_s"])
+                    runs.setdefault((name, n), []).append(_retry(measure)["tok_per_s"])
             turns = [(fixed, lambda r=round_no: appliance_follow_up(fixed_url, "gemma3:270m", r))]
             if peer_url is not None:
                 turns.append((peer, lambda r=round_no: peer_follow_up(peer_url, r)))
             for name, measure in turns:
-                for key, value in measure().items():
+                for key, value in _retry(measure).items():
                     ttft.setdefault((name, key), []).append(value)
 
     def med(values: list[float]) -> float:
@@ -237,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     if peer_url is not None:
         print()
         _peer_table(runs, ttft, fixed, peer, args.streams)
+    else:
+        for (name, key), values in ttft.items():
+            print(f"{name}: {key} median {med(values):.3f} (rounds: {values})")
 
     if not args.skip_memory:
         print()

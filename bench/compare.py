@@ -150,8 +150,15 @@ async def _peer_template(client: httpx.AsyncClient, messages: list[dict[str, str
     return response.json()["prompt"]
 
 
+def _peer_client(url: str) -> httpx.AsyncClient:
+    """A fresh connection per request: llama-server may close a connection after a streamed
+    answer without saying so, and a reused one then fails ("Server disconnected")."""
+    limits = httpx.Limits(max_keepalive_connections=0)
+    return httpx.AsyncClient(base_url=url, timeout=600, limits=limits)
+
+
 async def _peer_follow_up(url: str, round_no: int) -> dict[str, float]:
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+    async with _peer_client(url) as client:
         messages = conversation(round_no)
         prompt = await _peer_template(client, messages)
         cold, answer, _, _ = await _peer_completion(client, prompt, FIRST_TURN_TOKENS)
@@ -167,7 +174,7 @@ def peer_follow_up(url: str, round_no: int) -> dict[str, float]:
 
 async def _peer_streams(url: str, n_streams: int, n_tokens: int) -> dict[str, float]:
     counts: list[int] = []
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+    async with _peer_client(url) as client:
         await _peer_completion(client, f"{PROMPT} (-1)", 4)  # warm up, as the appliance's run
 
         async def run(i: int) -> None:

@@ -164,6 +164,9 @@ def llama_server(
             time.sleep(0.3)
         else:
             raise RuntimeError(f"llama-server did not start; see {log.name}")
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        if cpu_library and str(Path(cpu_library).resolve()) not in maps:
+            raise RuntimeError(f"llama-server did not load {cpu_library}; see {log.name}")
         yield url
     finally:
         proc.terminate()

@@ -60,6 +60,23 @@ VARIANT_FEATURES: dict[str, tuple[str, ...]] = {
     "sapphirerapids": ("avx512", "avx512_vbmi", "avx512_vnni", "avx512_bf16", "amx"),
 }
 AMX_VARIANTS = frozenset({"sapphirerapids"})
+# The /proc/cpuinfo flags behind each feature: the kernel drops a flag whose register state it
+# does not enable (XSAVE), which ggml's cpuid check does not look at ("does not check for OS
+# support", ggml-cpu/arch/x86/cpu-feats.cpp).
+KERNEL_FLAGS: dict[str, tuple[str, ...]] = {
+    "sse42": ("sse4_2",),
+    "avx": ("avx",),
+    "f16c": ("f16c",),
+    "fma": ("fma",),
+    "avx2": ("avx2",),
+    "bmi2": ("bmi2",),
+    "avx_vnni": ("avx_vnni",),
+    "avx512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+    "avx512_vbmi": ("avx512vbmi",),
+    "avx512_vnni": ("avx512_vnni",),
+    "avx512_bf16": ("avx512_bf16",),
+    "amx": ("amx_tile", "amx_int8"),
+}
 AUTO = "auto"
 
 # ggml enums (ggml.h of the vendored llama.cpp)
@@ -89,9 +106,13 @@ class Choice:
         rejected = [
             f"{name}: {why}"
             for name, why in self.verdicts.items()
-            if why != "runs" and not why.startswith(("cpuid lacks", "not probed"))
+            if why != "runs" and not why.startswith(("cpuid lacks", "not probed", "not listed"))
         ]
-        lacking = [name for name, why in self.verdicts.items() if why.startswith("cpuid lacks")]
+        lacking = [
+            name
+            for name, why in self.verdicts.items()
+            if why.startswith(("cpuid lacks", "not listed"))
+        ]
         text = f"{self.variant}: {self.reason}"
         if rejected:
             text += "; rejected " + "; ".join(rejected)
@@ -527,6 +548,26 @@ def cpu_identity() -> str:
     return f"{model}|{flags}|{os.uname().release}"
 
 
+def kernel_flags() -> frozenset[str]:
+    """The CPU flags the kernel lists (empty when /proc/cpuinfo cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def missing_kernel_flags(name: str, flags: frozenset[str]) -> list[str]:
+    """What the kernel does not list of what a variant needs (nothing when flags are unknown)."""
+    if not flags:
+        return []
+    needed = [f for feature in VARIANT_FEATURES.get(name, ()) for f in KERNEL_FLAGS[feature]]
+    return [flag for flag in needed if flag not in flags]
+
+
 def cache_key(variants: dict[str, Path]) -> str:
     digest = hashlib.sha256(f"{CACHE_VERSION}|{cpu_identity()}".encode())
     for name in sorted(variants):
@@ -574,9 +615,15 @@ def choose(forced: str | None = None, *, use_cache: bool = True) -> Choice:
     key = cache_key(variants)
     order = sorted(variants, key=rank, reverse=True)
     results = (_read_cache(key) if use_cache else None) or {}
-    if not results:
+    flags = kernel_flags()
+    for name in order:
+        missing = missing_kernel_flags(name, flags)
+        if missing:  # never probed: the kernel does not enable what it needs
+            results[name] = {"name": name, "verdict": f"not listed by the kernel: {missing[0]}"}
+    if all(r.get("verdict", "").startswith("not listed") for r in results.values()):
         # Best first, stopping at the first that runs: one child, a second only after a fault.
-        results = run_probes([variants[n] for n in order], first=True)
+        todo = [variants[n] for n in order if n not in results]
+        results.update(run_probes(todo, first=True))
         _write_cache(key, results)
     # Asked again here, best first, until one says yes: under an emulator (qemu-user) the child
     # runs on the host CPU, while this process sees the CPU the emulator presents. Only libraries

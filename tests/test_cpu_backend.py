@@ -182,3 +182,11 @@ async def test_the_server_loads_the_variant_it_names_in_its_start_log(tmp_path: 
     named = line.split("msg=cpu variant ", 1)[1].split(":", 1)[0]
     assert mapped == {named}
     assert named != "x64" or "sse42" not in cpu_flags()  # a real choice, not the fallback
+
+
+def test_a_variant_needing_state_the_kernel_does_not_list_is_not_probed():
+    haswell_host = frozenset("sse4_2 avx f16c fma avx2 bmi2".split())
+    assert cpu_backend.missing_kernel_flags("haswell", haswell_host) == []
+    assert cpu_backend.missing_kernel_flags("icelake", haswell_host)[0] == "avx512f"
+    assert cpu_backend.missing_kernel_flags("sapphirerapids", haswell_host | {"avx512f"})
+    assert cpu_backend.missing_kernel_flags("x64", frozenset()) == []  # flags unknown: no verdict
