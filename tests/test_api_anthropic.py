@@ -76,7 +76,9 @@ async def app(tmp_path: Path, tiny_gguf: Path):  # type: ignore[no-untyped-def]
     add_model(models, "tiny", tiny_gguf)
     add_model(models, "tools", tiny_gguf, template=TOOLS_TEMPLATE)
     add_model(models, "thinker", tiny_gguf, template=THINK_TEMPLATE)
-    async with running_appliance(models) as running:
+    # Usage is compared across requests: like Ollama's it counts the prompt tokens evaluated,
+    # which the prompt cache reduces on a repeat; these tests pin the translation, cache off.
+    async with running_appliance(models, prompt_cache=False) as running:
         yield running
 
 
@@ -439,7 +441,9 @@ async def test_reference_model_answers_through_the_official_client_as_native_cha
     """gemma3:270m is a base model (it continues text rather than answering), so the check is that
     the client gets the native path's real answer, its stop reason and its token counts."""
     question = [{"role": "user", "content": "What is the capital of France?"}]
-    async with running_appliance(tmp_path / "models", import_reference=True) as running:
+    async with running_appliance(
+        tmp_path / "models", import_reference=True, prompt_cache=False
+    ) as running:
 
         def use() -> tuple[Any, int]:
             client = client_for(running)
