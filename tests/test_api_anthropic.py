@@ -22,20 +22,13 @@ import anthropic
 import pytest
 import trio
 from helpers import add_model, running_appliance
+from toolkit import CALL_FORMAT, THINK_TEMPLATE, THOUGHT_FORMAT, TOOLS_TEMPLATE
 
 LIMIT = 60
 KEY = "sk-ant-test-0123456789"
 USER = [{"role": "user", "content": "weather in Paris?"}]
 BODY = {"model": "tiny", "max_tokens": 5, "temperature": 0, "messages": USER}
 MESSAGE_ID = re.compile(r"^msg_[0-9a-f]{24}$")
-
-TOOLS_TEMPLATE = """{{- if .Tools }}tools:{{ range .Tools }} {{ .Function.Name }}{{ end }}
-{{ end }}
-{{- range .Messages }}{{ .Role }}: {{ .Content }}
-{{- if .ToolCalls }}{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}{{ end }}{{ end }}
-{{ end }}assistant: """
-THINK_TEMPLATE = """{{- range .Messages }}{{ .Role }}: {{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}
-{{ end }}assistant: {{ if .Think }}<think>{{ end }}"""
 
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -45,26 +38,6 @@ WEATHER_TOOL = {
         "properties": {"city": {"type": "string"}},
         "required": ["city"],
     },
-}
-CALL_FORMAT = {
-    "type": "object",
-    "properties": {
-        "name": {"enum": ["get_weather"]},
-        "arguments": {
-            "type": "object",
-            "properties": {"city": {"enum": ["Paris"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-    "required": ["name", "arguments"],
-    "additionalProperties": False,
-}
-THOUGHT_FORMAT = {
-    "type": "object",
-    "properties": {"a": {"enum": ["plan</think>done"]}},
-    "required": ["a"],
-    "additionalProperties": False,
 }
 STEER_CALL = {"format": {"type": "json_schema", "schema": CALL_FORMAT}}
 STEER_THOUGHT = {"format": {"type": "json_schema", "schema": THOUGHT_FORMAT}}

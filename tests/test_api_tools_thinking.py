@@ -20,20 +20,10 @@ from typing import Any
 import pytest
 import trio
 from helpers import add_model, ndjson, running_appliance
+from toolkit import CALL_FORMAT, THINK_TEMPLATE, THOUGHT_FORMAT, TOOLS_TEMPLATE
 
 LIMIT = 60
 OPTIONS = {"temperature": 0, "num_predict": 120}
-
-# Llama 3.1 style: the calls are bare JSON objects, so the prefix Ollama derives is `{`.
-TOOLS_TEMPLATE = """{{- if .Tools }}tools:{{ range .Tools }} {{ .Function.Name }}{{ end }}
-{{ end }}
-{{- range .Messages }}{{ .Role }}: {{ .Content }}
-{{- if .ToolCalls }}{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}{{ end }}{{ end }}
-{{ end }}assistant: """
-
-# Thinking between <think> tags, the tag opened by the template when `think` is on.
-THINK_TEMPLATE = """{{- range .Messages }}{{ .Role }}: {{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}
-{{ end }}assistant: {{ if .Think }}<think>{{ end }}"""
 
 WEATHER_TOOL = {
     "type": "function",
@@ -46,28 +36,6 @@ WEATHER_TOOL = {
             "required": ["city"],
         },
     },
-}
-
-CALL_FORMAT = {
-    "type": "object",
-    "properties": {
-        "name": {"enum": ["get_weather"]},
-        "arguments": {
-            "type": "object",
-            "properties": {"city": {"enum": ["Paris"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-    "required": ["name", "arguments"],
-    "additionalProperties": False,
-}
-
-THOUGHT_FORMAT = {
-    "type": "object",
-    "properties": {"a": {"enum": ["plan</think>done"]}},
-    "required": ["a"],
-    "additionalProperties": False,
 }
 
 USER = [{"role": "user", "content": "weather in Paris?"}]

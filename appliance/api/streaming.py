@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from quart import Response
 
@@ -82,6 +82,31 @@ async def _sse_events(
         aclose = getattr(items, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class EventTranslator(Protocol):
+    """Turns native stream objects into one API's typed events (Anthropic, Responses)."""
+
+    def start(self) -> Iterable[SSEEvent | dict[str, Any] | str]: ...
+
+    def process(self, obj: dict[str, Any]) -> Iterable[SSEEvent | dict[str, Any] | str]: ...
+
+
+async def translated_events(
+    items: AsyncIterator[dict[str, Any]], events: EventTranslator
+) -> AsyncIterator[dict[str, Any] | str | SSEEvent]:
+    """The translator's opening events, then its events for each native object up to the done
+    one; the native stream is closed however this ends (it holds the slot's channel)."""
+    try:
+        for event in events.start():
+            yield event
+        async for obj in items:
+            for event in events.process(obj):
+                yield event
+            if obj.get("done"):
+                return
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
 
 
 def sse_response(

@@ -598,7 +598,7 @@ class _Loader:
             api_keys=self.api_keys(),
             api_key_file=self.api_key_file(),
             update_url=self.update_url(),
-            update_root=self.readable_path("LLM_APPLIANCE_UPDATE_ROOT", "update_root"),
+            update_root=self.readable_file("LLM_APPLIANCE_UPDATE_ROOT", "update_root"),
             update_state_dir=self.directory("LLM_APPLIANCE_UPDATE_STATE_DIR", "update_state_dir"),
             write_timeout=self.write_timeout(),
             allowed_registries=self.allowed_registries(),
@@ -756,21 +756,8 @@ class _Loader:
         return self.file_value(key, lambda v: _require_str(v).strip() or None)
 
     def ca_file(self) -> str | None:
-        text = env_var(self.env, "LLM_APPLIANCE_CA_FILE")
-        if text:
-            if not Path(text).is_file():
-                raise ConfigError(f"LLM_APPLIANCE_CA_FILE: {text!r} is not a readable file")
-            return text
-
-        def convert(value: Any) -> str:
-            path = Path(_require_str(value))
-            if not path.is_absolute() and self.path is not None:
-                path = self.path.parent / path
-            if not path.is_file():
-                raise ValueError(f"{str(path)!r} is not a readable file")
-            return str(path)
-
-        return self.file_value("ca_file", convert)
+        path = self.readable_file("LLM_APPLIANCE_CA_FILE", "ca_file")
+        return str(path) if path is not None else None
 
     def api_keys(self) -> tuple[str, ...]:
         return self.keys("LLM_APPLIANCE_API_KEYS", "api_keys")
@@ -787,22 +774,7 @@ class _Loader:
 
     def key_file(self, var: str, key: str) -> Path | None:
         """A key file that must exist at start (it may be emptied or rotated later)."""
-        text = env_var(self.env, var)
-        if text:
-            path = Path(text)
-            if not path.is_file():
-                raise ConfigError(f"{var}: {text!r} is not a readable file")
-            return path
-
-        def convert(value: Any) -> Path:
-            path = Path(_require_str(value))
-            if not path.is_absolute() and self.path is not None:
-                path = self.path.parent / path
-            if not path.is_file():
-                raise ValueError(f"{str(path)!r} is not a readable file")
-            return path
-
-        return self.file_value(key, convert)
+        return self.readable_file(var, key)
 
     def update_url(self) -> str | None:
         def convert(value: Any) -> str | None:
@@ -819,8 +791,8 @@ class _Loader:
                 raise ConfigError(f"LLM_APPLIANCE_UPDATE_URL: {exc}") from None
         return self.file_value("update_url", convert)
 
-    def readable_path(self, var: str, key: str) -> Path | None:
-        """A file that must exist; relative file values are relative to the config file."""
+    def readable_file(self, var: str, key: str) -> Path | None:
+        """A file that must exist; a relative file value is relative to the config file."""
         text = env_var(self.env, var)
         if text:
             if not Path(text).is_file():
@@ -828,14 +800,16 @@ class _Loader:
             return Path(text)
 
         def convert(value: Any) -> Path:
-            path = Path(_require_str(value))
-            if not path.is_absolute() and self.path is not None:
-                path = self.path.parent / path
+            path = self.relative_to_file(value)
             if not path.is_file():
                 raise ValueError(f"{str(path)!r} is not a readable file")
             return path
 
         return self.file_value(key, convert)
+
+    def relative_to_file(self, value: Any) -> Path:
+        path = Path(_require_str(value))
+        return path if path.is_absolute() or self.path is None else self.path.parent / path
 
     def directory(self, var: str, key: str) -> Path | None:
         """A directory path (created when first used); relative to the config file in it."""
@@ -843,13 +817,7 @@ class _Loader:
         if text:
             return Path(text)
 
-        def convert(value: Any) -> Path:
-            path = Path(_require_str(value))
-            if not path.is_absolute() and self.path is not None:
-                path = self.path.parent / path
-            return path
-
-        return self.file_value(key, convert)
+        return self.file_value(key, self.relative_to_file)
 
     def cpu_variant(self) -> str:
         def check(value: Any) -> str:

@@ -17,7 +17,6 @@ import base64
 import binascii
 import json
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 from quart import Blueprint, Response
@@ -26,7 +25,7 @@ from appliance.api.errors import ANTHROPIC
 from appliance.api.requests import read_json_object
 from appliance.api.routes.native import prepare_chat, whole_chat
 from appliance.api.routes.openai import answer_items
-from appliance.api.streaming import SSEEvent, json_response, sse_response
+from appliance.api.streaming import SSEEvent, json_response, sse_response, translated_events
 from appliance.errors import BadRequest
 from appliance.serving.generation import Timing
 
@@ -455,21 +454,6 @@ class _Events:
         return out
 
 
-async def _stream(
-    items: AsyncIterator[dict[str, Any]], events: _Events
-) -> AsyncIterator[dict[str, Any] | str | SSEEvent]:
-    try:
-        for event in events.start():
-            yield event
-        async for obj in items:
-            for event in events.process(obj):
-                yield event
-            if obj.get("done"):
-                return
-    finally:
-        await items.aclose()  # type: ignore[attr-defined]
-
-
 async def _read_body() -> dict[str, Any]:
     body = await read_json_object(allow_empty=True)
     if not body:
@@ -486,7 +470,7 @@ async def messages() -> Response:
     items = answer_items(answer)
     if answer.stream:
         events = _Events(message_id, answer.model, answer.prompt_tokens)
-        return sse_response(_stream(items, events), dialect=ANTHROPIC, typed=True)
+        return sse_response(translated_events(items, events), dialect=ANTHROPIC, typed=True)
     return json_response(whole_message(message_id, answer.model, await whole_chat(items)))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +26,7 @@ from appliance.api.routes.openai import (
     read_body,
     think_of,
 )
-from appliance.api.streaming import SSEEvent, json_response, sse_response
+from appliance.api.streaming import SSEEvent, json_response, sse_response, translated_events
 from appliance.errors import BadRequest
 from appliance.serving.generation import Timing
 
@@ -575,22 +574,6 @@ class _Events:
         return out
 
 
-async def _stream(
-    items: AsyncIterator[dict[str, Any]], req: _Request
-) -> AsyncIterator[dict[str, Any] | str | SSEEvent]:
-    events = _Events(req)
-    try:
-        for event in events.start():
-            yield event
-        async for obj in items:
-            for event in events.process(obj):
-                yield event
-            if obj.get("done"):
-                return
-    finally:
-        await items.aclose()  # type: ignore[attr-defined]
-
-
 @bp.route("/v1/responses", methods=["POST"])
 async def create_response() -> Response:
     body = await read_body()
@@ -599,5 +582,5 @@ async def create_response() -> Response:
     req = _Request(body, answer.model)
     items = answer_items(answer)
     if answer.stream:
-        return sse_response(_stream(items, req), typed=True)
+        return sse_response(translated_events(items, _Events(req)), typed=True)
     return json_response(whole_response(req, await whole_chat(items)))
