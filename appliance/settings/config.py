@@ -658,10 +658,7 @@ class _Loader:
 
     def write_timeout(self) -> float:
         """LLM_APPLIANCE_WRITE_TIMEOUT: 0 or less never drops a client that stops reading."""
-        seconds = self.duration(
-            "LLM_APPLIANCE_WRITE_TIMEOUT", "write_timeout", DEFAULT_WRITE_TIMEOUT
-        )
-        return FOREVER if seconds <= 0 else seconds
+        return self.timeout("LLM_APPLIANCE_WRITE_TIMEOUT", "write_timeout", DEFAULT_WRITE_TIMEOUT)
 
     def allowed_registries(self) -> tuple[str, ...]:
         """LLM_APPLIANCE_ALLOWED_REGISTRIES: comma-separated hosts (`host` or `host:port`)."""
@@ -672,7 +669,11 @@ class _Loader:
         return _registry_list(value or ())
 
     def load_timeout(self) -> float:
-        seconds = self.duration("OLLAMA_LOAD_TIMEOUT", "load_timeout", DEFAULT_LOAD_TIMEOUT)
+        return self.timeout("OLLAMA_LOAD_TIMEOUT", "load_timeout", DEFAULT_LOAD_TIMEOUT)
+
+    def timeout(self, var: str, key: str, default: float) -> float:
+        """A duration where 0 or less means never (Ollama's rule for OLLAMA_LOAD_TIMEOUT)."""
+        seconds = self.duration(var, key, default)
         return FOREVER if seconds <= 0 else seconds
 
     def uint(self, var: str, key: str, default: int) -> int:
