@@ -182,9 +182,11 @@ async def test_a_stream_goes_on_while_a_large_embedding_runs(models, monkeypatch
     assert len(r.json()["embeddings"]) == 12
     first, last = log.events.index("piece"), len(log.events) - log.events[::-1].index("piece")
     assert "step" in log.events[first:last]  # decode steps ran between the embedding's pieces
-    # Tokens kept arriving, about one per piece; with the embedding in one piece, only the few
-    # already on their way got through.
-    assert received["during"] >= log.pieces // 4
+    # Tokens kept arriving between the pieces; with the embedding in one piece, only the few
+    # already on their way got through (4 on the old code). How many arrive per piece depends on
+    # how the limiter's turns fall on a loaded machine (62 for 384 pieces seen), so the bound is
+    # far from both: at least one token per 16 pieces.
+    assert received["during"] >= log.pieces // 16
 
 
 async def test_an_embedding_whose_client_hangs_up_stops_between_pieces(models, monkeypatch):
