@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from appliance.errors import ApplianceError, BadRequest
+from appliance.gocompat.jsontypes import json_kind
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ def resolve_options(
     the model's Modelfile parameters, the request's `options`."""
     if request_options is not None and not isinstance(request_options, Mapping):
         raise BadRequest(
-            f"json: cannot unmarshal {_go_json_type(request_options)} into Go struct field "
+            f"json: cannot unmarshal {json_kind(request_options)} into Go struct field "
             ".options of type map[string]interface {}"
         )
     base = Options(num_ctx=default_num_ctx)
@@ -318,18 +319,6 @@ def bounded_for_context(options: Options, num_ctx: int) -> Options:
         if bounded != value:
             changes[key] = bounded
     return dataclasses.replace(options, **changes) if changes else options
-
-
-def _go_json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 def _type_error(key: str, kind: str) -> ApplianceError:

@@ -22,6 +22,7 @@ from quart import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from appliance.errors import BadRequest, PayloadTooLarge, ServerBusy
+from appliance.gocompat.jsontypes import json_kind
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """The most a JSON body may hold: room for several base64 images in one chat."""
@@ -228,7 +229,7 @@ async def read_json_object(*, allow_empty: bool = False) -> dict[str, Any]:
         else:  # Python-level work (number hooks, the depth walk) then lets the event loop run
             value = await trio.to_thread.run_sync(decode_json, raw)
     if not isinstance(value, dict):
-        raise BadRequest(f"json: cannot unmarshal {_go_type(value)} into Go value of type object")
+        raise BadRequest(f"json: cannot unmarshal {json_kind(value)} into Go value of type object")
     return value
 
 
@@ -277,7 +278,7 @@ def check_images(body: dict[str, Any]) -> None:
             continue
         if not isinstance(images, list):
             raise BadRequest(
-                f"json: cannot unmarshal {_go_type(images)} into Go struct field {where} "
+                f"json: cannot unmarshal {json_kind(images)} into Go struct field {where} "
                 "of type []api.ImageData"
             )
         for image in images:
@@ -285,24 +286,12 @@ def check_images(body: dict[str, Any]) -> None:
                 continue
             if not isinstance(image, str):
                 raise BadRequest(
-                    f"json: cannot unmarshal {_go_type(image)} into Go struct field {where} "
+                    f"json: cannot unmarshal {json_kind(image)} into Go struct field {where} "
                     "of type api.ImageData"
                 )
             at = base64_error(image)
             if at is not None:
                 raise BadRequest(f"illegal base64 data at input byte {at}")
-
-
-def _go_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "null"
 
 
 def field_of_type(
@@ -318,5 +307,5 @@ def field_of_type(
             return value
     expected = "/".join(k.__name__ for k in kinds)
     raise BadRequest(
-        f"json: cannot unmarshal {_go_type(value)} into Go struct field .{name} of type {expected}"
+        f"json: cannot unmarshal {json_kind(value)} into Go struct field .{name} of type {expected}"
     )

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from appliance.errors import BadRequest
+from appliance.gocompat.jsontypes import go_type_name
 
 FOREVER = math.inf
 
@@ -151,17 +152,6 @@ def _ns_to_seconds(ns: int) -> float:
     return ns / SECOND
 
 
-def _go_type_name(value: Any) -> str:
-    """How Go's reflect.TypeOf names a decoded JSON value of an unsupported type."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, dict):
-        return "map[string]interface {}"
-    if isinstance(value, list):
-        return "[]interface {}"
-    return type(value).__name__
-
-
 def parse_keep_alive(value: Any) -> float | None:
     """A request's `keep_alive` (decoded JSON) in seconds, per Ollama's Duration.UnmarshalJSON.
 
@@ -171,7 +161,7 @@ def parse_keep_alive(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, (bool, dict, list)):
-        raise BadRequest(f"Unsupported type: '{_go_type_name(value)}'")
+        raise BadRequest(f"Unsupported type: '{go_type_name(value)}'")
     if isinstance(value, (int, float)):
         if value < 0:
             return FOREVER
@@ -186,7 +176,7 @@ def parse_keep_alive(value: Any) -> float | None:
         except DurationError as exc:
             raise BadRequest(str(exc)) from None
         return _ns_to_seconds(ns)
-    raise BadRequest(f"Unsupported type: '{_go_type_name(value)}'")
+    raise BadRequest(f"Unsupported type: '{go_type_name(value)}'")
 
 
 def parse_env_duration(text: str | None, default: float) -> float:

@@ -33,6 +33,7 @@ from appliance.api.routes.native import (
 )
 from appliance.api.streaming import json_response, sse_response
 from appliance.errors import BadRequest, NotFound
+from appliance.gocompat.jsontypes import go_type_name, json_kind
 from appliance.serving.generation import Timing
 from appliance.store.names import parse_model_name
 
@@ -63,29 +64,6 @@ async def read_body() -> dict[str, Any]:
     return body
 
 
-def _go_type(value: Any) -> str:
-    """Go's `%T` of a decoded JSON value."""
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "[]interface {}"
-    return "map[string]interface {}"
-
-
-def _json_kind(value: Any) -> str:
-    """The JSON kind Go's unmarshal errors name."""
-    go = _go_type(value)
-    return {"float64": "number", "[]interface {}": "array", "<nil>": "null"}.get(
-        go, "object" if go.startswith("map[") else go
-    )
-
-
 def _field(
     body: dict[str, Any], name: str, kinds: tuple[type, ...], go: str, struct_name: str
 ) -> Any:
@@ -95,7 +73,7 @@ def _field(
         return None
     if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
         return value
-    kind = _json_kind(value)
+    kind = json_kind(value)
     raise BadRequest(
         f"json: cannot unmarshal {kind} into Go struct field {struct_name}.{name} of type {go}"
     )
@@ -116,7 +94,7 @@ def _stop(value: Any) -> list[str] | None:
     if isinstance(value, list):
         for item in value:
             if not isinstance(item, str):
-                raise BadRequest(f"invalid type for 'stop' field: {_go_type(item)}")
+                raise BadRequest(f"invalid type for 'stop' field: {go_type_name(item)}")
         return list(value)
     return None
 
@@ -224,7 +202,7 @@ def _tool_calls(calls: Any) -> list[dict[str, Any]]:
 def _chat_messages(raw: Any) -> list[dict[str, Any]]:
     if raw is not None and not isinstance(raw, list):
         raise BadRequest(
-            f"json: cannot unmarshal {_go_type(raw)} into Go struct field "
+            f"json: cannot unmarshal {go_type_name(raw)} into Go struct field "
             "ChatCompletionRequest.messages of type []openai.Message"
         )
     if not raw:
@@ -244,7 +222,7 @@ def _chat_messages(raw: Any) -> list[dict[str, Any]]:
         elif isinstance(content, list):
             messages.extend(_content_messages(role, content))
         elif calls is None:
-            raise BadRequest(f"invalid message content type: {_go_type(content)}")
+            raise BadRequest(f"invalid message content type: {go_type_name(content)}")
         else:
             messages.append({"role": role, "content": ""})
         last = messages[-1] if messages else None
