@@ -1,9 +1,9 @@
 """`/api/create`: build a model from a local model or uploaded GGUF blobs (Ollama server/create.go).
 
-The request is validated up front, so every malformed request is a plain 400 before any progress
-line. Then layers are gathered (the `from` model's, or one per GGUF), the template, system,
-license, parameters and messages layers are replaced or merged as Ollama does (§6.4), the config
-blob is written, and the manifest is written last: a failure at any step leaves no new model.
+The request arrives validated (`CreateRequest`), so every malformed request is a plain 400 before
+any progress line. Then layers are gathered (the `from` model's, or one per GGUF), the template,
+system, license, parameters and messages layers are replaced or merged as Ollama does (§6.4), the
+config blob is written, and the manifest is written last: a failure at any step leaves no new model.
 Progress is yielded as Ollama's ProgressResponse dicts, ending with `{"status": "success"}`.
 """
 
@@ -12,16 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import posixpath
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from appliance.errors import ApplianceError, BadRequest, NotFound
-from appliance.options import Options
-from appliance.store.layout import InvalidDigest, api_digest
+from appliance.errors import BadRequest, NotFound
 from appliance.store.manifest import (
     CONFIG_MEDIA_TYPE,
     MEDIA_ADAPTER,
@@ -39,20 +36,20 @@ from appliance.store.manifest import (
     go_json,
     human_number,
 )
-from appliance.store.names import ModelName, parse_model_name
+from appliance.store.names import ModelName
 from appliance.store.store import Store, template_capabilities
 
 log = logging.getLogger(__name__)
 
 GGUF_MEDIA = (MEDIA_MODEL, MEDIA_PROJECTOR, MEDIA_ADAPTER)
-MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 # Pulls a missing `from` model: (store, name, progress callback) -> None. Raises ApplianceError.
 PullFn = Callable[[Store, ModelName, Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[Any]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CreateRequest:
-    """A validated `/api/create` body."""
+    """What a model is created from: a validated `/api/create` body (parsed at the API's boundary,
+    `appliance.api.bodies.models.parse_create`)."""
 
     name: ModelName
     from_: ModelName | None = None
@@ -68,135 +65,6 @@ class CreateRequest:
     renderer: str = ""
     parser: str = ""
     stream: bool = True
-
-
-def _str_field(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest(
-            f"json: cannot unmarshal {type(value).__name__} into Go struct field "
-            f"CreateRequest.{key} of type string"
-        )
-    return value
-
-
-def _files_field(body: dict[str, Any], key: str) -> dict[str, str]:
-    value = body.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise BadRequest(
-            f"json: cannot unmarshal into Go struct field CreateRequest.{key} "
-            "of type map[string]string"
-        )
-    for rel, digest in value.items():
-        if not _valid_fs_path(rel):
-            raise BadRequest("file path must be relative")
-        try:
-            api_digest(digest)
-        except InvalidDigest:
-            raise BadRequest("invalid digest format") from None
-    return {rel: api_digest(d) for rel, d in value.items()}
-
-
-def _valid_fs_path(rel: str) -> bool:
-    """Go's `fs.ValidPath`: unrooted, slash-separated, no `.`/`..`/empty elements."""
-    if rel == ".":
-        return True
-    if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
-        return False
-    return (
-        all(part not in ("", ".", "..") for part in rel.split("/"))
-        and posixpath.normpath(rel) == rel
-    )
-
-
-def parse_create_request(body: dict[str, Any]) -> CreateRequest:
-    """Validate a create body with Ollama's 400 messages, in Ollama's order."""
-    files = _files_field(body, "files")
-    adapters = _files_field(body, "adapters")
-    name_text = _str_field(body, "model") or _str_field(body, "name")
-    name = parse_model_name(name_text)
-    if body.get("quantize") or body.get("quantization"):
-        raise BadRequest(
-            "quantization is not supported by this server; quantize the GGUF "
-            "before creating the model (llama-quantize)"
-        )
-    from_text = _str_field(body, "from")
-    from_ = parse_model_name(from_text) if from_text else None
-    if from_ is None and not files:
-        raise BadRequest("neither 'from' or 'files' was specified")
-    license_value = body.get("license")
-    if license_value is None:
-        licenses: list[str] = []
-    elif isinstance(license_value, str):
-        licenses = [license_value] if license_value else []
-    elif isinstance(license_value, list) and all(isinstance(x, str) for x in license_value):
-        licenses = [x for x in license_value if x]
-    else:
-        raise BadRequest("license must be a string or a list of strings")
-    params = body.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise BadRequest(
-            "json: cannot unmarshal into Go struct field CreateRequest.parameters "
-            "of type map[string]interface {}"
-        )
-    _check_parameters(params)
-    messages = body.get("messages") or []
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise BadRequest(
-            "json: cannot unmarshal into Go struct field CreateRequest.messages "
-            "of type []api.Message"
-        )
-    clean_messages = []
-    for m in messages:
-        role = m.get("role", "")
-        if not isinstance(role, str) or not isinstance(m.get("content", ""), str):
-            raise BadRequest("message role and content must be strings")
-        out: dict[str, Any] = {"role": role.lower(), "content": m.get("content", "")}
-        for key in ("thinking", "images", "tool_calls", "tool_name"):
-            if m.get(key):
-                out[key] = m[key]
-        clean_messages.append(out)
-    stream = body.get("stream")
-    return CreateRequest(
-        name=name,
-        from_=from_,
-        from_text=from_text,
-        files=files,
-        adapters=adapters,
-        template=_str_field(body, "template"),
-        system=_str_field(body, "system"),
-        license=licenses,
-        parameters=_go_numbers(params),
-        messages=clean_messages,
-        requires=_str_field(body, "requires"),
-        renderer=_str_field(body, "renderer"),
-        parser=_str_field(body, "parser"),
-        stream=stream is not False,
-    )
-
-
-def _check_parameters(params: dict[str, Any]) -> None:
-    """Type the parameters as Ollama's `Options.FromMap` does, now rather than at every request:
-    a badly typed value would otherwise be stored and make every later request a 500."""
-    try:
-        Options().with_map(params)
-    except ApplianceError as exc:
-        raise BadRequest(exc.message) from None
-
-
-def _go_numbers(value: Any) -> Any:
-    """Whole floats become ints, so re-encoded JSON matches Go's float64 output (`1`, not `1.0`)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _go_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_go_numbers(v) for v in value]
-    return value
 
 
 def validate_template(text: str) -> None:

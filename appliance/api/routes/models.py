@@ -12,16 +12,21 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, request
 
+from appliance.api.bodies.models import (
+    CopyRequest,
+    DeleteRequest,
+    ShowRequest,
+    parse_create,
+)
 from appliance.api.context import services
 from appliance.api.middleware.asgi import note_model
-from appliance.api.requests import check_images, field_of_type, read_json_object
+from appliance.api.requests import read_json_object
 from appliance.api.streaming import json_response, ndjson_response
-from appliance.errors import BadRequest, NotFound
+from appliance.errors import NotFound
 from appliance.gocompat.timefmt import go_time_ns
 from appliance.prompting.prompts import template_source
-from appliance.store.create import create_model, parse_create_request
+from appliance.store.create import create_model
 from appliance.store.modelfile import go_sharp_value, param_lines, render_modelfile
-from appliance.store.names import parse_model_name
 from appliance.store.store import LocalModel, Store
 
 log = logging.getLogger(__name__)
@@ -112,6 +117,24 @@ def show_model(store: Store, text: str, *, verbose: bool, system: str) -> dict[s
             info = store.gguf_info(m.model_path)
         except (OSError, ValueError) as exc:
             log.warning("cannot read GGUF of %s: %s", m.name, exc)
+    body = _shown_layers(m, info, system or m.system)
+    body["details"] = m.details(with_parent=True)
+    if m.messages:
+        body["messages"] = m.messages
+    body["model_info"] = {}  # always present: several integrations crash without it (Ollama)
+    if info is not None:
+        body.update(_shown_gguf(store, m, info, verbose=verbose))
+    caps = store.capabilities(m)
+    if caps:
+        body["capabilities"] = caps
+    body["modified_at"] = go_time_ns(m.modified_ns)
+    if m.config.get("requires"):
+        body["requires"] = m.config["requires"]
+    return body
+
+
+def _shown_layers(m: LocalModel, info: Any, system: str) -> dict[str, Any]:
+    """license, modelfile, parameters, template, system, renderer and parser, in Ollama's order."""
     # The template in use, decided as rendering decides it: the TEMPLATE layer, else the GGUF's
     # own, else the built-in one for its architecture (the reference Gemma 3 GGUF ships none and
     # renders with Gemma 3's published one).
@@ -121,7 +144,6 @@ def show_model(store: Store, text: str, *, verbose: bool, system: str) -> dict[s
         info.architecture if info is not None else None,
     )
     template = source if kind != "none" else m.template
-    system = system or m.system
     params = "\n".join(f"{k:<30} {go_sharp_value(v)}" for k, v in param_lines(m.params))
     body: dict[str, Any] = {}
     if m.license:
@@ -148,47 +170,33 @@ def show_model(store: Store, text: str, *, verbose: bool, system: str) -> dict[s
     for key in ("renderer", "parser"):
         if m.config.get(key):
             body[key] = m.config[key]
-    body["details"] = m.details(with_parent=True)
-    if m.messages:
-        body["messages"] = m.messages
-    body["model_info"] = {}  # always present: several integrations crash without it (Ollama)
-    if info is not None:
-        body["model_info"] = model_info(info, verbose=verbose)
-        if m.projector_path is not None:
-            try:
-                body["projector_info"] = model_info(
-                    store.gguf_info(m.projector_path), verbose=verbose
-                )
-            except (OSError, ValueError) as exc:
-                log.warning("cannot read projector of %s: %s", m.name, exc)
-        body["tensors"] = [
-            {"name": name, "type": kind, "shape": list(shape)} for name, kind, shape in info.tensors
-        ]
-    caps = store.capabilities(m)
-    if caps:
-        body["capabilities"] = caps
-    body["modified_at"] = go_time_ns(m.modified_ns)
-    if m.config.get("requires"):
-        body["requires"] = m.config["requires"]
+    return body
+
+
+def _shown_gguf(store: Store, m: LocalModel, info: Any, *, verbose: bool) -> dict[str, Any]:
+    """model_info, projector_info and tensors, read from the GGUF headers."""
+    body: dict[str, Any] = {"model_info": model_info(info, verbose=verbose)}
+    if m.projector_path is not None:
+        try:
+            body["projector_info"] = model_info(store.gguf_info(m.projector_path), verbose=verbose)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read projector of %s: %s", m.name, exc)
+    body["tensors"] = [
+        {"name": name, "type": kind, "shape": list(shape)} for name, kind, shape in info.tensors
+    ]
     return body
 
 
 @bp.route("/api/show", methods=["POST"])
 async def show() -> Response:
-    body = await read_json_object()
-    text = field_of_type(body, "model", str, "") or field_of_type(body, "name", str, "")
-    if not text:
-        raise BadRequest("model is required")
-    verbose = bool(field_of_type(body, "verbose", bool, False))
-    system = field_of_type(body, "system", str, "")
-    note_model(text)
-    parse_model_name(text)
+    req = ShowRequest.parse(await read_json_object())
+    note_model(req.model)
     result = await trio.to_thread.run_sync(
-        lambda: show_model(_store(), text, verbose=verbose, system=system)
+        lambda: show_model(_store(), req.model, verbose=req.verbose, system=req.system)
     )
     agent = request.headers.get("User-Agent", "")
     if agent.startswith("GitHubCopilotChat/") and "model_info" in result:
-        result["model_info"]["general.basename"] = text
+        result["model_info"]["general.basename"] = req.model
     return json_response(result)
 
 
@@ -197,18 +205,14 @@ async def show() -> Response:
 
 @bp.route("/api/copy", methods=["POST"])
 async def copy() -> Response:
-    body = await read_json_object()
-    source = field_of_type(body, "source", str, "")
-    destination = field_of_type(body, "destination", str, "")
-    src = parse_model_name(source, message=f'source "{source}" is invalid')
-    dst = parse_model_name(destination, message=f'destination "{destination}" is invalid')
+    req = CopyRequest.parse(await read_json_object())
     store = _store()
 
     def run() -> None:
-        s = store.existing_name(src)
-        d = store.existing_name(dst)
+        s = store.existing_name(req.source)
+        d = store.existing_name(req.destination)
         if not store.manifest_path(s).is_file():
-            raise NotFound(f'model "{source}" not found')
+            raise NotFound(f'model "{req.source_text}" not found')
         store.copy(s, d)
 
     await trio.to_thread.run_sync(run)
@@ -217,17 +221,15 @@ async def copy() -> Response:
 
 @bp.route("/api/delete", methods=["DELETE"])
 async def delete() -> Response:
-    body = await read_json_object()
-    text = field_of_type(body, "model", str, "") or field_of_type(body, "name", str, "")
-    name = parse_model_name(text, message=f'name "{text}" is invalid')
+    req = DeleteRequest.parse(await read_json_object())
     store = _store()
 
     def run() -> tuple[Any, list[LocalModel]]:
-        existing = store.existing_name(name)
+        existing = store.existing_name(req.name)
         try:
             store.delete(existing)
         except FileNotFoundError:
-            raise NotFound(f"model '{text}' not found") from None
+            raise NotFound(f"model '{req.model}' not found") from None
         return existing, store.list_models()
 
     deleted, remaining = await trio.to_thread.run_sync(run)
@@ -302,9 +304,7 @@ def _pull_fn() -> Any:
 
 @bp.route("/api/create", methods=["POST"])
 async def create() -> Response:
-    body = await read_json_object()
-    check_images({"messages": body.get("messages")})
-    req = parse_create_request(body)
+    req = parse_create(await read_json_object())
     progress = create_model(_store(), req, noprune=_noprune(), pull=_pull_fn())
     if not req.stream:
         last: dict[str, Any] = {}

@@ -18,11 +18,11 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app
 
+from appliance.api.bodies.models import PullRequest, PushRequest
 from appliance.api.context import services
-from appliance.api.requests import field_of_type, read_json_object
+from appliance.api.requests import read_json_object
 from appliance.api.streaming import dumps, ndjson_response
-from appliance.errors import ApplianceError, BadRequest
-from appliance.store.names import parse_model_name
+from appliance.errors import ApplianceError
 from appliance.store.remote.download import Downloads
 from appliance.store.remote.pull import pull_model
 from appliance.store.remote.push import push_model
@@ -46,59 +46,38 @@ def downloads_of(extras: dict[str, Any]) -> Downloads:
     return downloads
 
 
-def _model_text(body: dict[str, Any]) -> str:
-    for key in ("model", "name"):
-        value = field_of_type(body, key, str, "")
-        if value.strip():
-            return value.strip()
-    return ""
-
-
 @bp.post("/api/pull")
 async def pull() -> Response:
-    body = await read_json_object()
-    name = parse_model_name(_model_text(body))  # 400 `invalid model name`
-    name.check_storable()
-    name.check_registry_host()
-    insecure = field_of_type(body, "insecure", bool, False)
-    stream = field_of_type(body, "stream", bool, True)
+    req = PullRequest.parse(await read_json_object())
     svc = services()
-    check_allowed(name, svc.settings, insecure=insecure)  # 403 for a registry not allowed
+    check_allowed(req.name, svc.settings, insecure=req.insecure)  # 403 for a registry not allowed
     downloads = downloads_of(svc.extras)
 
     async def job(progress: Progress) -> Any:
         return await pull_model(
             svc.store,
-            name,
-            insecure=insecure,
+            req.name,
+            insecure=req.insecure,
             settings=svc.settings,
             progress=progress,
             downloads=downloads,
         )
 
-    return await _respond(job, stream)
+    return await _respond(job, req.stream)
 
 
 @bp.post("/api/push")
 async def push() -> Response:
-    body = await read_json_object()
-    text = _model_text(body)
-    if not text:
-        raise BadRequest("model is required")
-    name = parse_model_name(text)
-    name.check_storable()
-    name.check_registry_host()
-    insecure = field_of_type(body, "insecure", bool, False)
-    stream = field_of_type(body, "stream", bool, True)
+    req = PushRequest.parse(await read_json_object())
     svc = services()
-    check_allowed(name, svc.settings, insecure=insecure)  # 403 for a registry not allowed
+    check_allowed(req.name, svc.settings, insecure=req.insecure)  # 403 for a registry not allowed
 
     async def job(progress: Progress) -> Any:
         return await push_model(
-            svc.store, name, insecure=insecure, settings=svc.settings, progress=progress
+            svc.store, req.name, insecure=req.insecure, settings=svc.settings, progress=progress
         )
 
-    return await _respond(job, stream)
+    return await _respond(job, req.stream)
 
 
 async def _respond(job: Job, stream: bool) -> Response:

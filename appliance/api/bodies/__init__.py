@@ -1,0 +1,1 @@
+"""Typed request bodies: each JSON body is parsed once, at the route's boundary."""
