@@ -152,8 +152,6 @@ class PushRequest(_RegistryRequest):
 
 
 _CREATE_TEXT_FIELDS = (
-    "model",
-    "name",
     "from",
     "template",
     "system",
@@ -168,6 +166,7 @@ _CREATE_TEXT_FIELDS = (
 def parse_create(body: dict[str, Any]) -> CreateRequest:
     """A create body as a `CreateRequest`, with Ollama's 400 messages in Ollama's order."""
     check_images({"messages": body.get("messages")})
+    model = _model_text(body, "CreateRequest")
     text: dict[str, str] = {
         key: _field(body, f"CreateRequest.{key}", str, "") for key in _CREATE_TEXT_FIELDS
     }
@@ -176,7 +175,7 @@ def parse_create(body: dict[str, Any]) -> CreateRequest:
     adapters = _files(body, "adapters")
     parameters = _field(body, "CreateRequest.parameters", dict, {}, "map[string]interface {}")
     messages = _messages(body)
-    name = parse_model_name(text["model"] or text["name"])
+    name = parse_model_name(model)
     if text["quantize"] or text["quantization"]:
         raise BadRequest(
             "quantization is not supported by this server; quantize the GGUF "
