@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import httpx
 
 from appliance import __version__
+from appliance.gocompat.humanfmt import human_number
 
 PROGRAM = "llm-appliance"
 # Ollama's tablewriter settings: no borders, left aligned, four spaces between columns.
@@ -50,19 +51,6 @@ def human_bytes(n: int) -> str:
                 return f"{int(value)} {unit}"
             return f"{value:.1f} {unit}"
     return f"{n} B"
-
-
-def human_number(n: int) -> str:
-    """Ollama's format.HumanNumber (parameter counts): 8B, 3.2B, 270.37M, 12K."""
-    if n >= 10**9:
-        v = n / 10**9
-        return f"{v:.0f}B" if v == math.floor(v) else f"{v:.1f}B"
-    if n >= 10**6:
-        v = n / 10**6
-        return f"{v:.0f}M" if v == math.floor(v) else f"{v:.2f}M"
-    if n >= 10**3:
-        return f"{n / 10**3:.0f}K"
-    return str(n)
 
 
 def human_duration(seconds: float) -> str:

@@ -305,7 +305,7 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
 
 def check_proxy(environ: Mapping[str, str]) -> Check:
     """Which proxy pulls will use, passwords masked (proxy trouble is a top Ollama issue)."""
-    from appliance.net import redact
+    from appliance.gocompat.urls import redact
 
     https_proxy = _env(environ, "HTTPS_PROXY")
     http_proxy = _env(environ, "HTTP_PROXY")
