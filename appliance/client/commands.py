@@ -516,16 +516,18 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    body = {"model": args.model, "insecure": args.insecure, "stream": True}
-    with Client() as client:
-        _follow(client, "/api/pull", body)
-    return 0
+    return _transfer(args, "/api/pull")
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    return _transfer(args, "/api/push")
+
+
+def _transfer(args: argparse.Namespace, path: str) -> int:
+    """`pull` or `push`: the server's progress lines followed as Ollama's CLI shows them."""
     body = {"model": args.model, "insecure": args.insecure, "stream": True}
     with Client() as client:
-        _follow(client, "/api/push", body)
+        _follow(client, path, body)
     return 0
 
 

@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.gocompat.durations import FOREVER, env_duration_seconds, format_go_duration
 from appliance.gocompat.strconv import parse_int, parse_int_clamped, parse_uint
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from appliance.settings.platform import PlatformDefaults
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 TRACE = 5  # Ollama's slog LevelTrace (-8), as a Python logging level below DEBUG
 DEFAULT_PORT = 11434
@@ -625,16 +626,16 @@ class _Loader:
         return self.file_value("models", convert) or home / ".ollama" / "models"
 
     def duration(self, var: str, key: str, default: float) -> float:
-        file_default = self.file_value(key, _file_duration)
-        fallback = default if file_default is None else file_default
-        text = env_var(self.env, var)
-        if not text:
-            return fallback
-        seconds = env_duration_seconds(text)
-        if seconds is None:
-            self.warn(f"invalid {var}={text!r}, using default {format_go_duration(fallback)}")
-            return fallback
-        return seconds
+        return self.env_over_file(
+            var,
+            key,
+            default,
+            _file_duration,
+            env_duration_seconds,
+            lambda text, fallback: (
+                f"invalid {var}={text!r}, using default {format_go_duration(fallback)}"
+            ),
+        )
 
     def write_timeout(self) -> float:
         """LLM_APPLIANCE_WRITE_TIMEOUT: 0 or less never drops a client that stops reading."""
@@ -657,14 +658,37 @@ class _Loader:
         return FOREVER if seconds <= 0 else seconds
 
     def uint(self, var: str, key: str, default: int) -> int:
-        file_default = self.file_value(key, _file_uint)
+        return self.env_over_file(
+            var,
+            key,
+            default,
+            _file_uint,
+            parse_uint,
+            lambda text, fallback: (
+                f"invalid environment variable {var}={text!r}, using default {fallback}"
+            ),
+        )
+
+    def env_over_file(
+        self,
+        var: str,
+        key: str,
+        default: _T,
+        from_file: Callable[[Any], _T],
+        from_env: Callable[[str], _T | None],
+        invalid: Callable[[str, _T], str],
+    ) -> _T:
+        """The variable, else the file's `key`, else `default`; a variable `from_env` cannot read
+        (None) is warned about with `invalid(text, fallback)` and the fallback used, as Ollama
+        falls back."""
+        file_default = self.file_value(key, from_file)
         fallback = default if file_default is None else file_default
         text = env_var(self.env, var)
         if not text:
             return fallback
-        value = parse_uint(text)
+        value = from_env(text)
         if value is None:
-            self.warn(f"invalid environment variable {var}={text!r}, using default {fallback}")
+            self.warn(invalid(text, fallback))
             return fallback
         return value
 
