@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+from appliance.gocompat.urls import redact
 from appliance.settings.platform import decide_defaults, detect_facts, format_gib, user_name
 
 # llama.cpp's CPU code is built once per x86-64 level (GGML_CPU_ALL_VARIANTS) and chosen at start
@@ -306,8 +307,6 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
 
 def check_proxy(environ: Mapping[str, str]) -> Check:
     """Which proxy pulls will use, passwords masked (proxy trouble is a top Ollama issue)."""
-    from appliance.gocompat.urls import redact
-
     https_proxy = _env(environ, "HTTPS_PROXY")
     http_proxy = _env(environ, "HTTP_PROXY")
     no_proxy = _env(environ, "NO_PROXY")
