@@ -33,6 +33,7 @@ import httpx
 import trio
 
 from appliance.errors import ApplianceError, Forbidden
+from appliance.gocompat.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class NetConfig:
         port = url.port or _default_port(url.scheme)
         names = {host, *HF_ALIASES} if host in HF_ALIASES else {host}
         for entry in self.allowed_registries:
-            entry_host, entry_port = _split_host_port(entry.lower())
+            entry_host, entry_port = _entry_host_port(entry.lower())
             if entry_host.strip("[]") in names and entry_port in (None, port):
                 return
         raise Forbidden(
@@ -123,14 +124,6 @@ class NetConfig:
         return "; ".join(parts)
 
 
-def redact(proxy_url: str) -> str:
-    """The URL with its password replaced, safe for logs and error messages."""
-    url = httpx.URL(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
-    port = f":{url.port}" if url.port is not None else ""
-    user = f"{url.username}:***@" if url.password else (f"{url.username}@" if url.username else "")
-    return f"{url.scheme}://{user}{url.host}{port}{url.path.rstrip('/')}"
-
-
 def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 
@@ -157,7 +150,7 @@ def _use_proxy(url: httpx.URL, no_proxy: str | None) -> bool:
             except ValueError:
                 pass
             continue
-        entry_host, entry_port = _split_host_port(entry)
+        entry_host, entry_port = _entry_host_port(entry)
         if entry_port is not None and entry_port != port:
             continue
         entry_ip = _ip(entry_host)
@@ -182,7 +175,9 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _split_host_port(entry: str) -> tuple[str, int | None]:
+def _entry_host_port(entry: str) -> tuple[str, int | None]:
+    """A NO_PROXY or allowed-registries entry (`host`, `host:port`, `[v6]:port`): its host and
+    port, None for any port (also where the port is not a number)."""
     if entry.startswith("["):
         host, _, rest = entry[1:].partition("]")
         return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None

@@ -471,57 +471,75 @@ def run_probes(
     """
     results: dict[str, dict] = {}
     remaining = [str(path) for path in paths]
-    env = dict(os.environ, **{PROBE_ENV: str(lib_dir())})
-    if not getattr(sys, "frozen", False):
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env = _probe_env()
     flags = (["--any-cpu"] if any_cpu else []) + (["--first"] if first else [])
     while remaining:
-        try:
-            proc = subprocess.run(
-                [*_probe_command(), *flags, *remaining],
-                env=env,
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
-            out, code, timed_out = proc.stdout.decode(errors="replace"), proc.returncode, False
-        except subprocess.TimeoutExpired as exc:
-            raw = exc.stdout or b""
-            out = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-            code, timed_out = None, True
-        started = step = None
-        answered = 0
-        for line in out.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if "begin" in record:
-                started, step = record["begin"], None
-            elif "step" in record:
-                step = record["step"]
-            elif "name" in record:
-                results[record["name"]] = record
-                started = None
-                answered += 1
+        out, code, timed_out = _run_child([*_probe_command(), *flags, *remaining], env, timeout)
+        started, step, answered = _read_records(out, results)
         if started is None:
             if not answered:  # the child failed before its first variant
                 why = "probe could not start" + (f" (status {code})" if code is not None else "")
                 for path in remaining:
                     results[_name(path)] = {"name": _name(path), "score": None, "verdict": why}
             break  # the child did all it was asked
-        if timed_out:
-            why = f"probe timed out after {timeout:.0f} s"
-        elif code is not None and code < 0:
-            why = f"probe died with {signal.Signals(-code).name}"
-        else:
-            why = f"probe exited with status {code}"
+        why = _how_it_ended(code, timed_out, timeout)
         if step:
             why += f" ({step})"
         results[started] = {"name": started, "score": None, "verdict": why}
         remaining = remaining[[_name(path) for path in remaining].index(started) + 1 :]
     return results
+
+
+def _probe_env() -> dict[str, str]:
+    """The environment a probe child runs in: PROBE_ENV names the libraries' folder, and from a
+    source tree `engine` must be importable."""
+    env = dict(os.environ, **{PROBE_ENV: str(lib_dir())})
+    if not getattr(sys, "frozen", False):
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+def _run_child(
+    argv: list[str], env: dict[str, str], timeout: float
+) -> tuple[str, int | None, bool]:
+    """Run one probe child: what it printed, its exit status (None when it timed out), and
+    whether it timed out."""
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raw = exc.stdout or b""
+        return (raw.decode(errors="replace") if isinstance(raw, bytes) else raw), None, True
+    return proc.stdout.decode(errors="replace"), proc.returncode, False
+
+
+def _read_records(out: str, results: dict[str, dict]) -> tuple[str | None, str | None, int]:
+    """The child's verdicts into `results`; the variant it was probing when it stopped (None when
+    it finished that one) with the step it was in, and how many verdicts it gave."""
+    started = step = None
+    answered = 0
+    for line in out.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "begin" in record:
+            started, step = record["begin"], None
+        elif "step" in record:
+            step = record["step"]
+        elif "name" in record:
+            results[record["name"]] = record
+            started = None
+            answered += 1
+    return started, step, answered
+
+
+def _how_it_ended(code: int | None, timed_out: bool, timeout: float) -> str:
+    if timed_out:
+        return f"probe timed out after {timeout:.0f} s"
+    if code is not None and code < 0:
+        return f"probe died with {signal.Signals(-code).name}"
+    return f"probe exited with status {code}"
 
 
 # --- the verdict cache ---------------------------------------------------------------------------

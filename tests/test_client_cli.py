@@ -10,6 +10,7 @@ Every test is bounded by fail_after.
 
 from __future__ import annotations
 
+import io
 import re
 import socket
 import sys
@@ -23,7 +24,15 @@ from peers.proxy import ProxyPeer
 from peers.registry import RegistryPeer
 
 from appliance.cli import main
-from appliance.client.commands import human_bytes, human_time, processor, until
+from appliance.client.commands import (
+    HELP,
+    SET_HELP,
+    human_bytes,
+    human_time,
+    print_metrics,
+    processor,
+    until,
+)
 
 LIMIT = 60
 
@@ -253,3 +262,46 @@ class _Lines:
 
     def isatty(self) -> bool:
         return False
+
+
+async def test_chat_slash_commands_answer_as_ollama_does(cli, tmp_path, tiny_gguf, monkeypatch):
+    model = _short_model(tmp_path, tiny_gguf)
+    commands = [
+        "/set system Be brief.", "/set parameter temperature 0", "/set parameter num_predict x",
+        "/set format json", "/set noformat", "/set quiet", "/set", "/clear", "/nope now", "/?",
+        "/bye",
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "stdin", _Lines("".join(f"{c}\n" for c in commands)))
+    code, out, err = await cli("run", model)
+    assert (code, err) == (0, "")
+    assert out == (
+        "Set system message.\n"
+        "Set parameter 'temperature' to '0'\n"
+        "Couldn't set parameter: invalid int value [x]\n"
+        "Set format to 'json' mode.\n"
+        "Disabled format.\n"
+        "Set 'quiet' mode.\n"
+        f"{SET_HELP}\n"
+        "Cleared session context\n"
+        "Unknown command '/nope'. Type /? for help\n"
+        f"{HELP}\n"
+    )
+
+
+def test_verbose_stats_are_ollamas_summary_lines():
+    out = io.StringIO()
+    print_metrics(
+        {"total_duration": 2_500_000_000, "load_duration": 1_000_000, "prompt_eval_count": 4,
+         "prompt_eval_duration": 500_000_000, "eval_count": 8, "eval_duration": 2_000_000_000},
+        out,
+    )  # fmt: skip
+    assert out.getvalue() == (
+        "total duration:       2.5s\n"
+        "load duration:        1ms\n"
+        "prompt eval count:    4 token(s)\n"
+        "prompt eval duration: 500ms\n"
+        "prompt eval rate:     8.00 tokens/s\n"
+        "eval count:           8 token(s)\n"
+        "eval duration:        2s\n"
+        "eval rate:            4.00 tokens/s\n"
+    )

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import httpx
 
 from appliance import __version__
+from appliance.gocompat.humanfmt import human_number
 
 PROGRAM = "llm-appliance"
 # Ollama's tablewriter settings: no borders, left aligned, four spaces between columns.
@@ -50,19 +51,6 @@ def human_bytes(n: int) -> str:
                 return f"{int(value)} {unit}"
             return f"{value:.1f} {unit}"
     return f"{n} B"
-
-
-def human_number(n: int) -> str:
-    """Ollama's format.HumanNumber (parameter counts): 8B, 3.2B, 270.37M, 12K."""
-    if n >= 10**9:
-        v = n / 10**9
-        return f"{v:.0f}B" if v == math.floor(v) else f"{v:.1f}B"
-    if n >= 10**6:
-        v = n / 10**6
-        return f"{v:.0f}M" if v == math.floor(v) else f"{v:.2f}M"
-    if n >= 10**3:
-        return f"{n / 10**3:.0f}K"
-    return str(n)
 
 
 def human_duration(seconds: float) -> str:
@@ -528,16 +516,18 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    body = {"model": args.model, "insecure": args.insecure, "stream": True}
-    with Client() as client:
-        _follow(client, "/api/pull", body)
-    return 0
+    return _transfer(args, "/api/pull")
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    return _transfer(args, "/api/push")
+
+
+def _transfer(args: argparse.Namespace, path: str) -> int:
+    """`pull` or `push`: the server's progress lines followed as Ollama's CLI shows them."""
     body = {"model": args.model, "insecure": args.insecure, "stream": True}
     with Client() as client:
-        _follow(client, "/api/push", body)
+        _follow(client, path, body)
     return 0
 
 
@@ -595,22 +585,19 @@ def print_metrics(item: dict[str, Any], out: TextIO) -> None:
     def ns(key: str) -> int:
         return int(item.get(key) or 0)
 
-    if ns("total_duration") > 0:
-        out.write(f"total duration:       {format_go_ns(ns('total_duration'))}\n")
-    if ns("load_duration") > 0:
-        out.write(f"load duration:        {format_go_ns(ns('load_duration'))}\n")
-    if ns("prompt_eval_count") > 0:
-        out.write(f"prompt eval count:    {ns('prompt_eval_count')} token(s)\n")
-    if ns("prompt_eval_duration") > 0:
-        out.write(f"prompt eval duration: {format_go_ns(ns('prompt_eval_duration'))}\n")
-        rate = ns("prompt_eval_count") / (ns("prompt_eval_duration") / 1e9)
-        out.write(f"prompt eval rate:     {rate:.2f} tokens/s\n")
-    if ns("eval_count") > 0:
-        out.write(f"eval count:           {ns('eval_count')} token(s)\n")
-    if ns("eval_duration") > 0:
-        out.write(f"eval duration:        {format_go_ns(ns('eval_duration'))}\n")
-        rate = ns("eval_count") / (ns("eval_duration") / 1e9)
-        out.write(f"eval rate:            {rate:.2f} tokens/s\n")
+    def line(label: str, value: str) -> None:
+        out.write(f"{label + ':':<22}{value}\n")
+
+    for label, key in (("total duration", "total_duration"), ("load duration", "load_duration")):
+        if ns(key) > 0:
+            line(label, format_go_ns(ns(key)))
+    for stage, key in (("prompt eval", "prompt_eval"), ("eval", "eval")):
+        count, duration = ns(f"{key}_count"), ns(f"{key}_duration")
+        if count > 0:
+            line(f"{stage} count", f"{count} token(s)")
+        if duration > 0:
+            line(f"{stage} duration", format_go_ns(duration))
+            line(f"{stage} rate", f"{count / (duration / 1e9):.2f} tokens/s")
     out.flush()
 
 
@@ -764,8 +751,6 @@ def _read_message(stdin: TextIO, tty: bool) -> str | None:
 
 def chat_loop(client: Client, session: Session, stdin: TextIO) -> None:
     """The interactive chat: each line is a user turn sent with the whole history."""
-    from appliance.options import format_params
-
     tty = _isatty(stdin)
     out = sys.stdout
     messages: list[dict[str, str]] = []
@@ -783,66 +768,90 @@ def chat_loop(client: Client, session: Session, stdin: TextIO) -> None:
             continue
         if stripped in ("/bye", "/exit"):
             return
-        if stripped in ("/?", "/help"):
-            out.write(HELP + "\n")
-            continue
-        if stripped == "/clear":
-            messages.clear()
-            out.write("Cleared session context\n")
-            continue
-        if stripped.startswith("/set"):
-            words = stripped.split(maxsplit=2)
-            what = words[1] if len(words) > 1 else ""
-            if what == "verbose":
-                session.verbose = True
-                out.write("Set 'verbose' mode.\n")
-            elif what == "quiet":
-                session.verbose = False
-                out.write("Set 'quiet' mode.\n")
-            elif what == "format" and len(words) > 2 and words[2] == "json":
-                session.format = "json"
-                out.write("Set format to 'json' mode.\n")
-            elif what == "noformat":
-                session.format = ""
-                out.write("Disabled format.\n")
-            elif what == "system" and len(words) > 2:
-                session.system = words[2].strip().strip('"')
-                out.write("Set system message.\n")
-            elif what == "parameter" and len(words) > 2 and len(words[2].split()) >= 2:
-                key, value = words[2].split(maxsplit=1)
-                try:
-                    session.options.update(format_params([(key, v) for v in value.split()]))
-                except Exception as exc:  # noqa: BLE001 - a bad value is reported, the chat goes on
-                    out.write(f"Couldn't set parameter: {getattr(exc, 'message', exc)}\n")
-                    continue
-                out.write(f"Set parameter '{key}' to '{value}'\n")
-            else:
-                out.write(SET_HELP + "\n")
-            continue
-        if stripped == "/show":
-            resp = client.request("POST", "/api/show", {"model": session.model}) or {}
-            out.write(show_info(resp))
-            continue
         if stripped.startswith("/"):
-            out.write(f"Unknown command '{stripped.split()[0]}'. Type /? for help\n")
-            continue
-        messages.append({"role": "user", "content": line})
-        body = session.base()
-        sent = list(messages)
-        if session.system:
-            sent.insert(0, {"role": "system", "content": session.system})
-        body["messages"] = sent
-        try:
-            answer = _emit(client, "/api/chat", body, session)
-        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat (closing the stream
-            messages.pop()  # cancels the request on the server)
-            out.write("\n\n")
-            continue
-        except CLIError:
-            messages.pop()
-            raise
-        out.write("\n")
-        messages.append({"role": "assistant", "content": answer})
+            _slash_command(stripped, client, session, messages, out)
+        else:
+            _chat_turn(line, client, session, messages, out)
+
+
+def _slash_command(
+    command: str, client: Client, session: Session, messages: list[dict[str, str]], out: TextIO
+) -> None:
+    """`/help`, `/clear`, `/set ...`, `/show`; anything else is an unknown command."""
+    if command in ("/?", "/help"):
+        out.write(HELP + "\n")
+    elif command == "/clear":
+        messages.clear()
+        out.write("Cleared session context\n")
+    elif command.startswith("/set"):
+        _set_command(command, session, out)
+    elif command == "/show":
+        resp = client.request("POST", "/api/show", {"model": session.model}) or {}
+        out.write(show_info(resp))
+    else:
+        out.write(f"Unknown command '{command.split()[0]}'. Type /? for help\n")
+
+
+def _set_command(command: str, session: Session, out: TextIO) -> None:
+    """`/set verbose|quiet|format json|noformat|system ...|parameter KEY VALUE`, else its help."""
+    words = command.split(maxsplit=2)
+    what = words[1] if len(words) > 1 else ""
+    if what == "verbose":
+        session.verbose = True
+        out.write("Set 'verbose' mode.\n")
+    elif what == "quiet":
+        session.verbose = False
+        out.write("Set 'quiet' mode.\n")
+    elif what == "format" and len(words) > 2 and words[2] == "json":
+        session.format = "json"
+        out.write("Set format to 'json' mode.\n")
+    elif what == "noformat":
+        session.format = ""
+        out.write("Disabled format.\n")
+    elif what == "system" and len(words) > 2:
+        session.system = words[2].strip().strip('"')
+        out.write("Set system message.\n")
+    elif what == "parameter" and len(words) > 2 and len(words[2].split()) >= 2:
+        _set_parameter(words[2], session, out)
+    else:
+        out.write(SET_HELP + "\n")
+
+
+def _set_parameter(text: str, session: Session, out: TextIO) -> None:
+    """`/set parameter KEY VALUE...`, typed as a Modelfile PARAMETER; a bad value is reported."""
+    from appliance.options import format_params
+
+    key, value = text.split(maxsplit=1)
+    try:
+        session.options.update(format_params([(key, v) for v in value.split()]))
+    except Exception as exc:  # noqa: BLE001 - a bad value is reported, the chat goes on
+        out.write(f"Couldn't set parameter: {getattr(exc, 'message', exc)}\n")
+        return
+    out.write(f"Set parameter '{key}' to '{value}'\n")
+
+
+def _chat_turn(
+    line: str, client: Client, session: Session, messages: list[dict[str, str]], out: TextIO
+) -> None:
+    """Send `line` with the history and stream the answer; the history keeps both, or neither
+    when the answer is cut short."""
+    messages.append({"role": "user", "content": line})
+    body = session.base()
+    sent = list(messages)
+    if session.system:
+        sent.insert(0, {"role": "system", "content": session.system})
+    body["messages"] = sent
+    try:
+        answer = _emit(client, "/api/chat", body, session)
+    except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat (closing the stream
+        messages.pop()  # cancels the request on the server)
+        out.write("\n\n")
+        return
+    except CLIError:
+        messages.pop()
+        raise
+    out.write("\n")
+    messages.append({"role": "assistant", "content": answer})
 
 
 # -- registration ---------------------------------------------------------------------------------

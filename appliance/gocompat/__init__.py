@@ -1,1 +1,2 @@
-"""Go-compatible parsing and formatting (durations, times); imports nothing of ours."""
+"""Go-compatible parsing and formatting (durations, times, integers, human numbers, URL
+credentials hidden); imports nothing of ours."""

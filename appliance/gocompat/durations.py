@@ -12,11 +12,11 @@ MaxInt64 nanoseconds.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from appliance.errors import BadRequest
 from appliance.gocompat.jsontypes import go_type_name
+from appliance.gocompat.strconv import parse_int
 
 FOREVER = math.inf
 
@@ -40,8 +40,6 @@ _UNITS = {
     "h": HOUR,
 }
 
-_GO_INT = re.compile(r"[+-]?[0-9]+")
-
 
 class DurationError(ValueError):
     """A string Go's time.ParseDuration rejects; the message is Go's, word for word."""
@@ -63,74 +61,16 @@ def _go_quote(text: str) -> str:
 
 def parse_go_duration_ns(text: str) -> int:
     """Go's `time.ParseDuration`, in integer nanoseconds (may be negative)."""
-    orig = text
-    s = text
-    neg = False
-    if s and s[0] in "+-":
-        neg = s[0] == "-"
-        s = s[1:]
+    invalid = DurationError(f"time: invalid duration {_go_quote(text)}")
+    neg = bool(text) and text[0] == "-"
+    s = text[1:] if text and text[0] in "+-" else text
     if s == "0":
         return 0
-    invalid = DurationError(f"time: invalid duration {_go_quote(orig)}")
     if s == "":
         raise invalid
     total = 0
     while s:
-        if not (s[0] == "." or "0" <= s[0] <= "9"):
-            raise invalid
-        # Leading integer part.
-        i = 0
-        whole = 0
-        while i < len(s) and "0" <= s[i] <= "9":
-            if whole > (1 << 63) // 10:
-                raise invalid
-            whole = whole * 10 + ord(s[i]) - 48
-            if whole > 1 << 63:
-                raise invalid
-            i += 1
-        pre = i > 0
-        s = s[i:]
-        # Optional fraction.
-        frac, scale, post = 0, 1.0, False
-        if s and s[0] == ".":
-            s = s[1:]
-            i = 0
-            overflow = False
-            while i < len(s) and "0" <= s[i] <= "9":
-                if not overflow:
-                    if frac > ((1 << 63) - 1) // 10:
-                        overflow = True
-                    else:
-                        nxt = frac * 10 + ord(s[i]) - 48
-                        if nxt > 1 << 63:
-                            overflow = True
-                        else:
-                            frac = nxt
-                            scale *= 10
-                i += 1
-            post = i > 0
-            s = s[i:]
-        if not pre and not post:
-            raise invalid
-        # Unit: everything up to the next digit or period.
-        i = 0
-        while i < len(s) and not (s[i] == "." or "0" <= s[i] <= "9"):
-            i += 1
-        if i == 0:
-            raise DurationError(f"time: missing unit in duration {_go_quote(orig)}")
-        unit_text, s = s[:i], s[i:]
-        unit = _UNITS.get(unit_text)
-        if unit is None:
-            raise DurationError(
-                f"time: unknown unit {_go_quote(unit_text)} in duration {_go_quote(orig)}"
-            )
-        if whole > (1 << 63) // unit:
-            raise invalid
-        value = whole * unit
-        if frac > 0:
-            value += int(float(frac) * (float(unit) / scale))
-            if value > 1 << 63:
-                raise invalid
+        value, s = _duration_term(s, text, invalid)
         total += value
         if total > 1 << 63:
             raise invalid
@@ -139,6 +79,79 @@ def parse_go_duration_ns(text: str) -> int:
     if total > MAX_NS:
         raise invalid
     return total
+
+
+def _duration_term(s: str, orig: str, invalid: DurationError) -> tuple[int, str]:
+    """One `<number><unit>` of a duration (`1.5h`): its nanoseconds and the text after it."""
+    if not (s[0] == "." or "0" <= s[0] <= "9"):
+        raise invalid
+    whole, rest = _leading_int(s, invalid)
+    pre = len(rest) != len(s)
+    frac, scale, post = 0, 1.0, False
+    if rest and rest[0] == ".":
+        after_dot = rest[1:]
+        frac, scale, rest = _leading_fraction(after_dot)
+        post = len(rest) != len(after_dot)
+    if not pre and not post:
+        raise invalid
+    unit, rest = _leading_unit(rest, orig)
+    if whole > (1 << 63) // unit:
+        raise invalid
+    value = whole * unit
+    if frac > 0:
+        value += int(float(frac) * (float(unit) / scale))
+        if value > 1 << 63:
+            raise invalid
+    return value, rest
+
+
+def _leading_int(s: str, invalid: DurationError) -> tuple[int, str]:
+    """Go's leadingInt: the digits that start `s` as a number (past 1<<63 is invalid), the rest."""
+    i = 0
+    whole = 0
+    while i < len(s) and "0" <= s[i] <= "9":
+        if whole > (1 << 63) // 10:
+            raise invalid
+        whole = whole * 10 + ord(s[i]) - 48
+        if whole > 1 << 63:
+            raise invalid
+        i += 1
+    return whole, s[i:]
+
+
+def _leading_fraction(s: str) -> tuple[int, float, str]:
+    """Go's leadingFraction: the digits after a `.` as a number and its scale (digits past what
+    int64 holds are dropped, not an error), and the rest."""
+    i = 0
+    frac, scale = 0, 1.0
+    overflow = False
+    while i < len(s) and "0" <= s[i] <= "9":
+        if not overflow:
+            if frac > ((1 << 63) - 1) // 10:
+                overflow = True
+            else:
+                nxt = frac * 10 + ord(s[i]) - 48
+                if nxt > 1 << 63:
+                    overflow = True
+                else:
+                    frac = nxt
+                    scale *= 10
+        i += 1
+    return frac, scale, s[i:]
+
+
+def _leading_unit(s: str, orig: str) -> tuple[int, str]:
+    """The unit that follows a number (everything up to the next digit or `.`) in nanoseconds,
+    and the rest; Go's message for a missing or unknown one."""
+    i = 0
+    while i < len(s) and not (s[i] == "." or "0" <= s[i] <= "9"):
+        i += 1
+    if i == 0:
+        raise DurationError(f"time: missing unit in duration {_go_quote(orig)}")
+    unit = _UNITS.get(s[:i])
+    if unit is None:
+        raise DurationError(f"time: unknown unit {_go_quote(s[:i])} in duration {_go_quote(orig)}")
+    return unit, s[i:]
 
 
 def parse_go_duration(text: str) -> float:
@@ -196,10 +209,8 @@ def env_duration_seconds(text: str) -> float | None:
     try:
         ns = parse_go_duration_ns(text)
     except DurationError:
-        if not _GO_INT.fullmatch(text):
-            return None
-        n = int(text)
-        if n < -(1 << 63) or n > MAX_NS:  # strconv.ParseInt range error
+        n = parse_int(text)
+        if n is None:
             return None
         ns = n * SECOND
     if ns < 0:

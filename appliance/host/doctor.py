@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import importlib
 import json
 import os
 import platform
@@ -25,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
+from appliance.gocompat.urls import redact
+from appliance.settings.platform import decide_defaults, detect_facts, format_gib, user_name
 
 # llama.cpp's CPU code is built once per x86-64 level (GGML_CPU_ALL_VARIANTS) and chosen at start
 # (engine/cpu_backend.py), down to the x86-64 baseline: no CPU flag is required any more.
@@ -183,7 +185,7 @@ def check_memory(facts: HostFacts) -> Check:
     if total is None or available is None:
         return Check("memory", Status.WARN, "could not read /proc/meminfo")
     detail = {"total_bytes": total, "available_bytes": available}
-    summary = f"{_gib(available)} available of {_gib(total)}"
+    summary = f"{format_gib(available)} available of {format_gib(total)}"
     if available < LOW_MEMORY_BYTES:
         return Check(
             "memory",
@@ -258,7 +260,7 @@ def check_glibc(facts: HostFacts) -> Check:
 
 def check_models_dir(path: Path) -> Check:
     """The store must exist (or be creatable) and be writable by the user running the server."""
-    detail: dict[str, Any] = {"path": str(path), "user": _user_name()}
+    detail: dict[str, Any] = {"path": str(path), "user": user_name()}
     if path.exists():
         st = path.stat()
         detail.update(mode=stat.filemode(st.st_mode), owner_uid=st.st_uid, uid=os.geteuid())
@@ -305,8 +307,6 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
 
 def check_proxy(environ: Mapping[str, str]) -> Check:
     """Which proxy pulls will use, passwords masked (proxy trouble is a top Ollama issue)."""
-    from appliance.net import redact
-
     https_proxy = _env(environ, "HTTPS_PROXY")
     http_proxy = _env(environ, "HTTP_PROXY")
     no_proxy = _env(environ, "NO_PROXY")
@@ -379,6 +379,9 @@ def check_exposure(settings: Any) -> Check:
 # -- the port and the server ---------------------------------------------------------------------
 
 
+_PORT_TAKEN = "another program holds the port: stop it or set OLLAMA_HOST"
+
+
 async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
     """Whether something listens on the port, and whether it is an Ollama-compatible server."""
     import httpx
@@ -409,7 +412,7 @@ async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
                 Status.WARN,
                 f"port {port} is in use but does not answer HTTP",
                 detail,
-                "another program holds the port: stop it or set OLLAMA_HOST",
+                _PORT_TAKEN,
             )
         detail["answer"] = response.text.strip()[:80]
         if response.status_code == 200 and "running" in response.text:
@@ -423,7 +426,7 @@ async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
             Status.WARN,
             f"port {port} answers, but not as Ollama would",
             detail,
-            "another program holds the port: stop it or set OLLAMA_HOST",
+            _PORT_TAKEN,
         )
     return Check("server", Status.WARN, f"{host}:{port} did not answer in {timeout:g} s", detail)
 
@@ -434,14 +437,8 @@ async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
 def check_platform(settings: Any = None) -> Check:
     """The defaults the platform rules chose, and the rule that chose each
     (appliance.settings.platform)."""
-    try:
-        rules = importlib.import_module("appliance.settings.platform")
-    except ModuleNotFoundError as exc:
-        if exc.name != "appliance.settings.platform":
-            raise
-        return Check("platform", Status.INFO, "platform rules not available in this build")
-    facts = rules.detect_facts()
-    decided = rules.decide_defaults(facts, context_length=getattr(settings, "context_length", 0))
+    facts = detect_facts()
+    decided = decide_defaults(facts, context_length=getattr(settings, "context_length", 0))
     values = _jsonable(decided)
     reasons = values.pop("rules", {}) if isinstance(values, dict) else {}
     defaults = {name: {"value": value, "rule": reasons.get(name)} for name, value in values.items()}
@@ -619,12 +616,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _short(value: Any) -> str:
     if isinstance(value, int) and value >= 1024**3:
-        return _gib(value)
+        return format_gib(value)
     return str(value)
-
-
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:.1f} GiB"
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -633,12 +626,3 @@ def _version_tuple(text: str) -> tuple[int, ...]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits or 0))
     return tuple(parts)
-
-
-def _user_name() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except (KeyError, ImportError):
-        return str(os.geteuid())

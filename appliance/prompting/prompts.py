@@ -359,18 +359,27 @@ def truncation_search(
         return [msgs[i] for i in systems[: bisect.bisect_left(systems, start)]] + msgs[start:]
 
     last = len(cuts) - 1
+    failed = -1  # index of the newest cut known not to fit (none yet)
     if last <= WHOLE_FIRST:
         whole = candidate(0)
-        if (yield whole):
+        if (yield whole) or last == 0:
             return whole
-        if last == 0:
-            return whole
-        failed = 0  # index of the newest cut known not to fit
-    else:
-        failed = -1
-    fits = last + 1  # index of the oldest cut known to fit (none yet)
+        failed = 0
+    failed, fits = yield from _gallop(candidate, last, failed)
+    if fits > last:
+        return candidate(last)  # not even the newest turn fits
+    fits = yield from _bisect(candidate, failed, fits)
+    return candidate(fits)
+
+
+def _gallop(
+    candidate: Callable[[int], list[dict[str, Any]]], last: int, failed: int
+) -> Generator[list[dict[str, Any]], bool, tuple[int, int]]:
+    """Keep 1, 2, 4, ... turns until a candidate overflows or all fit: the newest cut known not to
+    fit and the oldest known to fit (`last + 1` when none did)."""
+    fits = last + 1
     span = 1
-    while True:  # gallop: keep 1, 2, 4, ... turns until a candidate overflows or all fit
+    while True:
         j = max(last + 1 - span, failed + 1)
         if j >= fits:
             break
@@ -382,15 +391,20 @@ def truncation_search(
         else:
             failed = j
             break
-    if fits > last:
-        return candidate(last)  # not even the newest turn fits
-    while fits - failed > 1:  # bisect between a cut that overflows and one that fits
+    return failed, fits
+
+
+def _bisect(
+    candidate: Callable[[int], list[dict[str, Any]]], failed: int, fits: int
+) -> Generator[list[dict[str, Any]], bool, int]:
+    """Bisect between a cut that overflows and one that fits: the oldest cut that fits."""
+    while fits - failed > 1:
         mid = (failed + fits) // 2
         if (yield candidate(mid)):
             fits = mid
         else:
             failed = mid
-    return candidate(fits)
+    return fits
 
 
 def truncate_messages(

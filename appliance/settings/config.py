@@ -21,9 +21,11 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.gocompat.durations import FOREVER, env_duration_seconds, format_go_duration
+from appliance.gocompat.strconv import parse_int, parse_int_clamped, parse_uint
+from appliance.gocompat.urls import redact as mask_url_credentials
 from appliance.options import go_parse_bool
 from engine.cpu_backend import VARIANT_FEATURES
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from appliance.settings.platform import PlatformDefaults
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 TRACE = 5  # Ollama's slog LevelTrace (-8), as a Python logging level below DEBUG
 DEFAULT_PORT = 11434
@@ -314,24 +317,12 @@ def env_bool(text: str) -> bool:
     return True if parsed is None else parsed
 
 
-_GO_UINT = re.compile(r"[0-9]+")
-_GO_INT = re.compile(r"[+-]?[0-9]+")
-
-
-def go_parse_uint(text: str) -> int | None:
-    """strconv.ParseUint(text, 10, 64), or None."""
-    if not _GO_UINT.fullmatch(text):
-        return None
-    value = int(text)
-    return value if value < 1 << 64 else None
-
-
 def join_host_port(host: str, port: int | str) -> str:
     """Go's net.JoinHostPort: brackets around hosts that contain a colon."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _split_host_port(hostport: str) -> tuple[str, str] | None:
+def _go_split_host_port(hostport: str) -> tuple[str, str] | None:
     """Go's net.SplitHostPort, returning None where Go returns an error."""
     i = hostport.rfind(":")
     if i < 0:
@@ -380,7 +371,7 @@ def parse_host(value: str) -> tuple[HostSpec, str | None]:
         if s == "ollama.com":
             scheme, hostport = "https", "ollama.com:443"
     hostport, _, path = hostport.partition("/")
-    split = _split_host_port(hostport)
+    split = _go_split_host_port(hostport)
     if split is None:
         host, port = "127.0.0.1", default_port
         ip = _go_parse_ip(hostport.strip("[]"))
@@ -391,10 +382,11 @@ def parse_host(value: str) -> tuple[HostSpec, str | None]:
     else:
         host, port = split
     warning = None
-    if not _GO_INT.fullmatch(port) or not 0 <= int(port) <= 65535:
+    number = parse_int(port, 32)
+    if number is None or not 0 <= number <= 65535:
         warning = f"invalid port {port!r} in OLLAMA_HOST, using default {default_port}"
-        port = default_port
-    return HostSpec(scheme=scheme, host=host, port=int(port), path=path), warning
+        number = int(default_port)
+    return HostSpec(scheme=scheme, host=host, port=number, path=path), warning
 
 
 def is_loopback_host(host: str) -> bool:
@@ -433,8 +425,8 @@ def log_level_from_debug(text: str) -> int:
         return logging.INFO
     if go_parse_bool(text) is True:
         return logging.DEBUG
-    n = int(text) if _GO_INT.fullmatch(text) else 0
-    return _level_for_verbosity(n)
+    n = parse_int_clamped(text)
+    return _level_for_verbosity(0 if n is None else n)
 
 
 def _level_for_verbosity(n: int) -> int:
@@ -471,17 +463,6 @@ def parse_byte_size(text: str) -> int:
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"{text!r} is not a size (use bytes, or a unit such as 6GiB or 512MB)")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def mask_url_credentials(url: str) -> str:
-    """The URL with its password (or a bare user token) replaced by ***, for logs."""
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)?([^/@]*)@", url)
-    if not match:
-        return url
-    scheme, userinfo = match.group(1) or "", match.group(2)
-    user, sep, _ = userinfo.partition(":")
-    masked = f"{user}:***" if sep else "***"
-    return f"{scheme}{masked}@{url[match.end() :]}"
 
 
 def check_origins(origins: tuple[str, ...], source: str) -> None:
@@ -645,16 +626,16 @@ class _Loader:
         return self.file_value("models", convert) or home / ".ollama" / "models"
 
     def duration(self, var: str, key: str, default: float) -> float:
-        file_default = self.file_value(key, _file_duration)
-        fallback = default if file_default is None else file_default
-        text = env_var(self.env, var)
-        if not text:
-            return fallback
-        seconds = env_duration_seconds(text)
-        if seconds is None:
-            self.warn(f"invalid {var}={text!r}, using default {format_go_duration(fallback)}")
-            return fallback
-        return seconds
+        return self.env_over_file(
+            var,
+            key,
+            default,
+            _file_duration,
+            env_duration_seconds,
+            lambda text, fallback: (
+                f"invalid {var}={text!r}, using default {format_go_duration(fallback)}"
+            ),
+        )
 
     def write_timeout(self) -> float:
         """LLM_APPLIANCE_WRITE_TIMEOUT: 0 or less never drops a client that stops reading."""
@@ -677,14 +658,37 @@ class _Loader:
         return FOREVER if seconds <= 0 else seconds
 
     def uint(self, var: str, key: str, default: int) -> int:
-        file_default = self.file_value(key, _file_uint)
+        return self.env_over_file(
+            var,
+            key,
+            default,
+            _file_uint,
+            parse_uint,
+            lambda text, fallback: (
+                f"invalid environment variable {var}={text!r}, using default {fallback}"
+            ),
+        )
+
+    def env_over_file(
+        self,
+        var: str,
+        key: str,
+        default: _T,
+        from_file: Callable[[Any], _T],
+        from_env: Callable[[str], _T | None],
+        invalid: Callable[[str, _T], str],
+    ) -> _T:
+        """The variable, else the file's `key`, else `default`; a variable `from_env` cannot read
+        (None) is warned about with `invalid(text, fallback)` and the fallback used, as Ollama
+        falls back."""
+        file_default = self.file_value(key, from_file)
         fallback = default if file_default is None else file_default
         text = env_var(self.env, var)
         if not text:
             return fallback
-        value = go_parse_uint(text)
+        value = from_env(text)
         if value is None:
-            self.warn(f"invalid environment variable {var}={text!r}, using default {fallback}")
+            self.warn(invalid(text, fallback))
             return fallback
         return value
 
@@ -741,7 +745,7 @@ class _Loader:
     def num_threads(self) -> int | None:
         text = env_var(self.env, "LLM_APPLIANCE_NUM_THREADS")
         if text:
-            value = go_parse_uint(text)
+            value = parse_uint(text)
             if value is None:
                 raise ConfigError(
                     f"LLM_APPLIANCE_NUM_THREADS: {text!r} is not a whole number of threads"
@@ -921,7 +925,7 @@ def _file_debug(value: Any) -> int:
     }  # fmt: skip
     if text.lower() in names:
         return names[text.lower()]
-    if go_parse_bool(text) is not None or _GO_INT.fullmatch(text):
+    if go_parse_bool(text) is not None or parse_int_clamped(text) is not None:
         return log_level_from_debug(text)
     raise ValueError(f"{text!r} is not a log level (trace, debug, info, warn, error)")
 

@@ -109,23 +109,23 @@ def decide_defaults(facts: PlatformFacts, *, context_length: int = 0) -> Platfor
     else:
         num_ctx = vram_tier_num_ctx(facts.total_vram)
         rules["num_ctx"] = (
-            f"{num_ctx}: VRAM tier for {_gib(facts.total_vram)} total VRAM "
+            f"{num_ctx}: VRAM tier for {format_gib(facts.total_vram)} total VRAM "
             "(4096 below 23 GiB, 32768 below 47 GiB, else 262144)"
         )
 
     need = TYPICAL_MODEL_BYTES + AUTO_PARALLEL_SLOTS * num_ctx * TYPICAL_KV_BYTES_PER_TOKEN
     num_parallel = AUTO_PARALLEL_SLOTS if facts.available_memory >= need else 1
     rules["num_parallel"] = (
-        f"{num_parallel}: {_gib(facts.available_memory)} available "
-        f"{'>=' if num_parallel > 1 else '<'} {_gib(need)} for a typical 3B Q4 model plus "
+        f"{num_parallel}: {format_gib(facts.available_memory)} available "
+        f"{'>=' if num_parallel > 1 else '<'} {format_gib(need)} for a typical 3B Q4 model plus "
         f"{AUTO_PARALLEL_SLOTS} slots of {num_ctx} tokens"
     )
 
     margin = max(MIN_SAFETY_MARGIN, int(facts.total_memory * SAFETY_FRACTION))
     budget = max(0, facts.available_memory - margin)
     rules["memory_budget"] = (
-        f"{_gib(budget)} = {_gib(facts.available_memory)} available - "
-        f"{_gib(margin)} margin (max(512 MiB, 10% of {_gib(facts.total_memory)}))"
+        f"{format_gib(budget)} = {format_gib(facts.available_memory)} available - "
+        f"{format_gib(margin)} margin (max(512 MiB, 10% of {format_gib(facts.total_memory)}))"
     )
 
     threads = max(1, facts.physical_cores or facts.cpu_count or 1)
@@ -142,8 +142,19 @@ def decide_defaults(facts: PlatformFacts, *, context_length: int = 0) -> Platfor
     )
 
 
-def _gib(n: int) -> str:
+def format_gib(n: int) -> str:
+    """A byte count in GiB with one decimal, as the platform rules and `doctor` print memory."""
     return f"{n / GIB:.1f} GiB"
+
+
+def user_name() -> str:
+    """The user this process runs as (its uid where there is no name), for fixes that name it."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.geteuid())
 
 
 # --- detection -----------------------------------------------------------------------------------

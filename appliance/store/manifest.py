@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.gocompat.humanfmt import human_number
 from appliance.store.layout import api_digest
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -136,21 +137,6 @@ def parse_manifest(raw: bytes) -> Manifest:
     return Manifest(
         Layer.from_json(value["config"]), tuple(Layer.from_json(x) for x in layers), raw
     )
-
-
-def human_number(n: int) -> str:
-    """Ollama's `format.HumanNumber`: 8B, 3.2B, 137.00M, 12K, 999."""
-    for unit, name in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
-        if n >= unit:
-            value = n / unit
-            if value == int(value):
-                return f"{int(value)}{name}"
-            if name == "B":
-                return f"{value:.1f}B"
-            if name == "M":
-                return f"{value:.2f}M"
-            return f"{value:.0f}K"
-    return str(n)
 
 
 def build_config(

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from appliance.settings.platform import user_name
 from appliance.update.feed import UpdateError
 
 SELF_TEST_TIMEOUT = 60.0
@@ -63,8 +64,8 @@ def _package_owner(binary: Path) -> str | None:
 def check_writable(directory: Path) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UpdateError(
-            f"cannot write to {directory} (as {_user()}): the new binary must be written beside "
-            "the old one; run the update as a user who may write there (e.g. root)"
+            f"cannot write to {directory} (as {user_name()}): the new binary must be written "
+            "beside the old one; run the update as a user who may write there (e.g. root)"
         )
 
 
@@ -134,12 +135,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _user() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except (KeyError, ImportError):
-        return str(os.geteuid())

@@ -119,68 +119,90 @@ def update(ctx: Context, request: UpdateRequest) -> int:
     under systemd and gated on health, rolled back by itself if it does not come up."""
 
     def action(state: UpdateState) -> tuple[int, str]:
-        binary = request.binary
-        install.refuse_managed(binary)
-        install.check_writable(binary.parent)
+        install.refuse_managed(request.binary)
+        install.check_writable(request.binary.parent)
         current = running_version()
-
-        async def fetch() -> tuple[int, str] | Release:
-            """The release downloaded next to the binary, or the answer without one."""
-            async with ctx.feed_client() as client:
-                feed = await client.refresh()
-                release = _candidate(feed, state, request.version)
-                verdict = _verdict(release, current, request)
-                if verdict is not None:
-                    return verdict
-                assert release is not None
-                question = f"update llm-appliance {current} -> {release.version} ({binary})?"
-                if not request.yes:
-                    if request.confirm is None:
-                        raise UpdateError(f"{question} Add --yes to update without asking")
-                    if not request.confirm(question):
-                        return EXIT_ERROR, "update cancelled"
-                staged = install.staging_path(binary, str(release.version))
-                staged.unlink(missing_ok=True)
-                try:
-                    await client.download(release, staged)
-                except BaseException:
-                    staged.unlink(missing_ok=True)
-                    raise
-                return release
-
-        fetched = trio.run(fetch)
+        fetched = trio.run(_download_release, ctx, request, state, current)
         if isinstance(fetched, tuple):
             return fetched
-        release = fetched
-        staged = install.staging_path(binary, str(release.version))
-        try:
-            install.self_test(staged, str(release.version))
-        except UpdateError:
-            staged.unlink(missing_ok=True)
-            state.mark_failed(str(release.version))
-            raise
-        install.activate(binary, staged)
-        if not service.is_active(request.unit):
-            return EXIT_OK, (
-                f"updated to {release.version} ({binary}; the old one is "
-                f"{install.previous_of(binary).name}); restart the service to run it"
-            )
-        problem = service.restart_and_check(
-            request.unit, ctx.settings.client_base_url, request.health_timeout
-        )
-        if problem is None:
-            return EXIT_OK, f"updated to {release.version} and restarted {request.unit}"
-        state.mark_failed(str(release.version))
-        install.rollback(binary)
-        again = service.restart_and_check(
-            request.unit, ctx.settings.client_base_url, request.health_timeout
-        )
-        after = "the previous version runs again" if again is None else f"and then: {again}"
-        raise UpdateError(
-            f"{release.version} did not come up ({problem}); rolled back to {current}, {after}"
-        )
+        staged = _self_tested(request.binary, fetched, state)
+        install.activate(request.binary, staged)
+        return _restart_gated(ctx, request, state, fetched, current)
 
     return _recorded(ctx, action)
+
+
+async def _download_release(
+    ctx: Context, request: UpdateRequest, state: UpdateState, current: Version
+) -> tuple[int, str] | Release:
+    """The release downloaded next to the binary, or the answer without one."""
+    async with ctx.feed_client() as client:
+        feed = await client.refresh()
+        release = _candidate(feed, state, request.version)
+        verdict = _verdict(release, current, request)
+        if verdict is not None:
+            return verdict
+        assert release is not None
+        if not _confirmed(request, current, release):
+            return EXIT_ERROR, "update cancelled"
+        staged = install.staging_path(request.binary, str(release.version))
+        staged.unlink(missing_ok=True)
+        try:
+            await client.download(release, staged)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return release
+
+
+def _confirmed(request: UpdateRequest, current: Version, release: Release) -> bool:
+    """--yes, or the operator's answer; not interactive and no --yes is an error."""
+    question = f"update llm-appliance {current} -> {release.version} ({request.binary})?"
+    if request.yes:
+        return True
+    if request.confirm is None:
+        raise UpdateError(f"{question} Add --yes to update without asking")
+    return request.confirm(question)
+
+
+def _self_tested(binary: Path, release: Release, state: UpdateState) -> Path:
+    """The staged binary once it passed its self-test; one that fails is removed and the
+    version marked failed, so the next plain `update` skips it."""
+    staged = install.staging_path(binary, str(release.version))
+    try:
+        install.self_test(staged, str(release.version))
+    except UpdateError:
+        staged.unlink(missing_ok=True)
+        state.mark_failed(str(release.version))
+        raise
+    return staged
+
+
+def _restart_gated(
+    ctx: Context, request: UpdateRequest, state: UpdateState, release: Release, current: Version
+) -> tuple[int, str]:
+    """The new binary is in place: restart the running service and gate on its health; one that
+    does not come up is rolled back and restarted again."""
+    binary = request.binary
+    if not service.is_active(request.unit):
+        return EXIT_OK, (
+            f"updated to {release.version} ({binary}; the old one is "
+            f"{install.previous_of(binary).name}); restart the service to run it"
+        )
+    problem = service.restart_and_check(
+        request.unit, ctx.settings.client_base_url, request.health_timeout
+    )
+    if problem is None:
+        return EXIT_OK, f"updated to {release.version} and restarted {request.unit}"
+    state.mark_failed(str(release.version))
+    install.rollback(binary)
+    again = service.restart_and_check(
+        request.unit, ctx.settings.client_base_url, request.health_timeout
+    )
+    after = "the previous version runs again" if again is None else f"and then: {again}"
+    raise UpdateError(
+        f"{release.version} did not come up ({problem}); rolled back to {current}, {after}"
+    )
 
 
 def _verdict(

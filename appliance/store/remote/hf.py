@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -142,84 +143,132 @@ async def pull_hf(
     async with open_client(net, headers=headers, guard=guard) as client:
         log.info("pulling %s from %s", repo, endpoint)
         info_url = f"{endpoint}/api/models/{repo}/revision/main"
-        try:
-            response = await client.get(info_url, params={"blobs": "true"})
-        except httpx.HTTPError as exc:
-            url = failed_url(exc, info_url)
-            if guard.is_foreign(url):
-                cause = describe_failure(exc, url, net)
-                raise foreign_failure("pull model manifest", url, guard, cause) from exc
-            raise RegistryError(
-                f"pull model manifest: {describe_failure(exc, info_url, net)}"
-            ) from exc
-        if response.status_code == 404:
-            raise RegistryError(MANIFEST_NOT_FOUND)
-        if response.status_code != 200 and guard.is_foreign(response.request.url):
-            reason = f"answered {response.status_code} {response.reason_phrase}"
-            raise foreign_failure("pull model manifest", response.request.url, guard, reason)
-        if response.status_code != 200:
-            hint = (
-                "; set HF_TOKEN for a gated or private repository"
-                if response.status_code in (401, 403)
-                else ""
-            )
-            raise RegistryError(
-                f"pull model manifest: {response.request.url.host} answered "
-                f"{response.status_code} {response.reason_phrase}{hint}"
-            )
-        try:
-            siblings = response.json().get("siblings") or []
-        except (ValueError, AttributeError):
-            raise RegistryError("pull model manifest: the model info is not JSON") from None
-        chosen = choose_file(siblings, name.tag, repo)
-        lfs = chosen.get("lfs") or {}
-        if not lfs.get("sha256"):
-            raise RegistryError(
-                f"pull model manifest: {chosen['rfilename']} has no sha256 in {repo}"
-            )
-        digest = "sha256:" + lfs["sha256"].lower()
-        size = int(lfs.get("size") or chosen.get("size") or 0)
-        file_url = f"{endpoint}/{repo}/resolve/main/{quote(chosen['rfilename'])}"
-
-        @asynccontextmanager
-        async def open_range(start: int, end: int):  # type: ignore[no-untyped-def]
-            context = f"pulling {digest[7:19]}"
-            async with AsyncExitStack() as stack:
-                try:
-                    r = await stack.enter_async_context(
-                        client.stream("GET", file_url, headers={"Range": f"bytes={start}-{end}"})
-                    )
-                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                    if guard.is_foreign(failed_url(exc, file_url)):  # not retried: see Registry
-                        raise transport_error(exc) from exc
-                    raise
-                if r.status_code not in (200, 206):
-                    reason = f"answered {r.status_code} {r.reason_phrase}"
-                    if guard.is_foreign(r.request.url):
-                        raise foreign_failure(context, r.request.url, guard, reason)
-                    raise RegistryError(f"{context}: {r.request.url.host} {reason}")
-                yield r
-
-        def transport_error(exc: httpx.HTTPError) -> RegistryError:
-            url = failed_url(exc, file_url)
-            context = f"pulling {digest[7:19]}"
-            if guard.is_foreign(url):
-                return foreign_failure(context, url, guard, describe_failure(exc, url, net))
-            return RegistryError(f"{context}: {describe_failure(exc, url, net)}")
-
-        log.info("%s -> %s (%s)", name.full(), chosen["rfilename"], digest)
+        siblings = await _repo_files(client, info_url, guard, net)
+        file = _gguf_file(choose_file(siblings, name.tag, repo), endpoint, repo)
+        log.info("%s -> %s (%s)", name.full(), file.name, file.digest)
+        ranges = _FileRanges(client, file, guard, net)
         if await fetch_with_progress(
-            store, digest, size, downloads, progress, open_range, on_transport_error=transport_error
+            store,
+            file.digest,
+            file.size,
+            downloads,
+            progress,
+            ranges.open_range,
+            on_transport_error=ranges.transport_error,
         ):
             await progress(progress_line("verifying sha256 digest"))
-            await downloads.commit(store, digest)
-    config = await trio.to_thread.run_sync(_config_for, store, digest)
+            await downloads.commit(store, file.digest)
+    config = await trio.to_thread.run_sync(_config_for, store, file.digest)
     config_digest = await trio.to_thread.run_sync(store.write_blob_bytes, config)
     manifest = build_manifest(
-        Layer(CONFIG_MEDIA_TYPE, config_digest, len(config)), [Layer(MEDIA_MODEL, digest, size)]
+        Layer(CONFIG_MEDIA_TYPE, config_digest, len(config)),
+        [Layer(MEDIA_MODEL, file.digest, file.size)],
     )
     await write_manifest_and_prune(store, name, manifest.raw, settings=settings, progress=progress)
     return manifest
+
+
+@dataclass(frozen=True)
+class _HfFile:
+    """The one GGUF file a pull downloads: its name in the repository, digest, size and URL."""
+
+    name: str
+    digest: str
+    size: int
+    url: str
+
+
+async def _repo_files(
+    client: httpx.AsyncClient, info_url: str, guard: RedirectGuard, net: NetConfig
+) -> list[dict[str, Any]]:
+    """The repository's files with their LFS metadata (`siblings`), failures in words."""
+    try:
+        response = await client.get(info_url, params={"blobs": "true"})
+    except httpx.HTTPError as exc:
+        url = failed_url(exc, info_url)
+        if guard.is_foreign(url):
+            cause = describe_failure(exc, url, net)
+            raise foreign_failure("pull model manifest", url, guard, cause) from exc
+        raise RegistryError(f"pull model manifest: {describe_failure(exc, info_url, net)}") from exc
+    _check_info_answer(response, guard)
+    try:
+        return response.json().get("siblings") or []
+    except (ValueError, AttributeError):
+        raise RegistryError("pull model manifest: the model info is not JSON") from None
+
+
+def _check_info_answer(response: httpx.Response, guard: RedirectGuard) -> None:
+    """Ollama's "file does not exist" for 404; any other non-200 names who answered what."""
+    if response.status_code == 404:
+        raise RegistryError(MANIFEST_NOT_FOUND)
+    if response.status_code != 200 and guard.is_foreign(response.request.url):
+        reason = f"answered {response.status_code} {response.reason_phrase}"
+        raise foreign_failure("pull model manifest", response.request.url, guard, reason)
+    if response.status_code != 200:
+        hint = (
+            "; set HF_TOKEN for a gated or private repository"
+            if response.status_code in (401, 403)
+            else ""
+        )
+        raise RegistryError(
+            f"pull model manifest: {response.request.url.host} answered "
+            f"{response.status_code} {response.reason_phrase}{hint}"
+        )
+
+
+def _gguf_file(chosen: dict[str, Any], endpoint: str, repo: str) -> _HfFile:
+    """The chosen sibling's digest (its LFS sha256, which must be there), size and URL."""
+    lfs = chosen.get("lfs") or {}
+    if not lfs.get("sha256"):
+        raise RegistryError(f"pull model manifest: {chosen['rfilename']} has no sha256 in {repo}")
+    return _HfFile(
+        name=chosen["rfilename"],
+        digest="sha256:" + lfs["sha256"].lower(),
+        size=int(lfs.get("size") or chosen.get("size") or 0),
+        url=f"{endpoint}/{repo}/resolve/main/{quote(chosen['rfilename'])}",
+    )
+
+
+class _FileRanges:
+    """Byte ranges of one file for `fetch_with_progress`, and its failures in words."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, file: _HfFile, guard: RedirectGuard, net: NetConfig
+    ) -> None:
+        self._client = client
+        self._net = net
+        self._file = file
+        self._guard = guard
+        self._context = f"pulling {file.digest[7:19]}"
+
+    @asynccontextmanager
+    async def open_range(self, start: int, end: int) -> AsyncIterator[httpx.Response]:
+        """The streamed answer for bytes start..end (200 or 206), else a RegistryError."""
+        guard = self._guard
+        async with AsyncExitStack() as stack:
+            try:
+                r = await stack.enter_async_context(
+                    self._client.stream(
+                        "GET", self._file.url, headers={"Range": f"bytes={start}-{end}"}
+                    )
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if guard.is_foreign(failed_url(exc, self._file.url)):  # not retried: see Registry
+                    raise self.transport_error(exc) from exc
+                raise
+            if r.status_code not in (200, 206):
+                reason = f"answered {r.status_code} {r.reason_phrase}"
+                if guard.is_foreign(r.request.url):
+                    raise foreign_failure(self._context, r.request.url, guard, reason)
+                raise RegistryError(f"{self._context}: {r.request.url.host} {reason}")
+            yield r
+
+    def transport_error(self, exc: httpx.HTTPError) -> RegistryError:
+        url = failed_url(exc, self._file.url)
+        cause = describe_failure(exc, url, self._net)
+        if self._guard.is_foreign(url):
+            return foreign_failure(self._context, url, self._guard, cause)
+        return RegistryError(f"{self._context}: {cause}")
 
 
 def _config_for(store: Store, digest: str) -> bytes:

@@ -1,0 +1,39 @@
+"""Go's strconv integer parsing, base 10: the one place that says which text is a Go integer.
+
+Ollama reads integers from the environment, OLLAMA_HOST's port and Modelfile parameters with
+`strconv.ParseInt` / `ParseUint`; Python's `int()` takes more (`_`, spaces, non-ASCII digits), so
+every such read goes through here.
+"""
+
+from __future__ import annotations
+
+import re
+
+_UNSIGNED = re.compile(r"[0-9]+")
+_SIGNED = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_int(text: str, bits: int = 64) -> int | None:
+    """strconv.ParseInt(text, 10, bits), or None where Go returns an error (syntax or range)."""
+    if not _SIGNED.fullmatch(text):
+        return None
+    value = int(text)
+    bound = 1 << (bits - 1)
+    return value if -bound <= value < bound else None
+
+
+def parse_int_clamped(text: str, bits: int = 64) -> int | None:
+    """`n, _ := strconv.ParseInt(text, 10, bits)` where only bad syntax counts: None for that,
+    and out of range the nearest bound, as Go returns it beside ErrRange."""
+    if not _SIGNED.fullmatch(text):
+        return None
+    bound = 1 << (bits - 1)
+    return max(-bound, min(bound - 1, int(text)))
+
+
+def parse_uint(text: str, bits: int = 64) -> int | None:
+    """strconv.ParseUint(text, 10, bits), or None where Go returns an error (no sign allowed)."""
+    if not _UNSIGNED.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value < 1 << bits else None
