@@ -143,9 +143,9 @@ def _load_sync(spec: LoadSpec, n_threads: int, prompt_cache: bool = True) -> Lla
                 n_ctx=spec.num_ctx,
                 n_batch=spec.num_batch,
                 n_threads=n_threads,
-                flash_attn=spec.extra.get("flash_attn"),
-                type_k=spec.extra.get("type_k") or "f16",
-                type_v=spec.extra.get("type_v") or "f16",
+                flash_attn=spec.flash_attn,
+                type_k=spec.kv_type,
+                type_v=spec.kv_type,
                 reuse_prefix=prompt_cache,
             )
         return LlamaBackend(spec, model, batch, n_threads)

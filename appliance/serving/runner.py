@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -90,7 +90,6 @@ class Runner:
         self.load_error: ApplianceError | None = None
         self.expired = False  # unload as soon as idle; never handed out again
         self.expires_at: float = math.inf  # wall-clock seconds, for /api/ps
-        self.loaded_at: float | None = None
         self._claims = 0
         self._loader = loader
         self._on_ready = on_ready
@@ -107,7 +106,6 @@ class Runner:
         self._releases: list[Release] = []
         self._wake = trio.Event()
         self.steps = 0
-        self.prompt_template: Any = None  # parsed once, by the routes, on first use
         self.exited = trio.Event()  # set once the model is freed and the scheduler forgot it
 
     # ---- lifetime -------------------------------------------------------------------------------
@@ -127,7 +125,6 @@ class Runner:
                     self.load_error = ModelLoadError(f"llama runner process has terminated: {exc}")
                     return
                 self.state = "ready"
-                self.loaded_at = time.time()
                 if self._observer is not None:
                     self._observer.model_loaded(self, time.monotonic() - started)
                 self._on_ready(self)  # hands out claims to the requests that waited for the load
