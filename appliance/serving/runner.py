@@ -133,7 +133,7 @@ class Runner:
                     nursery.start_soon(self._batch_loop)
         finally:
             self.state = "gone"
-            self._fail_jobs(ApplianceError("model unloaded while generating", status=500))
+            self._fail_jobs(ApplianceError("model unloaded while generating"))
             if self.backend is not None:
                 with trio.CancelScope(shield=True):
                     await self.backend.aclose()
@@ -219,7 +219,7 @@ class Runner:
         done chunk or error is in the channel, whether or not anyone reads it yet.
         """
         if self.state != "ready":
-            raise ApplianceError("model is not loaded", status=500)
+            raise ApplianceError("model is not loaded")
         send, receive = trio.open_memory_channel[Item](math.inf)
         job = _Job(next(self._tickets), request, send, on_end)
         self._jobs[job.ticket] = job
@@ -323,7 +323,7 @@ class Runner:
             except Exception as exc:
                 log.exception("decode step failed")
                 self._free.update(r.seq for r in releases)
-                self._fail_jobs(ApplianceError(f"decode failed: {exc}", status=500))
+                self._fail_jobs(ApplianceError(f"decode failed: {exc}"))
                 continue
             self._free.update(r.seq for r in releases)  # the engine has let them go
             self.steps += 1
