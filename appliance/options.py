@@ -83,6 +83,7 @@ REMOVED_OPTIONS = frozenset(
         "vocab_only",
     }
 )
+_warned_removed: set[str] = set()
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -144,11 +145,15 @@ class LoadKey(NamedTuple):
         return out
 
 
-def _warn_removed_option(key: str, warned: set[str]) -> None:
-    """Ollama's "invalid option provided" warning for an option it removed, once per `warned`."""
-    if key not in warned:
-        warned.add(key)
+def _warn_unknown_option(key: str) -> None:
+    """Ollama's "invalid option provided" warning; only once per process for a removed option."""
+    if key in REMOVED_OPTIONS:
+        if key in _warned_removed:
+            return
+        _warned_removed.add(key)
         log.warning("invalid option provided: %s (removed from Ollama; ignored)", key)
+        return
+    log.warning("invalid option provided: %s", key)
 
 
 def needs_reload(loaded: LoadKey, requested: LoadKey) -> bool:
@@ -189,15 +194,12 @@ class Options:
     stop: tuple[str, ...] = ()
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
-    def with_map(
-        self, values: Mapping[str, Any] | None, *, warned: set[str] | None = None
-    ) -> Options:
+    def with_map(self, values: Mapping[str, Any] | None) -> Options:
         """These options overlaid with a decoded JSON map, typed as Go's Options.FromMap does.
 
         Unknown keys are ignored and logged in one line per map (a client can send a million
         of them: one line each would flood the log); null values are skipped; a wrong type
         raises an ApplianceError with status 500 (Ollama's handleScheduleError) and Go's message.
-        An option Ollama removed is warned about once per `warned` (one request's maps share it).
         """
         if not values:
             return self
@@ -207,7 +209,7 @@ class Options:
             kind = OPTION_KINDS.get(key)
             if kind is None:
                 if key in REMOVED_OPTIONS:
-                    _warn_removed_option(key, set() if warned is None else warned)
+                    _warn_unknown_option(key)  # once per process, as Ollama's users expect
                 else:
                     unknown.append(key)
                 continue
@@ -259,8 +261,7 @@ def resolve_options(
             ".options of type map[string]interface {}"
         )
     base = Options(num_ctx=default_num_ctx)
-    warned: set[str] = set()  # a removed option named by the Modelfile and the request: one line
-    options = base.with_map(model_params, warned=warned).with_map(request_options, warned=warned)
+    options = base.with_map(model_params).with_map(request_options)
     if request_options and request_options.get("stop") is not None:
         options = dataclasses.replace(options, stop=_bounded_stops(options.stop))
     return options
