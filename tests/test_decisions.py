@@ -178,3 +178,33 @@ async def test_the_catalog_reads_headers_through_the_stores_cache(
     catalog = Catalog(SlotPolicy(num_parallel=1, default_num_ctx=512), store.gguf_infos)
     info = await catalog.info(tiny_gguf)
     assert store.gguf_info(tiny_gguf) is info
+
+
+def _spec(**fields: Any) -> Any:
+    from appliance.serving.backend import LoadSpec
+
+    return LoadSpec(key="m", model_path=None, n_seq=1, **{"num_ctx": 2048, **fields})
+
+
+def test_a_runner_with_at_least_the_requested_context_serves_it_without_options() -> None:
+    """A spec built by hand (no planned options) follows the same reload rule as a planned one."""
+    big, small = _spec(num_ctx=4096), _spec(num_ctx=2048)
+    assert big.can_serve(small)
+    assert small.reload_reasons(big) == ["num_ctx 2048 -> 4096"]
+
+
+async def test_a_planned_runner_with_a_larger_context_serves_a_smaller_request(
+    tiny_gguf: Path,
+) -> None:
+    from appliance.options import resolve_options
+
+    catalog = Catalog(SlotPolicy(num_parallel=1, default_num_ctx=256))
+    model = SimpleNamespace(name=parse_model_name("tiny"), model_path=tiny_gguf, adapters=[])
+    plan = catalog.plan
+
+    def opts(num_ctx: int) -> Any:
+        return resolve_options(None, {"num_ctx": num_ctx}, default_num_ctx=256)
+
+    loaded, wanted = await plan(model, opts(512)), await plan(model, opts(128))
+    assert loaded.can_serve(wanted)
+    assert not wanted.can_serve(loaded)
