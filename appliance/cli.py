@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from appliance.client import commands
+from appliance.host import doctor, server, systemd_cli
+from appliance.update import cli as update_cli
+
 # Modules that add their own subcommands through `add_parser(subparsers)`.
 SUBCOMMAND_MODULES = (
-    "appliance.host.server",  # serve
-    "appliance.client.commands",  # run, pull, list, ps, stop, rm, show, create, cp, version
-    "appliance.host.systemd_cli",  # systemd install | proxy
-    "appliance.host.doctor",  # doctor
-    "appliance.update.cli",  # update
+    server,  # serve
+    commands,  # run, pull, list, ps, stop, rm, show, create, cp, version
+    systemd_cli,  # systemd install | proxy
+    doctor,  # doctor
+    update_cli,  # update
 )
 
 
@@ -21,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-appliance", description=__doc__)
     parser.add_argument("-v", "--version", action="store_true", help="show version information")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_parser(subparsers)
+    for module in SUBCOMMAND_MODULES:
+        module.add_parser(subparsers)
     return parser
 
 

@@ -157,7 +157,8 @@ def _warn_unknown_option(key: str) -> None:
 
 
 def needs_reload(loaded: LoadKey, requested: LoadKey) -> bool:
-    """Ollama's needsReload, options part: True when the loaded runner cannot serve `requested`."""
+    """Ollama's needsReload, options part: True when the loaded runner cannot serve `requested`
+    (`LoadKey.differences` is the rule; `LoadSpec.reload_reasons` asks it too)."""
     return not requested.matches(loaded)
 
 

@@ -113,14 +113,7 @@ class GGUFInfo:
             key.startswith("clip.") for key in self.metadata
         ):
             caps.append("vision")
-        template = self.chat_template or ""
-        if "tools" in template:
-            caps.append("tools")
-        if "<think>" in template:
-            caps.append("thinking")
-        lowered = template.lower()
-        if "suffix" in lowered or "fim" in lowered:
-            caps.append("insert")
+        caps.extend(chat_template_capabilities(self.chat_template))
         return caps
 
     def kv_cache_bytes(self, n_ctx_total: int, kv_type: str = "f16") -> int:
@@ -209,3 +202,18 @@ def _max_or_none(value: Any) -> int | None:
         numbers = [int(v) for v in value if isinstance(v, (int, float))]
         return max(numbers) if numbers else None
     return _int_or_none(value)
+
+
+def chat_template_capabilities(template: str | None) -> list[str]:
+    """What a Jinja chat template (`tokenizer.chat_template`) grants, read from its text: `tools`,
+    `<think>` for thinking, `suffix` or `fim` for insert. The one place this rule is written."""
+    template = template or ""
+    caps = []
+    if "tools" in template:
+        caps.append("tools")
+    if "<think>" in template:
+        caps.append("thinking")
+    lowered = template.lower()
+    if "suffix" in lowered or "fim" in lowered:
+        caps.append("insert")
+    return caps

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import importlib
-
 from appliance.api.context import Services
 from appliance.api.errors import install_error_handlers
 from appliance.api.middleware.asgi import ApplianceQuart
 from appliance.api.middleware.auth import wrap_auth
 from appliance.api.middleware.security import wrap_security
+from appliance.api.routes import anthropic, metrics, models, native, openai, responses, transfer
 from appliance.api.routes.metrics import wrap_http_metrics
 
 # Each module exposes `bp`, a quart Blueprint. Listed here so the layout reads as the API.
 ROUTE_MODULES = (
-    "appliance.api.routes.native",  # /, /api/version, generate, chat, embed, embeddings, ps
-    "appliance.api.routes.models",  # tags, show, copy, delete, create, blobs
-    "appliance.api.routes.transfer",  # pull, push
-    "appliance.api.routes.openai",  # /v1/*
-    "appliance.api.routes.metrics",  # /metrics
-    "appliance.api.routes.responses",  # /v1/responses
-    "appliance.api.routes.anthropic",  # /v1/messages, /v1/messages/count_tokens
+    native,  # /, /api/version, generate, chat, embed, embeddings, ps
+    models,  # tags, show, copy, delete, create, blobs
+    transfer,  # pull, push
+    openai,  # /v1/*
+    metrics,  # /metrics
+    responses,  # /v1/responses
+    anthropic,  # /v1/messages, /v1/messages/count_tokens
 )
 
 
@@ -30,14 +29,14 @@ def create_app(services: Services) -> ApplianceQuart:
     app.config["MAX_CONTENT_LENGTH"] = None
     app.url_map.strict_slashes = False
     app.extensions["appliance"] = services
-    for name in ROUTE_MODULES:
-        app.register_blueprint(importlib.import_module(name).bp)
+    for module in ROUTE_MODULES:
+        app.register_blueprint(module.bp)
     install_error_handlers(app)
     # Outermost first: count every answer, then CORS and allowed hosts, then API keys.
     asgi = wrap_auth(app.asgi_app, services.settings)
     asgi = wrap_security(asgi, services.settings)
-    metrics = services.extras.get("metrics")
-    if metrics is not None:
-        asgi = wrap_http_metrics(asgi, metrics, app.url_map)
+    counters = services.extras.get("metrics")
+    if counters is not None:
+        asgi = wrap_http_metrics(asgi, counters, app.url_map)
     app.asgi_app = asgi  # type: ignore[method-assign]
     return app

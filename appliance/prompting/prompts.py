@@ -33,6 +33,7 @@ from appliance.prompting.gotemplate import (
     TemplateError,
     parse_template,
 )
+from engine.gguf import chat_template_capabilities
 
 
 class PromptError(ApplianceError, ValueError):
@@ -109,6 +110,35 @@ def template_source(
     if source:
         return "jinja", source
     return "none", ""
+
+
+_THINK_FIELDS = frozenset({"think", "thinking", "thinklevel", "isthinkset"})
+
+
+def template_capabilities(go_template: str | None) -> list[str]:
+    """The capabilities an Ollama TEMPLATE layer (a Go template) grants, from its parsed fields
+    (Ollama's `Template.Vars`): `.Tools` gives tools, `.Suffix` insert, a think field or a literal
+    `<think>` thinking. A template that does not parse grants none (Ollama logs and goes on).
+    The one place this rule is written; the store combines it with the GGUF header's."""
+    if not go_template:
+        return []
+    try:
+        found = parse_template(go_template).identifiers()
+    except TemplateError:
+        return []
+    return _go_capabilities(found, go_template)
+
+
+def _go_capabilities(fields: Iterable[str], source: str) -> list[str]:
+    names = set(fields)
+    caps = []
+    if "tools" in names:
+        caps.append("tools")
+    if "suffix" in names:
+        caps.append("insert")
+    if names & _THINK_FIELDS or "<think>" in source:
+        caps.append("thinking")
+    return caps
 
 
 @dataclass
@@ -221,22 +251,13 @@ class PromptTemplate:
         return self.render_chat(msgs, think=think)
 
     def capabilities(self) -> set[str]:
-        """Capabilities the template grants: tools, insert (FIM) and thinking (reference §6.2)."""
-        caps: set[str] = set()
+        """Capabilities the template grants: tools, insert (FIM) and thinking (reference §6.2);
+        the same rules `template_capabilities` and the GGUF header apply."""
         if self._go is not None:
-            source = self.source
-            if "tools" in self._go_vars:
-                caps.add("tools")
-            if "suffix" in self._go_vars:
-                caps.add("insert")
-            if "think" in self._go_vars or "<think>" in source:
-                caps.add("thinking")
-        elif self._jinja_source is not None:
-            if "tools" in self._jinja_source:
-                caps.add("tools")
-            if "<think>" in self._jinja_source:
-                caps.add("thinking")
-        return caps
+            return set(_go_capabilities(self._go_vars, self.source))
+        if self._jinja_source is not None:
+            return set(chat_template_capabilities(self._jinja_source))
+        return set()
 
     # -- Go templates, with Ollama's execution rules --------------------------------------------
 

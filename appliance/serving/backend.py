@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from appliance.errors import ApplianceError
+from appliance.options import LoadKey
 from engine.batch import Chunk, SequenceRequest
 
 
@@ -57,21 +58,29 @@ class LoadSpec:
     adapters: tuple[str, ...] = ()
     embedding_only: bool = False
     memory_bytes: int = 0  # estimated need, checked against the budget before loading
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    flash_attn: bool | None = field(default=None, compare=False)  # None: llama.cpp decides
+    kv_type: str = field(default="f16", compare=False)  # the K and V cache type
 
-    options_key: Any = field(default=None, compare=False, hash=False)  # options.LoadKey
+    options_key: LoadKey | None = field(default=None, compare=False, hash=False)
 
-    def load_key(self) -> tuple[Any, ...]:
-        """The load-time options that force a reload when they change (reference §4.6)."""
-        return (self.num_ctx, self.num_batch, self.num_thread, self.use_mmap, self.adapters)
+    def reload_key(self) -> LoadKey:
+        """The load-time options this spec stands for: the planner's, else (a spec built by
+        hand, as test doubles do) its own fields with every automatic option unset."""
+        if self.options_key is not None:
+            return self.options_key
+        return LoadKey(
+            num_ctx=self.num_ctx,
+            num_batch=self.num_batch,
+            num_gpu=self.num_gpu,
+            main_gpu=0,
+            use_mmap=self.use_mmap,
+            num_thread=self.num_thread,
+        )
 
     def can_serve(self, requested: LoadSpec) -> bool:
-        """Whether a runner loaded with this spec serves `requested` without a reload.
-
-        Ollama's needsReload, except for the context: sampling options never matter; a runner
-        whose per-slot context is at least the requested one serves it (the request keeps its own
-        limit), so clients that send different num_ctx do not make the model reload back and forth.
-        """
+        """Whether a runner loaded with this spec serves `requested` without a reload (Ollama's
+        needsReload, with `options.LoadKey.differences` as the one rule for the options: a runner
+        whose context is at least the request's serves it, so no reload ping-pong)."""
         return not self.reload_reasons(requested)
 
     def reload_reasons(self, requested: LoadSpec) -> list[str]:
@@ -81,15 +90,7 @@ class LoadSpec:
             reasons.append(f"adapters {list(self.adapters)} -> {list(requested.adapters)}")
         if self.embedding_only != requested.embedding_only:
             reasons.append(f"embedding_only {self.embedding_only} -> {requested.embedding_only}")
-        if self.options_key is not None and requested.options_key is not None:
-            reasons.extend(requested.options_key.differences(self.options_key))
-            return reasons
-        if self.num_ctx < requested.num_ctx:
-            reasons.append(f"num_ctx {self.num_ctx} -> {requested.num_ctx}")
-        for name in ("num_batch", "num_thread", "use_mmap"):
-            old, new = getattr(self, name), getattr(requested, name)
-            if old != new:
-                reasons.append(f"{name} {old} -> {new}")
+        reasons.extend(requested.reload_key().differences(self.reload_key()))
         return reasons
 
 

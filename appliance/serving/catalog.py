@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from appliance.errors import ApplianceError, BadRequest, NotFound
+from appliance.prompting.prompts import PromptTemplate, template_capabilities
 from appliance.serving.backend import LoadSpec
-from engine.gguf import GGUFInfo, read_gguf_info
+from appliance.store.store import GGUFInfoCache, model_capabilities
+from engine.gguf import GGUFInfo
 
 if TYPE_CHECKING:
     from appliance.options import Options
@@ -26,27 +29,29 @@ log = logging.getLogger(__name__)
 
 
 KV_BLOCK = {"q8_0": 32, "q4_0": 32}  # a quantized row holds whole blocks of this many values
-_kv_fallbacks: set[Path] = set()
 
 
 def _kv_type_for(info: GGUFInfo, wanted: str) -> str:
     """`wanted`, or f16 when the model's head size is not a whole number of quantized blocks
-    (llama.cpp would refuse to create the context); logged once per model file."""
+    (llama.cpp would refuse to create the context)."""
     block = KV_BLOCK.get(wanted)
     if block is None:
         return wanted
     dims = [d for d in (info.key_length, info.value_length) if d]
     if dims and all(d % block == 0 for d in dims):
         return wanted
-    if info.path not in _kv_fallbacks:
-        _kv_fallbacks.add(info.path)
-        log.warning(
-            "%s: KV cache type %s needs a head size that is a multiple of %d; using f16",
-            info.path.name,
-            wanted,
-            block,
-        )
     return "f16"
+
+
+class _TemplateFacts(Protocol):
+    """What a prompt template needs from the loaded model (a scheduler lease has it)."""
+
+    @property
+    def chat_template(self) -> str | None: ...
+    @property
+    def bos_text(self) -> str: ...
+    @property
+    def eos_text(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -81,45 +86,83 @@ def physical_memory() -> int:
 
 
 class Catalog:
-    def __init__(self, policy: SlotPolicy) -> None:
+    """What serving knows of stored models: GGUF headers (the store's one bounded cache), the
+    capabilities the routes check, parsed prompt templates, and the load plan of a request."""
+
+    TEMPLATE_CACHE = 32  # parsed prompt templates kept (one per model and TEMPLATE text)
+
+    def __init__(self, policy: SlotPolicy, infos: GGUFInfoCache | None = None) -> None:
         self.policy = policy
-        self._infos: dict[Path, GGUFInfo] = {}
+        self.infos = infos if infos is not None else GGUFInfoCache()
         self._lock = trio.Lock()
+        self._kv_fallbacks: set[Path] = set()  # model files whose KV-type fallback was logged
+        self._templates: OrderedDict[tuple[str, str, str], PromptTemplate] = OrderedDict()
+        self._template_caps: OrderedDict[str, list[str]] = OrderedDict()  # by TEMPLATE text
 
     async def info(self, path: Path) -> GGUFInfo:
-        cached = self._infos.get(path)
+        """The GGUF header of `path`; 404 when the file is gone, 500 when it is not GGUF."""
+        cached = self.infos.peek(path)
         if cached is not None:
             return cached
         async with self._lock:
-            cached = self._infos.get(path)
-            if cached is None:
-                try:
-                    cached = await trio.to_thread.run_sync(read_gguf_info, path)
-                except FileNotFoundError:
-                    raise NotFound(f'model "{path.name}" not found, try pulling it first') from None
-                except ValueError as exc:
-                    raise ApplianceError(f"unable to read model file: {exc}") from None
-                self._infos[path] = cached
-        return cached
-
-    def forget(self, path: Path) -> None:
-        self._infos.pop(path, None)
+            try:
+                return await trio.to_thread.run_sync(self.infos.get, path)
+            except FileNotFoundError:
+                raise NotFound(f'model "{path.name}" not found, try pulling it first') from None
+            except ValueError as exc:
+                raise ApplianceError(f"unable to read model file: {exc}") from None
 
     async def capabilities(self, model: LocalModel) -> set[str]:
-        caps: set[str] = set()
-        if model.model_path is not None:
-            caps.update((await self.info(model.model_path)).capabilities())
-        if model.template:
-            text = model.template
-            if ".Tools" in text:
-                caps.add("tools")
-            if ".Suffix" in text:
-                caps.add("insert")
-            if ".Think" in text or "<think>" in text:
-                caps.add("thinking")
-        if model.projector_path is not None:
-            caps.add("vision")
-        return caps
+        """`store.derive_capabilities` for `model`: the same answer `/api/show` gives."""
+        info = await self.info(model.model_path) if model.model_path is not None else None
+        text = model.template or ""
+        template_caps = self._template_caps.get(text)
+        if template_caps is None:
+            template_caps = self._template_caps[text] = template_capabilities(text)
+            while len(self._template_caps) > self.TEMPLATE_CACHE:
+                self._template_caps.popitem(last=False)
+        self._template_caps.move_to_end(text)
+        return set(model_capabilities(model, info, template_caps))
+
+    async def prompt_template(
+        self, model: LocalModel, facts: _TemplateFacts, override: str | None = None
+    ) -> PromptTemplate:
+        """`model`'s parsed prompt template, built once per model digest and TEMPLATE text (the
+        least recently used of `TEMPLATE_CACHE` goes); a request's own `template` is not kept.
+        A name deleted or re-created with another template has another digest, so it never
+        gets a template parsed for what the name held before."""
+        key = (str(model.model_path), model.digest, model.template or "")
+        cached = self._templates.get(key)
+        if not override and cached is not None:
+            self._templates.move_to_end(key)
+            return cached
+        info = await self.info(model.model_path) if model.model_path is not None else None
+        template = PromptTemplate(
+            go_template=override or model.template,
+            chat_template=facts.chat_template,
+            bos_token=facts.bos_text,
+            eos_token=facts.eos_text,
+            architecture=info.architecture if info is not None else None,
+        )
+        if not override:
+            self._templates[key] = template
+            while len(self._templates) > self.TEMPLATE_CACHE:
+                self._templates.popitem(last=False)
+        return template
+
+    def _kv_type(self, info: GGUFInfo) -> str:
+        """The KV cache type for a model; a fallback to f16 is logged once per model file."""
+        wanted = self.policy.kv_type()
+        kind = _kv_type_for(info, wanted)
+        if kind != wanted and info.path not in self._kv_fallbacks:
+            self._kv_fallbacks.add(info.path)
+            log.warning(
+                "%s: KV cache type %s needs a head size that is a multiple of %d; using f16",
+                info.path.name,
+                wanted,
+                KV_BLOCK[wanted],
+            )
+        return kind
 
     async def plan(self, model: LocalModel, options: Options) -> LoadSpec:
         """The load spec a request for `model` with `options` needs (reference §4.6, §4.7).
@@ -149,7 +192,7 @@ class Catalog:
         num_batch = min(num_batch, num_ctx)
         cores = os.cpu_count() or 1
         num_thread = options.num_thread if 0 < options.num_thread <= cores else 0
-        kv_type = _kv_type_for(info, self.policy.kv_type())
+        kv_type = self._kv_type(info)
         num_gpu = options.num_gpu
         if info.block_count and num_gpu > info.block_count + 1:
             num_gpu = info.block_count + 1  # more layers than the model has means all of them
@@ -167,11 +210,8 @@ class Catalog:
             adapters=tuple(str(a) for a in model.adapters),
             embedding_only=embedding_only,
             memory_bytes=memory,
-            extra={
-                "flash_attn": self.policy.flash_attention,
-                "type_k": kv_type,
-                "type_v": kv_type,
-            },
+            flash_attn=self.policy.flash_attention,
+            kv_type=kv_type,
             options_key=options.load_key(info.context_length),
         )
 

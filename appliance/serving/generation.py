@@ -5,7 +5,6 @@ Shared by the native and the OpenAI routes, so both travel one path.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -105,10 +104,6 @@ async def run_sequence(lease: Lease, request: SequenceRequest) -> AsyncIterator[
 def nonzero(**fields: int | None) -> dict[str, int]:
     """Ollama's metrics are `omitempty`: zero values disappear."""
     return {k: v for k, v in fields.items() if v}
-
-
-def inf_to_none(value: float) -> float | None:
-    return None if math.isinf(value) else value
 
 
 async def primed(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:

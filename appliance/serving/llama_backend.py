@@ -15,7 +15,7 @@ from functools import partial
 
 import trio
 
-from appliance.errors import ApplianceError, BadRequest, ModelLoadError
+from appliance.errors import ApplianceError, BadRequest, ModelLoadError, NotFound
 from appliance.serving.backend import Admit, LoadSpec, Rejected, Release
 from engine.batch import BatchEngine, Chunk, PromptTooLong
 from engine.embed import Embedder, InputTooLong
@@ -68,7 +68,7 @@ class LlamaBackend:
 
     async def step(self, admits: list[Admit], releases: list[Release]) -> list[Chunk | Rejected]:
         if self.batch is None:
-            raise ApplianceError("this model does not support generate", status=400)
+            raise BadRequest("this model does not support generate")
         return await self._run(_step, self.batch, admits, releases)
 
     async def embed(
@@ -97,7 +97,10 @@ class LlamaBackend:
                 while not done:
                     done = await self._run(embedder.advance, job)
                     self.embed_pieces += 1
-            vectors.append(job.result(normalize=normalize, dimensions=dimensions))
+            try:
+                vectors.append(job.result(normalize=normalize, dimensions=dimensions))
+            except ValueError as exc:  # NaN or Inf in the vector: the input's fault, a 400
+                raise BadRequest(str(exc)) from None
         return vectors, sum(len(t) for t in fitted)
 
     async def aclose(self) -> None:
@@ -143,9 +146,9 @@ def _load_sync(spec: LoadSpec, n_threads: int, prompt_cache: bool = True) -> Lla
                 n_ctx=spec.num_ctx,
                 n_batch=spec.num_batch,
                 n_threads=n_threads,
-                flash_attn=spec.extra.get("flash_attn"),
-                type_k=spec.extra.get("type_k") or "f16",
-                type_v=spec.extra.get("type_v") or "f16",
+                flash_attn=spec.flash_attn,
+                type_k=spec.kv_type,
+                type_v=spec.kv_type,
                 reuse_prefix=prompt_cache,
             )
         return LlamaBackend(spec, model, batch, n_threads)
@@ -216,9 +219,7 @@ def make_loader(  # type: ignore[no-untyped-def]
         except ModelLoadFailed as exc:
             raise ModelLoadError(f"llama runner process has terminated: {exc}") from None
         except FileNotFoundError:
-            raise ApplianceError(
-                f'model "{spec.model_path}" not found, try pulling it first', status=404
-            ) from None
+            raise NotFound(f'model "{spec.model_path}" not found, try pulling it first') from None
         if scope.cancelled_caught or backend is None:
             late = handover.abandon()
             if late is not None:

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -90,7 +90,6 @@ class Runner:
         self.load_error: ApplianceError | None = None
         self.expired = False  # unload as soon as idle; never handed out again
         self.expires_at: float = math.inf  # wall-clock seconds, for /api/ps
-        self.loaded_at: float | None = None
         self._claims = 0
         self._loader = loader
         self._on_ready = on_ready
@@ -107,7 +106,6 @@ class Runner:
         self._releases: list[Release] = []
         self._wake = trio.Event()
         self.steps = 0
-        self.prompt_template: Any = None  # parsed once, by the routes, on first use
         self.exited = trio.Event()  # set once the model is freed and the scheduler forgot it
 
     # ---- lifetime -------------------------------------------------------------------------------
@@ -127,7 +125,6 @@ class Runner:
                     self.load_error = ModelLoadError(f"llama runner process has terminated: {exc}")
                     return
                 self.state = "ready"
-                self.loaded_at = time.time()
                 if self._observer is not None:
                     self._observer.model_loaded(self, time.monotonic() - started)
                 self._on_ready(self)  # hands out claims to the requests that waited for the load
@@ -136,7 +133,7 @@ class Runner:
                     nursery.start_soon(self._batch_loop)
         finally:
             self.state = "gone"
-            self._fail_jobs(ApplianceError("model unloaded while generating", status=500))
+            self._fail_jobs(ApplianceError("model unloaded while generating"))
             if self.backend is not None:
                 with trio.CancelScope(shield=True):
                     await self.backend.aclose()
@@ -222,7 +219,7 @@ class Runner:
         done chunk or error is in the channel, whether or not anyone reads it yet.
         """
         if self.state != "ready":
-            raise ApplianceError("model is not loaded", status=500)
+            raise ApplianceError("model is not loaded")
         send, receive = trio.open_memory_channel[Item](math.inf)
         job = _Job(next(self._tickets), request, send, on_end)
         self._jobs[job.ticket] = job
@@ -326,7 +323,7 @@ class Runner:
             except Exception as exc:
                 log.exception("decode step failed")
                 self._free.update(r.seq for r in releases)
-                self._fail_jobs(ApplianceError(f"decode failed: {exc}", status=500))
+                self._fail_jobs(ApplianceError(f"decode failed: {exc}"))
                 continue
             self._free.update(r.seq for r in releases)  # the engine has let them go
             self.steps += 1

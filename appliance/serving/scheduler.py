@@ -356,8 +356,7 @@ class Scheduler:
         need = waiter.spec.memory_bytes
         return ApplianceError(
             f"model requires more system memory ({_gib(need)}) than is available "
-            f"({_gib(self.limits.memory_budget)})",
-            status=500,
+            f"({_gib(self.limits.memory_budget)})"
         )
 
 

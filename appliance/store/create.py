@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from appliance.errors import BadRequest, NotFound
+from appliance.prompting.prompts import template_capabilities
 from appliance.store.manifest import (
     CONFIG_MEDIA_TYPE,
     MEDIA_ADAPTER,
@@ -37,7 +38,7 @@ from appliance.store.manifest import (
     human_number,
 )
 from appliance.store.names import ModelName
-from appliance.store.store import Store, template_capabilities
+from appliance.store.store import Store, derive_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -186,19 +187,13 @@ def _apply_request_layers(store: Store, req: CreateRequest, built: _Built) -> No
 def _config(store: Store, req: CreateRequest, built: _Built) -> bytes:
     model_info = next((info for media, info in built.ggufs if media == MEDIA_MODEL), None)
     first = model_info or (built.ggufs[0][1] if built.ggufs else None)
-    caps: list[str] = []
-    if model_info is not None:
-        caps = list(model_info.capabilities())
     template = req.template
     if not template:
         for layer in built.layers:
             if layer.media_type in (MEDIA_TEMPLATE, MEDIA_PROMPT):
                 template = store.blob_path(layer.digest).read_text(errors="replace")
-    for cap in template_capabilities(template):
-        if cap not in caps:
-            caps.append(cap)
-    if any(media == MEDIA_PROJECTOR for media, _ in built.ggufs) and "vision" not in caps:
-        caps.append("vision")
+    projector = any(media == MEDIA_PROJECTOR for media, _ in built.ggufs)
+    caps = derive_capabilities(model_info, template_capabilities(template), projector=projector)
     return build_config(
         model_format="gguf",
         model_family=first.architecture if first else "",

@@ -16,14 +16,17 @@ import getpass
 import json
 import logging
 import os
-import re
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from appliance.errors import ApplianceError, BadRequest, NotFound
+from appliance.prompting.prompts import template_capabilities
 from appliance.store import layout
 from appliance.store.layout import api_digest, blob_filename, digest_hex
 from appliance.store.manifest import (
@@ -42,6 +45,7 @@ from appliance.store.manifest import (
     parse_manifest,
 )
 from appliance.store.names import ModelName, name_from_relpath, parse_model_name
+from engine.gguf import GGUFInfo, read_gguf_info
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +57,76 @@ class DigestMismatch(BadRequest):
     pass
 
 
-_TOOLS_RE = re.compile(r"\.Tools\b")
-_SUFFIX_RE = re.compile(r"\.Suffix\b")
-_THINK_RE = re.compile(r"\.(Thinking|Think|ThinkLevel|IsThinkSet)\b")
-
-
-def template_capabilities(template: str | None) -> list[str]:
-    """Capabilities a Go TEMPLATE layer grants (Ollama's `Model.Capabilities`, template part)."""
-    caps = []
-    if template:
-        if _TOOLS_RE.search(template):
-            caps.append("tools")
-        if _SUFFIX_RE.search(template):
-            caps.append("insert")
-        if _THINK_RE.search(template):
-            caps.append("thinking")
+def derive_capabilities(
+    info: GGUFInfo | None,
+    template_caps: Iterable[str],
+    *,
+    projector: bool,
+    recorded: Any = None,
+) -> list[str]:
+    """Ollama's capability names for a model (its `Model.Capabilities`): the GGUF header's
+    (embedding or completion, vision, and what its chat template grants), else those `recorded`
+    in the config when there are no readable weights; then what the TEMPLATE layer grants
+    (`prompting.prompts.template_capabilities`), and vision for a projector. The one place this
+    is decided: `/api/show`, `/api/tags`, create and the inference routes all ask here."""
+    if info is not None:
+        caps = list(info.capabilities())
+    elif isinstance(recorded, list) and all(isinstance(c, str) for c in recorded):
+        caps = list(recorded)
+    else:
+        caps = []
+    for cap in template_caps:
+        if cap not in caps:
+            caps.append(cap)
+    if projector and "vision" not in caps:
+        caps.append("vision")
     return caps
+
+
+class GGUFInfoCache:
+    """Parsed GGUF headers, the one cache of them, bounded (least recently used goes first).
+
+    A header read parses the whole vocabulary (0.15 s for 262k tokens), so it is done once per
+    file: blobs are content-addressed, and a file's size and mtime are checked on each blocking
+    look-up. Safe from several worker threads; one header is read at a time.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._items: OrderedDict[Path, tuple[tuple[int, int], GGUFInfo]] = OrderedDict()
+        self._lock = threading.Lock()  # guards _items; held only for dict operations
+        self._reading = threading.Lock()  # one header read at a time: none is read twice
+
+    def peek(self, path: Path) -> GGUFInfo | None:
+        """The cached header of `path` without touching the filesystem (safe on the trio thread)."""
+        with self._lock:
+            entry = self._items.get(path)
+            if entry is None:
+                return None
+            self._items.move_to_end(path)
+            return entry[1]
+
+    def get(self, path: Path) -> GGUFInfo:
+        """The header of `path`, read when not cached or changed (blocking: call it in a worker
+        thread). FileNotFoundError or ValueError as `read_gguf_info` raises them."""
+        st = os.stat(path)
+        stamp = (st.st_size, st.st_mtime_ns)
+        with self._reading:
+            with self._lock:
+                entry = self._items.get(path)
+            if entry is not None and entry[0] == stamp:
+                info = entry[1]
+            else:
+                info = read_gguf_info(path)
+            with self._lock:
+                self._items[path] = (stamp, info)
+                self._items.move_to_end(path)
+                while len(self._items) > self.limit:
+                    self._items.popitem(last=False)
+        return info
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass
@@ -131,7 +189,7 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.abspath(Path(root).expanduser()))
-        self._gguf_cache: dict[tuple[str, int, int], Any] = {}
+        self.gguf_infos = GGUFInfoCache()
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -539,37 +597,33 @@ class Store:
     # -- GGUF metadata -----------------------------------------------------------------------
 
     def capabilities(self, model: LocalModel) -> list[str]:
-        """Ollama's capability names for `model`: from its config when recorded there (models this
-        store created), else from the GGUF header (cached) plus the template and projector."""
-        recorded = model.config.get("capabilities")
-        if isinstance(recorded, list) and all(isinstance(c, str) for c in recorded):
-            return list(recorded)
-        caps: list[str] = []
+        """`derive_capabilities` for `model`, its GGUF header read through the cache."""
+        info = None
         if model.model_path is not None:
             try:
-                caps = list(self.gguf_info(model.model_path).capabilities())
+                info = self.gguf_info(model.model_path)
             except (OSError, ValueError) as exc:
                 log.warning("cannot read GGUF of %s: %s", model.name, exc)
-        for cap in template_capabilities(model.template):
-            if cap not in caps:
-                caps.append(cap)
-        if model.projector_paths and "vision" not in caps:
-            caps.append("vision")
-        return caps
+        return model_capabilities(model, info)
 
-    def gguf_info(self, path: Path) -> Any:
-        """`engine.gguf.read_gguf_info(path)`, cached per file (blobs never change in place)."""
-        st = os.stat(path)
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        info = self._gguf_cache.get(key)
-        if info is None:
-            from engine.gguf import read_gguf_info
+    def gguf_info(self, path: Path) -> GGUFInfo:
+        """`engine.gguf.read_gguf_info(path)` through the store's one bounded header cache."""
+        return self.gguf_infos.get(path)
 
-            info = read_gguf_info(path)
-            if len(self._gguf_cache) > 64:
-                self._gguf_cache.clear()
-            self._gguf_cache[key] = info
-        return info
+
+def model_capabilities(
+    model: LocalModel, info: GGUFInfo | None, template_caps: Iterable[str] | None = None
+) -> list[str]:
+    """`derive_capabilities` for a stored model whose GGUF header is `info` (None: unreadable);
+    `template_caps`, when the caller already knows them, saves parsing its template again."""
+    if template_caps is None:
+        template_caps = template_capabilities(model.template)
+    return derive_capabilities(
+        info,
+        template_caps,
+        projector=bool(model.projector_paths),
+        recorded=model.config.get("capabilities"),
+    )
 
 
 class BlobWriter:

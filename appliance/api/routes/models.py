@@ -247,7 +247,6 @@ def _forget_deleted_name(deleted: Any, remaining: list[LocalModel]) -> None:
         same = [m for m in remaining if m.model_path == runner.model.model_path]
         if same:
             runner.model = same[0]
-            runner.prompt_template = None  # the other name may carry another template
         else:
             runner.expire()
 

@@ -125,24 +125,9 @@ def _think_setting(body: dict[str, Any], caps: set[str]) -> bool | None:
 
 
 async def _template_for(model: Any, lease: Any, override: str | None = None) -> PromptTemplate:
-    """The model's prompt template, parsed once per runner (a request's `template` is not
+    """The model's prompt template, parsed once per model (a request's `template` is not
     cached)."""
-    runner = lease.runner
-    cached = runner.prompt_template
-    # Models that share weights share a runner but not always a template.
-    if not override and cached is not None and cached.go_template == model.template:
-        return cached
-    info = await services().extras["catalog"].info(model.model_path)
-    template = PromptTemplate(
-        go_template=override or model.template,
-        chat_template=lease.chat_template,
-        bos_token=lease.bos_text,
-        eos_token=lease.eos_text,
-        architecture=info.architecture,
-    )
-    if not override:
-        runner.prompt_template = template
-    return template
+    return await services().extras["catalog"].prompt_template(model, lease, override)
 
 
 async def _tokenize_prompt(lease: Any, text: str, *, raw: bool) -> list[int]:
