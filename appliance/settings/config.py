@@ -41,6 +41,8 @@ DEFAULT_WRITE_TIMEOUT = 60.0  # a client that accepts no byte for this long is d
 DEFAULT_MAX_QUEUE = 512
 CPU_DEFAULT_NUM_CTX = 4096
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+# Host RAM (MiB) per loaded model for prompt states saved from reused slots (llama-server: 8192).
+DEFAULT_CACHE_RAM_MIB = 256
 
 # gin-contrib/cors with AllowBrowserExtensions: an origin without `*` must start with one of these.
 ORIGIN_SCHEMES = (
@@ -100,6 +102,7 @@ FILE_KEYS: dict[str, str] = {
     "no_proxy": "NO_PROXY",
     "cpu_variant": "LLM_APPLIANCE_CPU_VARIANT",
     "prompt_cache": "LLM_APPLIANCE_PROMPT_CACHE",
+    "cache_ram": "LLM_APPLIANCE_CACHE_RAM",
 }
 
 
@@ -180,6 +183,8 @@ class Settings:
     allowed_registries: tuple[str, ...] = ()  # hosts pulls and pushes may use; empty: any
     cpu_variant: str = "auto"  # llama.cpp's CPU code: "auto" (the best that runs) or a variant
     prompt_cache: bool = True  # keep each sequence's KV for the next prompt sharing its prefix
+    # MiB of host RAM per loaded model for the prompt states of reused slots; 0: none.
+    cache_ram: int = DEFAULT_CACHE_RAM_MIB
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -297,6 +302,7 @@ class Settings:
             "LLM_APPLIANCE_ALLOWED_REGISTRIES": ",".join(self.allowed_registries),
             "LLM_APPLIANCE_CPU_VARIANT": self.cpu_variant,
             "LLM_APPLIANCE_PROMPT_CACHE": str(self.prompt_cache).lower(),
+            "LLM_APPLIANCE_CACHE_RAM": str(self.cache_ram),
         }
 
 
@@ -612,6 +618,7 @@ class _Loader:
             ),
             cpu_variant=self.cpu_variant(),
             prompt_cache=bool(self.flag("LLM_APPLIANCE_PROMPT_CACHE", "prompt_cache", True)),
+            cache_ram=self.uint("LLM_APPLIANCE_CACHE_RAM", "cache_ram", DEFAULT_CACHE_RAM_MIB),
         )
 
     # Each method below handles one setting.
