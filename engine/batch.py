@@ -589,7 +589,8 @@ class BatchEngine:
         return True
 
     def close(self) -> None:
-        """Free samplers, batch and context (not the model). Idempotent."""
+        """Free samplers, batch, context and saved prompt states (not the model). Idempotent."""
+        self.store.clear()
         for seq in range(self.n_seq):
             slot = self._slots[seq]
             if slot is not None:

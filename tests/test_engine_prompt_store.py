@@ -11,7 +11,7 @@ import pytest
 from engine.batch import BatchEngine, Chunk, SequenceRequest, common_prefix
 from engine.model import Model
 from engine.sampling import SamplingParams
-from tests.test_engine_batch import GREEDY, drain, final
+from tests.test_engine_batch import GREEDY, drain, final, text_of
 
 MIB = 1024 * 1024
 SYSTEM = "you are a helpful cat that sits on the mat and looks at the bird in the tree " * 3
@@ -56,8 +56,13 @@ def test_a_state_restores_into_another_slot(tiny_model: Model) -> None:
     with BatchEngine(tiny_model, n_threads=1, n_seq=2, n_ctx=256, cache_ram=64 * MIB) as engine:
         run(engine, 0, a)
         run(engine, 0, b)
-        done = final(run(engine, 1, a2))
-    assert done.prompt_restored == common_prefix(a, a2)
+        elsewhere = run(engine, 1, a2)
+    with BatchEngine(tiny_model, n_threads=1, n_seq=2, n_ctx=256, cache_ram=64 * MIB) as engine:
+        run(engine, 0, a)
+        run(engine, 0, b)
+        same_slot = run(engine, 0, a2)
+    assert final(elsewhere).prompt_restored == common_prefix(a, a2)
+    assert text_of(elsewhere) == text_of(same_slot)  # the cells went to slot 1's own stream
 
 
 def test_a_repeat_served_from_ram_answers_as_its_first_run(tiny_model: Model) -> None:
