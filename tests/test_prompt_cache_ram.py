@@ -148,3 +148,18 @@ async def test_anthropic_usage_counts_cache_read_input_tokens(tiny_models: Path)
     cold = first["usage"]["input_tokens"]
     assert second["usage"]["cache_read_input_tokens"] == cold > 0
     assert second["usage"]["input_tokens"] == 0
+
+
+async def test_the_store_stays_within_its_setting_over_many_prompts(tiny_models: Path):
+    async with running_appliance(tiny_models, num_parallel=1, num_threads=1, cache_ram=1) as srv:
+        with trio.fail_after(LIMIT):
+            async with srv.client() as client:
+                stored = []
+                for i in range(40):
+                    await chat(client, "tiny", f"System prompt number {i}. " * 12, "Hello?")
+                    (runner,) = srv.appliance.services.scheduler.runners
+                    store = runner.backend.batch.store
+                    stored.append((store.nbytes, len(store)))
+    assert all(nbytes <= 1024 * 1024 for nbytes, _ in stored)
+    assert max(n for _, n in stored) >= 2  # it keeps several states ...
+    assert stored[-1][1] < 39  # ... and dropped the oldest to stay within 1 MiB
