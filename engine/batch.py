@@ -9,6 +9,7 @@ engine (the runner's worker thread).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 
 from engine.logprobs import Logprob, token_logprob
 from engine.model import Model
+from engine.prompt_store import PromptStore, SavedPrompt
 from engine.sampling import SamplerChain, SamplingParams
 from engine.text import StopMatcher, Utf8Stream
 
@@ -87,6 +89,7 @@ class Chunk:
     logprobs: list[Logprob] | None = None  # of the token sampled in this step, when asked
     ticket: int = 0
     prompt_cached: int = 0  # prompt tokens whose KV was reused from the sequence's cache
+    prompt_restored: int = 0  # of those, the ones restored from a state saved in host RAM
 
 
 class _Slot:
@@ -112,6 +115,7 @@ class _Slot:
         "reused",
         "preset",
         "prompt_logits",
+        "restored",
     )
 
     def __init__(
@@ -144,6 +148,7 @@ class _Slot:
         self.eval_ns = 0
         self.out_row = -1
         self.shifted = 0  # tokens dropped by context shifts; the KV no longer mirrors prompt
+        self.restored = 0  # reused prompt tokens that came from the host-RAM store
 
 
 def fit_prompt(
@@ -168,6 +173,31 @@ def fit_prompt(
     return tokens[:keep] + tokens[len(tokens) - (target - keep) :]
 
 
+@dataclass
+class _Plan:
+    """One step's batch as it is filled: its size, the rows whose logits are sampled, and the
+    sequences that prefill (with how many tokens) or generate in it."""
+
+    n: int = 0
+    outputs: list[tuple[int, _Slot]] = field(default_factory=list)
+    prefilling: list[tuple[_Slot, int]] = field(default_factory=list)
+    generating: list[_Slot] = field(default_factory=list)
+
+
+def _account(plan: _Plan, elapsed: int) -> None:
+    """After the decode: advance every sequence in the batch and charge it the decode time."""
+    for slot, take in plan.prefilling:
+        slot.fed += take
+        slot.prompt_eval_count += take
+        slot.prompt_eval_ns += elapsed
+        slot.n_past = slot.fed
+    for slot in plan.generating:
+        slot.eval_ns += elapsed
+        slot.n_past += 1
+        slot.generated.append(slot.pending)  # type: ignore[arg-type]
+        slot.pending = None
+
+
 class BatchEngine:
     """One llama context serving `n_seq` sequences of up to `n_ctx` tokens each."""
 
@@ -184,6 +214,7 @@ class BatchEngine:
         type_v: str = "f16",
         reuse_prefix: bool = True,
         min_reuse: int = MIN_REUSE,
+        cache_ram: int = 0,
     ) -> None:
         """`reuse_prefix` (the prompt cache) keeps a finished sequence's KV and reuses its longest
         common prefix for the sequence's next prompt, so a chat's next turn prefills only its new
@@ -191,7 +222,8 @@ class BatchEngine:
         served whole from the cache and samples from the very logits of its first run, so a
         repeated request gives the same answer. A follow-up turn reuses KV that was computed in
         batches of other shapes, so its greedy output may differ in the last bits from a cold
-        run. A partial prefix shorter than `min_reuse` tokens is prefilled again."""
+        run. A partial prefix shorter than `min_reuse` tokens is prefilled again. `cache_ram`
+        bytes (0: none) keep the states of sequences whose slot is reused (see prompt_store)."""
         if n_seq < 1 or n_ctx < 2:
             raise ValueError("need at least one sequence and a context of 2 tokens")
         self.model = model
@@ -200,27 +232,9 @@ class BatchEngine:
         self.n_batch = max(n_batch, n_seq)
         self.reuse_prefix = reuse_prefix
         self.min_reuse = max(1, min_reuse)
-        threads = n_threads or _default_threads()
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx * n_seq
-        params.n_batch = self.n_batch
-        params.n_ubatch = self.n_batch
-        params.n_seq_max = n_seq
-        params.n_outputs_max = n_seq  # one logits row per sequence per step, not n_batch rows
-        params.n_outputs_max_per_seq = 1
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        params.no_perf = True
-        # Separate KV streams per sequence: attention only reads its own cells (faster when the
-        # sequences share no long prefix, the common case for independent requests).
-        params.kv_unified = n_seq == 1
-        params.flash_attn_type = {
-            None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        }[flash_attn]
-        params.type_k = _kv_type(type_k)
-        params.type_v = _kv_type(type_v)
+        params = _context_params(
+            n_seq, n_ctx, self.n_batch, n_threads or _default_threads(), flash_attn, type_k, type_v
+        )
         ctx = llama_cpp.llama_init_from_model(model.handle, params)
         if not ctx:
             raise MemoryError("llama.cpp could not create the context (out of memory?)")
@@ -234,6 +248,7 @@ class BatchEngine:
         self._logits: list[tuple[int, np.ndarray] | None] = [None] * n_seq
         self._n_vocab = model.n_vocab
         self._n_swa = llama_cpp.llama_model_n_swa(model.handle)
+        self.store = PromptStore(cache_ram if reuse_prefix else 0)
 
     # -- admission -----------------------------------------------------------------------
 
@@ -251,10 +266,11 @@ class BatchEngine:
         n_ctx = min(req.num_ctx, self.n_ctx) if req.num_ctx > 0 else self.n_ctx
         prompt = fit_prompt(req.tokens, n_ctx, req.num_keep, req.num_predict, req.truncate)
         sampler = SamplerChain(req.sampling, self.model.vocab, n_ctx)
+        restored = self._bring_best_prefix(seq, prompt)
         reuse, preset = self._reuse_prefix(seq, prompt)
-        self._slots[seq] = _Slot(
-            req, sampler, prompt, reuse, ticket=ticket, n_ctx=n_ctx, preset=preset
-        )
+        slot = _Slot(req, sampler, prompt, reuse, ticket=ticket, n_ctx=n_ctx, preset=preset)
+        slot.restored = min(restored, reuse)
+        self._slots[seq] = slot
         self._cached[seq] = prompt[:reuse]
         self._logits[seq] = None
 
@@ -264,32 +280,108 @@ class BatchEngine:
         Returns how many prompt tokens are reused and, when the whole prompt is (the same prompt
         again), the kept logits of its last position to sample the first token from.
         """
-        common = self.cached_prefix(seq, prompt) if self.reuse_prefix else 0
+        if self.reuse_prefix:
+            pos_min = llama_cpp.llama_memory_seq_pos_min(self._mem, seq)
+            common, preset = self._usable(self._cached[seq], self._logits[seq], pos_min, prompt)
+            if common > 0 and llama_cpp.llama_memory_seq_rm(self._mem, seq, common, -1):
+                return common, preset
+        llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        return 0, None
+
+    def _usable(
+        self,
+        cached: list[int],
+        kept: tuple[int, np.ndarray] | None,
+        pos_min: int,
+        prompt: list[int],
+    ) -> tuple[int, np.ndarray | None]:
+        """How many leading `prompt` tokens a KV holding `cached` (from position `pos_min` on,
+        with `kept` logits) can serve, and the logits to sample from when it serves them all."""
+        common = common_prefix(cached, prompt)
         preset = None
-        kept = self._logits[seq]
         if common == len(prompt) and kept is not None and kept[0] == len(prompt):
             preset = kept[1]
         else:
             common = min(common, len(prompt) - 1)  # decode at least one token for its logits
             if common < self.min_reuse:
-                common = 0
-        if common > 0 and self._window_intact(seq, common):
-            if llama_cpp.llama_memory_seq_rm(self._mem, seq, common, -1):
-                return common, preset
-        llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+                return 0, None
+        if common > 0 and self._window_intact(pos_min, common):
+            return common, preset
         return 0, None
 
-    def _window_intact(self, seq: int, common: int) -> bool:
-        """Whether the KV still holds every cell that decoding after `common` tokens attends to.
+    def _window_intact(self, pos_min: int, common: int) -> bool:
+        """Whether a KV whose first position is `pos_min` still holds every cell that decoding
+        after `common` tokens attends to.
 
         A sliding-window cache that is not full-size drops cells older than the window; reuse then
         needs the window before `common` (llama-server's check); otherwise the sequence must be
         intact from position 0.
         """
-        pos_min = llama_cpp.llama_memory_seq_pos_min(self._mem, seq)
         if pos_min == 0:
             return True
         return self._n_swa > 0 and 0 < pos_min <= common - self._n_swa
+
+    # -- host-RAM prompt states -------------------------------------------------------------
+
+    def _bring_best_prefix(self, seq: int, prompt: list[int]) -> int:
+        """Before sequence `seq` takes `prompt`: when a saved state serves more of it than the
+        sequence's own KV, save what the sequence holds and restore that state in its place;
+        when the sequence is about to lose most of what it holds, save it first.
+
+        Returns the prompt tokens the restored state serves (0: nothing restored).
+        """
+        if not self.store.limit:
+            return 0
+        cached = self._cached[seq]
+        pos_min = llama_cpp.llama_memory_seq_pos_min(self._mem, seq)
+        here = self._usable(cached, self._logits[seq], pos_min, prompt)[0]
+        best, best_n = None, here
+        for entry in self.store:
+            n = self._usable(entry.tokens, entry.logits, entry.pos_min, prompt)[0]
+            if n > best_n:
+                best, best_n = entry, n
+        if best is None:
+            if 2 * here < len(cached):
+                self._save(seq)
+            return 0
+        self._save(seq)
+        return best_n if self._restore(seq, best) else 0
+
+    def _save(self, seq: int) -> None:
+        """Copy sequence `seq`'s KV state, tokens and kept logits into the store, if it holds a
+        prefix worth keeping and the state fits."""
+        tokens = self._cached[seq]
+        if len(tokens) < self.min_reuse:
+            return
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
+        kept = self._logits[seq]
+        if not self.store.fits(size + (kept[1].nbytes if kept else 0) + 8 * len(tokens)):
+            return
+        state = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, seq) != size:
+            return
+        self.store.put(SavedPrompt(list(tokens), state, self._saved_pos_min(seq), kept))
+
+    def _saved_pos_min(self, seq: int) -> int:
+        """The first position a state saved from `seq` holds. llama.cpp's state writer leaves out
+        the cells a sliding window no longer sees from the sequence's last position, even in a
+        full-size cache: such a state can only be continued from its end (see README)."""
+        pos_min = llama_cpp.llama_memory_seq_pos_min(self._mem, seq)
+        if self._n_swa <= 0:
+            return pos_min
+        pos_max = llama_cpp.llama_memory_seq_pos_max(self._mem, seq)
+        return max(pos_min, pos_max + 1 - self._n_swa)
+
+    def _restore(self, seq: int, entry: SavedPrompt) -> bool:
+        """Load `entry` into sequence `seq` (replacing its KV); False, leaving it empty, if
+        llama.cpp cannot (no room for the cells)."""
+        self.store.take(entry)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, entry.state, len(entry.state), seq) == 0:
+            llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            self._cached[seq], self._logits[seq] = [], None
+            return False
+        self._cached[seq], self._logits[seq] = entry.tokens, entry.logits
+        return True
 
     def cached_prefix(self, seq: int, tokens: list[int]) -> int:
         """How many leading `tokens` sequence `seq` already holds in its KV cache."""
@@ -323,80 +415,77 @@ class BatchEngine:
         """Decode one batch for all active sequences and sample those with logits ready."""
         if self._ctx is None:
             raise RuntimeError("engine is closed")
-        batch = self._batch
-        token, pos, n_seq_id, seq_ids, logits = (
-            batch.token,
-            batch.pos,
-            batch.n_seq_id,
-            batch.seq_id,
-            batch.logits,
-        )
         chunks: list[Chunk] = []
+        self._sample_presets(chunks)
+        plan = _Plan()
+        self._add_pending(plan)
+        self._add_prompts(plan)
+        if plan.n == 0:
+            return chunks
+        self._batch.n_tokens = plan.n
+        started = time.perf_counter_ns()
+        rc = llama_cpp.llama_decode(self._ctx, self._batch)
+        if rc != 0:  # slots are untouched: the caller may release them and carry on
+            raise RuntimeError(f"llama_decode failed ({rc})")
+        _account(plan, time.perf_counter_ns() - started)
+        self._sample_outputs(plan.outputs, chunks)
+        return chunks
+
+    def _sample_presets(self, chunks: list[Chunk]) -> None:
+        """Sample the first token of each sequence whose whole prompt came from the cache: its
+        kept logits need no decode."""
         for seq, slot in enumerate(self._slots):
-            if slot is not None and slot.preset is not None:
-                # The whole prompt came from the cache: its first token needs no decode.
-                preset, slot.preset = slot.preset, None
-                t0 = time.perf_counter_ns()
-                tok = slot.sampler.sample_logits(preset)
-                first = len(chunks)
-                self._advance(seq, slot, tok, chunks)
-                if slot.req.logprobs and not self.model.is_eog(tok) and len(chunks) > first:
-                    top = slot.req.top_logprobs
-                    entry = token_logprob(preset, tok, top, self.model.token_to_piece)
-                    chunks[first].logprobs = [entry]
-                slot.eval_ns += time.perf_counter_ns() - t0
-        n = 0
-        outputs: list[tuple[int, _Slot]] = []
-        prefilling: list[tuple[_Slot, int]] = []
-        generating: list[_Slot] = []
+            if slot is None or slot.preset is None:
+                continue
+            preset, slot.preset = slot.preset, None
+            t0 = time.perf_counter_ns()
+            tok = slot.sampler.sample_logits(preset)
+            first = len(chunks)
+            self._advance(seq, slot, tok, chunks)
+            if slot.req.logprobs and not self.model.is_eog(tok) and len(chunks) > first:
+                top = slot.req.top_logprobs
+                chunks[first].logprobs = [
+                    token_logprob(preset, tok, top, self.model.token_to_piece)
+                ]
+            slot.eval_ns += time.perf_counter_ns() - t0
+
+    def _put(self, n: int, token: int, pos: int, seq: int, want_logits: bool) -> None:
+        batch = self._batch
+        batch.token[n] = token
+        batch.pos[n] = pos
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = seq
+        batch.logits[n] = want_logits
+
+    def _add_pending(self, plan: _Plan) -> None:
+        """Put the sampled token of every generating sequence in the batch, each with logits."""
         for seq, slot in enumerate(self._slots):
             if slot is None or slot.pending is None:
                 continue
-            token[n] = slot.pending
-            pos[n] = slot.n_past
-            n_seq_id[n] = 1
-            seq_ids[n][0] = seq
-            logits[n] = 1
-            slot.out_row = n  # llama_get_logits_ith takes the batch position, not the row
-            outputs.append((seq, slot))
-            generating.append(slot)
-            n += 1
+            self._put(plan.n, slot.pending, slot.n_past, seq, True)
+            slot.out_row = plan.n  # llama_get_logits_ith takes the batch position, not the row
+            plan.outputs.append((seq, slot))
+            plan.generating.append(slot)
+            plan.n += 1
+
+    def _add_prompts(self, plan: _Plan) -> None:
+        """Fill the rest of the batch with prompt chunks; a prompt's last token gets logits."""
         for seq, slot in enumerate(self._slots):
-            if slot is None or slot.pending is not None or n >= self.n_batch:
+            if slot is None or slot.pending is not None or plan.n >= self.n_batch:
                 continue
-            take = min(len(slot.prompt) - slot.fed, self.n_batch - n)
+            take = min(len(slot.prompt) - slot.fed, self.n_batch - plan.n)
             start = slot.fed
             for i in range(take):
-                token[n] = slot.prompt[start + i]
-                pos[n] = start + i
-                n_seq_id[n] = 1
-                seq_ids[n][0] = seq
-                logits[n] = 0
-                n += 1
-            prefilling.append((slot, take))
+                self._put(plan.n, slot.prompt[start + i], start + i, seq, False)
+                plan.n += 1
+            plan.prefilling.append((slot, take))
             if start + take == len(slot.prompt):
-                logits[n - 1] = 1
-                slot.out_row = n - 1
-                outputs.append((seq, slot))
-        if n == 0:
-            return chunks
-        batch.n_tokens = n
-        started = time.perf_counter_ns()
-        rc = llama_cpp.llama_decode(self._ctx, batch)
-        if rc != 0:  # slots are untouched: the caller may release them and carry on
-            raise RuntimeError(f"llama_decode failed ({rc})")
-        elapsed = time.perf_counter_ns() - started
-        for slot, take in prefilling:
-            slot.fed += take
-            slot.prompt_eval_count += take
-            slot.prompt_eval_ns += elapsed
-            slot.n_past = slot.fed
-        for slot in generating:
-            slot.eval_ns += elapsed
-            slot.n_past += 1
-            slot.generated.append(slot.pending)  # type: ignore[arg-type]
-            slot.pending = None
+                self._batch.logits[plan.n - 1] = 1
+                slot.out_row = plan.n - 1
+                plan.outputs.append((seq, slot))
 
+    def _sample_outputs(self, outputs: list[tuple[int, _Slot]], chunks: list[Chunk]) -> None:
+        """Sample every sequence that has a logits row in the batch just decoded."""
         for seq, slot in outputs:
             t0 = time.perf_counter_ns()
             if slot.pending is None and slot.fed == len(slot.prompt) and not slot.generated:
@@ -410,7 +499,6 @@ class BatchEngine:
             if slot.req.logprobs and not self.model.is_eog(tok) and len(chunks) > first:
                 chunks[first].logprobs = [self._logprob(slot.out_row, tok, slot.req.top_logprobs)]
             slot.eval_ns += time.perf_counter_ns() - t0
-        return chunks
 
     def _advance(self, seq: int, slot: _Slot, tok: int, chunks: list[Chunk]) -> None:
         """Take a sampled token: emit its text, or finish the sequence."""
@@ -454,6 +542,7 @@ class BatchEngine:
                 tokens=list(slot.generated),
                 ticket=slot.ticket,
                 prompt_cached=slot.reused,
+                prompt_restored=slot.restored,
             )
         )
         slot.sampler.close()
@@ -500,7 +589,8 @@ class BatchEngine:
         return True
 
     def close(self) -> None:
-        """Free samplers, batch and context (not the model). Idempotent."""
+        """Free samplers, batch, context and saved prompt states (not the model). Idempotent."""
+        self.store.clear()
         for seq in range(self.n_seq):
             slot = self._slots[seq]
             if slot is not None:
@@ -533,6 +623,39 @@ def common_prefix(a: list[int], b: list[int]) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def _context_params(
+    n_seq: int,
+    n_ctx: int,
+    n_batch: int,
+    threads: int,
+    flash_attn: bool | None,
+    type_k: str,
+    type_v: str,
+) -> llama_cpp.llama_context_params:
+    """llama.cpp's context parameters for `n_seq` sequences of `n_ctx` tokens each."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx * n_seq
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_seq_max = n_seq
+    params.n_outputs_max = n_seq  # one logits row per sequence per step, not n_batch rows
+    params.n_outputs_max_per_seq = 1
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    params.no_perf = True
+    # Separate KV streams per sequence: attention only reads its own cells (faster when the
+    # sequences share no long prefix, the common case for independent requests).
+    params.kv_unified = n_seq == 1
+    params.flash_attn_type = {
+        None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+        True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    }[flash_attn]
+    params.type_k = _kv_type(type_k)
+    params.type_v = _kv_type(type_v)
+    return params
 
 
 def _kv_type(name: str) -> int:

@@ -414,3 +414,12 @@ def test_cpu_variant_is_auto_unless_a_known_variant_is_named(tmp_path: Path) -> 
         load({"LLM_APPLIANCE_CPU_VARIANT": "pentium4"})
     assert load(config_path=write_toml(tmp_path, 'cpu_variant = "x64"\n')).cpu_variant == "x64"
     assert load({}).as_log_map()["LLM_APPLIANCE_CPU_VARIANT"] == "auto"
+
+
+def test_cache_ram_is_mib_per_model_from_the_variable_or_the_file(tmp_path: Path) -> None:
+    assert load({}).cache_ram == 256
+    assert load({"LLM_APPLIANCE_CACHE_RAM": "0"}).cache_ram == 0
+    assert load(config_path=write_toml(tmp_path, "cache_ram = 64\n")).cache_ram == 64
+    bad = load({"LLM_APPLIANCE_CACHE_RAM": "lots"})
+    assert bad.cache_ram == 256 and any("LLM_APPLIANCE_CACHE_RAM" in w for w in bad.warnings)
+    assert load({"LLM_APPLIANCE_CACHE_RAM": "32"}).as_log_map()["LLM_APPLIANCE_CACHE_RAM"] == "32"

@@ -83,6 +83,7 @@ class Appliance:
                 settings.num_threads,
                 load_timeout=settings.load_timeout,
                 prompt_cache=settings.prompt_cache,
+                cache_ram=settings.cache_ram * 1024 * 1024,
             ),
             planner=catalog.plan,
             observer=metrics,

@@ -132,7 +132,9 @@ def _step(
     return out
 
 
-def _load_sync(spec: LoadSpec, n_threads: int, prompt_cache: bool = True) -> LlamaBackend:
+def _load_sync(
+    spec: LoadSpec, n_threads: int, prompt_cache: bool = True, cache_ram: int = 0
+) -> LlamaBackend:
     assert spec.model_path is not None
     model = Model.load(
         spec.model_path, use_mmap=spec.use_mmap is not False, n_gpu_layers=max(spec.num_gpu, 0)
@@ -150,6 +152,7 @@ def _load_sync(spec: LoadSpec, n_threads: int, prompt_cache: bool = True) -> Lla
                 type_k=spec.kv_type,
                 type_v=spec.kv_type,
                 reuse_prefix=prompt_cache,
+                cache_ram=cache_ram,
             )
         return LlamaBackend(spec, model, batch, n_threads)
     except BaseException:
@@ -190,14 +193,16 @@ def make_loader(  # type: ignore[no-untyped-def]
     load_timeout: float = math.inf,
     load_sync=None,
     prompt_cache: bool = True,
+    cache_ram: int = 0,
 ):
     """A `Loader` that loads GGUF models with llama.cpp in a worker thread.
 
     A load still running after `load_timeout` seconds (OLLAMA_LOAD_TIMEOUT) fails with Ollama's
     message; `load_sync(spec, n_threads)` replaces the blocking load in tests. `prompt_cache`
-    keeps each sequence's KV for the next prompt that shares its prefix.
+    keeps each sequence's KV for the next prompt that shares its prefix; `cache_ram` bytes per
+    model keep the states of reused sequences in host RAM.
     """
-    load_blocking = load_sync or partial(_load_sync, prompt_cache=prompt_cache)
+    load_blocking = load_sync or partial(_load_sync, prompt_cache=prompt_cache, cache_ram=cache_ram)
 
     async def load(spec: LoadSpec) -> LlamaBackend:
         n_threads = spec.num_thread or default_threads or os.cpu_count() or 1

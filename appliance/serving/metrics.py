@@ -48,6 +48,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.prompt_tokens_restored = Counter(
+            "llamacpp:prompt_tokens_restored",
+            "Prompt tokens of those cached that were restored from a state kept in host RAM.",
+            ["model"],
+            registry=r,
+        )
         self.tokens_predicted = Counter(
             "llamacpp:tokens_predicted", "Generated tokens.", ["model"], registry=r
         )
@@ -101,6 +107,7 @@ class Metrics:
         model = model_label(runner)
         self.prompt_tokens.labels(model).inc(max(chunk.prompt_eval_count, 0))
         self.prompt_tokens_cached.labels(model).inc(max(chunk.prompt_cached, 0))
+        self.prompt_tokens_restored.labels(model).inc(max(chunk.prompt_restored, 0))
         self.tokens_predicted.labels(model).inc(max(chunk.eval_count, 0))
         self.prompt_seconds.labels(model).inc(max(chunk.prompt_eval_ns, 0) / 1e9)
         self.predicted_seconds.labels(model).inc(max(chunk.eval_ns, 0) / 1e9)

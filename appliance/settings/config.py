@@ -44,6 +44,8 @@ DEFAULT_WRITE_TIMEOUT = 60.0  # a client that accepts no byte for this long is d
 DEFAULT_MAX_QUEUE = 512
 CPU_DEFAULT_NUM_CTX = 4096
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+# Host RAM (MiB) per loaded model for prompt states saved from reused slots (llama-server: 8192).
+DEFAULT_CACHE_RAM_MIB = 256
 
 # gin-contrib/cors with AllowBrowserExtensions: an origin without `*` must start with one of these.
 ORIGIN_SCHEMES = (
@@ -103,6 +105,7 @@ FILE_KEYS: dict[str, str] = {
     "no_proxy": "NO_PROXY",
     "cpu_variant": "LLM_APPLIANCE_CPU_VARIANT",
     "prompt_cache": "LLM_APPLIANCE_PROMPT_CACHE",
+    "cache_ram": "LLM_APPLIANCE_CACHE_RAM",
 }
 
 
@@ -183,6 +186,8 @@ class Settings:
     allowed_registries: tuple[str, ...] = ()  # hosts pulls and pushes may use; empty: any
     cpu_variant: str = "auto"  # llama.cpp's CPU code: "auto" (the best that runs) or a variant
     prompt_cache: bool = True  # keep each sequence's KV for the next prompt sharing its prefix
+    # MiB of host RAM per loaded model for the prompt states of reused slots; 0: none.
+    cache_ram: int = DEFAULT_CACHE_RAM_MIB
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Settings:
@@ -300,6 +305,7 @@ class Settings:
             "LLM_APPLIANCE_ALLOWED_REGISTRIES": ",".join(self.allowed_registries),
             "LLM_APPLIANCE_CPU_VARIANT": self.cpu_variant,
             "LLM_APPLIANCE_PROMPT_CACHE": str(self.prompt_cache).lower(),
+            "LLM_APPLIANCE_CACHE_RAM": str(self.cache_ram),
         }
 
 
@@ -583,6 +589,8 @@ class _Loader:
             update_state_dir=self.directory("LLM_APPLIANCE_UPDATE_STATE_DIR", "update_state_dir"),
             write_timeout=self.write_timeout(),
             allowed_registries=self.allowed_registries(),
+            # Read before `warnings` is taken: a bad value adds one.
+            cache_ram=self.uint("LLM_APPLIANCE_CACHE_RAM", "cache_ram", DEFAULT_CACHE_RAM_MIB),
             warnings=tuple(self.warnings),
             admin_keys=self.keys("LLM_APPLIANCE_ADMIN_KEYS", "admin_keys"),
             admin_key_file=self.key_file("LLM_APPLIANCE_ADMIN_KEY_FILE", "admin_key_file"),

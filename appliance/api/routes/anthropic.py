@@ -323,9 +323,11 @@ def stop_reason(done_reason: str | None, has_tool_calls: bool) -> str | None:
 
 
 def _usage(obj: dict[str, Any]) -> dict[str, int]:
+    """Ollama's usage, plus the prompt tokens served from the prompt cache as cache reads."""
     return {
         "input_tokens": obj.get("prompt_eval_count", 0),
         "output_tokens": obj.get("eval_count", 0),
+        "cache_read_input_tokens": obj.get("prompt_cached_count", 0),
     }
 
 

@@ -220,6 +220,8 @@ class _Logprobs:
 
 
 def _final_metrics(chunk: Any, timing: Timing) -> dict[str, int]:
+    """Ollama's counts and durations (omitted when zero), plus `prompt_cached_count`: the prompt
+    tokens served from the prompt cache, not evaluated (the other APIs' cached tokens)."""
     return nonzero(
         total_duration=timing.total_duration(),
         load_duration=timing.load_duration(),
@@ -227,6 +229,7 @@ def _final_metrics(chunk: Any, timing: Timing) -> dict[str, int]:
         prompt_eval_duration=chunk.prompt_eval_ns,
         eval_count=chunk.eval_count,
         eval_duration=chunk.eval_ns,
+        prompt_cached_count=getattr(chunk, "prompt_cached", 0),
     )
 
 

@@ -108,13 +108,16 @@ def _completion_id(prefix: str) -> str:
     return f"{prefix}-{random.randrange(999)}"
 
 
-def _usage(final: dict[str, Any]) -> dict[str, int]:
+def _usage(final: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's usage (prompt_tokens counts the tokens evaluated), plus the prompt tokens served
+    from the prompt cache as OpenAI's cached_tokens."""
     prompt = final.get("prompt_eval_count", 0)
     completion = final.get("eval_count", 0)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": final.get("prompt_cached_count", 0)},
     }
 
 

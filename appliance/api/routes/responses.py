@@ -332,7 +332,7 @@ def _usage(final: dict[str, Any]) -> dict[str, Any]:
         "input_tokens": prompt,
         "output_tokens": completion,
         "total_tokens": prompt + completion,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": final.get("prompt_cached_count", 0)},
         "output_tokens_details": {"reasoning_tokens": 0},
     }
 
