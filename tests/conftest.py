@@ -70,6 +70,16 @@ async def server(tmp_path: Path, tiny_gguf: Path):  # type: ignore[no-untyped-de
 
 
 @pytest.fixture
+async def gemma(tmp_path: Path, reference_gguf: Path):  # type: ignore[no-untyped-def]
+    """The real appliance over an empty store that imports the reference model at start, as a
+    fresh install does: it serves as `gemma3:270m`. For tests marked `reference`."""
+    from helpers import running_appliance
+
+    async with running_appliance(tmp_path / "models", import_reference=True) as server:
+        yield server
+
+
+@pytest.fixture
 def app_settings() -> dict[str, Any]:
     """Settings overrides for `app`; a module that needs others overrides this fixture."""
     return {}
