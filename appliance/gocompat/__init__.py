@@ -1,1 +1,1 @@
-"""Go-compatible parsing and formatting (durations, times); imports nothing of ours."""
+"""Go-compatible formats (durations, times, JSON type names); imports nothing of ours."""
