@@ -32,6 +32,7 @@ def register_tiny_model(models_dir: Path, name: str = "tiny", **knobs: object) -
     """Write a tiny GGUF beside `models_dir` and store it there as `name` (helpers.add_model)."""
     from helpers import add_model
 
+    models_dir.mkdir(parents=True, exist_ok=True)
     gguf = write_tiny_gguf(models_dir.parent / f"{name}.gguf", **knobs)  # type: ignore[arg-type]
     return add_model(models_dir, name, gguf)
 
