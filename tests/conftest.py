@@ -67,3 +67,36 @@ async def server(tmp_path: Path, tiny_gguf: Path):  # type: ignore[no-untyped-de
     add_model(models, "tiny", tiny_gguf)
     async with running_appliance(models) as running:
         yield running
+
+
+@pytest.fixture
+async def gemma(tmp_path: Path, reference_gguf: Path):  # type: ignore[no-untyped-def]
+    """The real appliance over an empty store that imports the reference model at start, as a
+    fresh install does: it serves as `gemma3:270m`. For tests marked `reference`."""
+    from helpers import running_appliance
+
+    async with running_appliance(tmp_path / "models", import_reference=True) as server:
+        yield server
+
+
+@pytest.fixture
+def app_settings() -> dict[str, Any]:
+    """Settings overrides for `app`; a module that needs others overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def app(  # type: ignore[no-untyped-def]
+    tmp_path: Path, tiny_gguf: Path, app_settings: dict[str, Any]
+):
+    """The real appliance with the tiny model stored as `tiny`, and as `tools` and `thinker` under
+    toolkit's Go templates (tool calls as bare JSON, thoughts in <think> tags)."""
+    from helpers import add_model, running_appliance
+    from toolkit import THINK_TEMPLATE, TOOLS_TEMPLATE
+
+    models = tmp_path / "models"
+    add_model(models, "tiny", tiny_gguf)
+    add_model(models, "tools", tiny_gguf, template=TOOLS_TEMPLATE)
+    add_model(models, "thinker", tiny_gguf, template=THINK_TEMPLATE)
+    async with running_appliance(models, **app_settings) as running:
+        yield running

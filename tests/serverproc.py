@@ -17,34 +17,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tinygguf import write_tiny_gguf  # noqa: E402
 
-MODEL_MEDIA = "application/vnd.ollama.image.model"
-CONFIG_MEDIA = "application/vnd.docker.container.image.v1+json"
+REPO = Path(__file__).resolve().parents[1]
+DIST = REPO / "dist"
 
 
 def register_tiny_model(models_dir: Path, name: str = "tiny", **knobs: object) -> str:
-    """Write a tiny GGUF into an Ollama-layout store under `models_dir` as `name`; return name."""
-    from appliance.store.manifest import Layer, build_config, build_manifest
-    from appliance.store.names import parse_model_name
-    from appliance.store.store import Store
+    """Write a tiny GGUF beside `models_dir` and store it there as `name` (helpers.add_model)."""
+    from helpers import add_model
 
     models_dir.mkdir(parents=True, exist_ok=True)
     gguf = write_tiny_gguf(models_dir.parent / f"{name}.gguf", **knobs)  # type: ignore[arg-type]
-    store = Store(models_dir)
-    model_digest = store.write_blob_from_file(gguf)
-    config = build_config(model_family="llama")
-    config_digest = store.write_blob_bytes(config)
-    manifest = build_manifest(
-        Layer(CONFIG_MEDIA, config_digest, len(config)),
-        [Layer(MODEL_MEDIA, model_digest, gguf.stat().st_size)],
-    )
-    store.write_manifest(parse_model_name(name), manifest.raw)
-    return name
+    return add_model(models_dir, name, gguf)
+
+
+def built(executable: Path, make_target: str) -> Path:
+    """`executable`, a build under dist/; skips unless it is there or LLM_APPLIANCE_TEST_BINARY=1,
+    which builds it here with `make TARGET`."""
+    if not executable.is_file():
+        if os.environ.get("LLM_APPLIANCE_TEST_BINARY") != "1":
+            build = executable.relative_to(DIST).parts[0]
+            pytest.skip(
+                f"dist/{build} is not built (make {make_target}; or set "
+                "LLM_APPLIANCE_TEST_BINARY=1 to build it here)"
+            )
+        subprocess.run(["make", make_target], cwd=REPO, check=True, timeout=1800)
+    return executable
 
 
 def free_port() -> int:

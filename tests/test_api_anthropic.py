@@ -1,7 +1,8 @@
 """Anthropic's Messages API (/v1/messages, /v1/messages/count_tokens) on the real server.
 
-Conventions: a real appliance on 127.0.0.1 port 0 (hypercorn, scheduler, llama.cpp) with the tiny
-generated model stored as `tiny`, and as `tools` and `thinker` under small Go templates. The tiny
+Conventions: conftest's `app`, a real appliance on 127.0.0.1 port 0 (hypercorn, scheduler,
+llama.cpp) with the tiny generated model stored as `tiny`, and as `tools` and `thinker` under
+toolkit's Go templates (prompt cache off, see `app_settings`). The tiny
 model cannot be asked for a tool call or a thought, so those tests steer it with structured
 outputs (`output_config.format`, a JSON schema of constants): with a template whose tool-call
 prefix is bare JSON the object is a tool call; with a template that opens `<think>`, a constant
@@ -15,14 +16,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
 import trio
 from helpers import add_model, running_appliance
-from toolkit import CALL_FORMAT, THINK_TEMPLATE, THOUGHT_FORMAT, TOOLS_TEMPLATE
+from toolkit import CALL_FORMAT, THOUGHT_FORMAT, WEATHER_PARAMETERS, sse_frames
 
 LIMIT = 60
 KEY = "sk-ant-test-0123456789"
@@ -33,26 +33,17 @@ MESSAGE_ID = re.compile(r"^msg_[0-9a-f]{24}$")
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "Current weather in a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
+    "input_schema": WEATHER_PARAMETERS,
 }
 STEER_CALL = {"format": {"type": "json_schema", "schema": CALL_FORMAT}}
 STEER_THOUGHT = {"format": {"type": "json_schema", "schema": THOUGHT_FORMAT}}
 
 
 @pytest.fixture
-async def app(tmp_path: Path, tiny_gguf: Path):  # type: ignore[no-untyped-def]
-    models = tmp_path / "models"
-    add_model(models, "tiny", tiny_gguf)
-    add_model(models, "tools", tiny_gguf, template=TOOLS_TEMPLATE)
-    add_model(models, "thinker", tiny_gguf, template=THINK_TEMPLATE)
-    # Usage is compared across requests: like Ollama's it counts the prompt tokens evaluated,
-    # which the prompt cache reduces on a repeat; these tests pin the translation, cache off.
-    async with running_appliance(models, prompt_cache=False) as running:
-        yield running
+def app_settings() -> dict[str, Any]:
+    """Usage is compared across requests: like Ollama's it counts the prompt tokens evaluated,
+    which the prompt cache reduces on a repeat; these tests pin the translation, cache off."""
+    return {"prompt_cache": False}
 
 
 def client_for(app: Any, api_key: str = "ignored") -> Any:
@@ -80,21 +71,9 @@ async def post(app: Any, path: str, body: Any, **kwargs: Any) -> Any:
 
 async def events(app: Any, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The (event, data) pairs of a streamed answer; asserts the `event:`/`data:` framing."""
-    with trio.fail_after(LIMIT):
-        async with app.client() as client:
-            async with client.stream("POST", "/v1/messages", json={**body, "stream": True}) as r:
-                assert r.status_code == 200
-                assert r.headers["content-type"].startswith("text/event-stream")
-                text = (await r.aread()).decode()
-    frames = text.split("\n\n")
-    assert frames[-1] == ""
-    out = []
-    for frame in frames[:-1]:
-        name_line, data_line = frame.split("\n")
-        name = name_line.removeprefix("event: ")
-        data = json.loads(data_line.removeprefix("data: "))
+    out = await sse_frames(app, "/v1/messages", body)
+    for name, data in out:
         assert data["type"] == name
-        out.append((name, data))
     return out
 
 

@@ -41,6 +41,12 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+async def posted(client: Client, path: str, body: dict[str, Any]) -> Any:
+    """The answer to a JSON POST of `body` to `path`, within 10 s."""
+    with trio.fail_after(10):
+        return await client.post(path, json=body)
+
+
 async def upload(client: Client, data: bytes) -> str:
     digest = digest_of(data)
     resp = await client.post(f"/api/blobs/{digest}", data=data)
@@ -197,8 +203,7 @@ async def test_create_validation_errors_are_400_with_ollama_wording(
     client_store: tuple[Client, Store], body: dict[str, Any], message: str
 ) -> None:
     client, _ = client_store
-    with trio.fail_after(10):
-        resp = await client.post("/api/create", json=body)
+    resp = await posted(client, "/api/create", body)
     assert resp.status_code == 400
     assert await resp.get_json() == {"error": message}
 
@@ -402,8 +407,7 @@ async def test_show_errors(
     client_store: tuple[Client, Store], body: dict[str, Any], status: int, message: str
 ) -> None:
     client, _ = client_store
-    with trio.fail_after(10):
-        resp = await client.post("/api/show", json=body)
+    resp = await posted(client, "/api/show", body)
     assert resp.status_code == status
     assert await resp.get_json() == {"error": message}
 
@@ -445,8 +449,7 @@ async def test_copy_errors(
     client_store: tuple[Client, Store], body: dict[str, Any], status: int, message: str
 ) -> None:
     client, _ = client_store
-    with trio.fail_after(10):
-        resp = await client.post("/api/copy", json=body)
+    resp = await posted(client, "/api/copy", body)
     assert resp.status_code == status
     assert await resp.get_json() == {"error": message}
 

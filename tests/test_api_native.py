@@ -8,12 +8,21 @@ statuses are Ollama's (reference/ollama-api.md §2.2-§2.7). Every test is bound
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import trio
 from helpers import ndjson
 
 LIMIT = 60
+
+
+def generate_body(prompt: str, *, stream: bool | None = False, **options: Any) -> dict[str, Any]:
+    """An /api/generate body for `tiny`; `stream=None` leaves the field out (Ollama streams)."""
+    body: dict[str, Any] = {"model": "tiny", "prompt": prompt, "options": options}
+    if stream is not None:
+        body["stream"] = stream
+    return body
 
 
 async def test_root_says_ollama_is_running(server):
@@ -45,11 +54,7 @@ async def test_generate_streams_ndjson_token_by_token(server):
             async with client.stream(
                 "POST",
                 "/api/generate",
-                json={
-                    "model": "tiny",
-                    "prompt": "hello",
-                    "options": {"num_predict": 8, "temperature": 0},
-                },
+                json=generate_body("hello", stream=None, num_predict=8, temperature=0),
             ) as r:
                 assert r.status_code == 200
                 assert r.headers["content-type"] == "application/x-ndjson"
@@ -66,12 +71,7 @@ async def test_generate_streams_ndjson_token_by_token(server):
 
 
 async def test_generate_without_stream_returns_one_object_with_the_whole_text(server):
-    body = {
-        "model": "tiny",
-        "prompt": "hello",
-        "stream": False,
-        "options": {"num_predict": 6, "temperature": 0},
-    }
+    body = generate_body("hello", num_predict=6, temperature=0)
     with trio.fail_after(LIMIT):
         async with server.client() as client:
             whole = (await client.post("/api/generate", json=body)).json()
@@ -82,12 +82,7 @@ async def test_generate_without_stream_returns_one_object_with_the_whole_text(se
 
 
 async def test_generate_at_temperature_zero_is_deterministic(server):
-    body = {
-        "model": "tiny",
-        "prompt": "abc",
-        "stream": False,
-        "options": {"num_predict": 12, "temperature": 0},
-    }
+    body = generate_body("abc", num_predict=12, temperature=0)
     with trio.fail_after(LIMIT):
         async with server.client() as client:
             a = (await client.post("/api/generate", json=body)).json()
@@ -101,12 +96,7 @@ async def test_generate_stop_sequence_is_never_emitted(server):
             free = (
                 await client.post(
                     "/api/generate",
-                    json={
-                        "model": "tiny",
-                        "prompt": "abc",
-                        "stream": False,
-                        "options": {"num_predict": 20, "temperature": 0},
-                    },
+                    json=generate_body("abc", num_predict=20, temperature=0),
                 )
             ).json()["response"]
             assert len(free) > 4
@@ -114,12 +104,7 @@ async def test_generate_stop_sequence_is_never_emitted(server):
             cut = (
                 await client.post(
                     "/api/generate",
-                    json={
-                        "model": "tiny",
-                        "prompt": "abc",
-                        "stream": False,
-                        "options": {"num_predict": 20, "temperature": 0, "stop": [stop]},
-                    },
+                    json=generate_body("abc", num_predict=20, temperature=0, stop=[stop]),
                 )
             ).json()
     assert stop not in cut["response"]
@@ -348,11 +333,7 @@ async def test_a_client_that_disconnects_frees_its_slot(server):
             async with client.stream(
                 "POST",
                 "/api/generate",
-                json={
-                    "model": "tiny",
-                    "prompt": "x",
-                    "options": {"num_predict": 100000, "num_ctx": 100000},
-                },
+                json=generate_body("x", stream=None, num_predict=100000, num_ctx=100000),
             ) as r:
                 async for _ in r.aiter_lines():
                     break  # hang up after the first token
@@ -368,12 +349,7 @@ async def test_parallel_requests_decode_in_the_same_steps(server):
     async def one(client) -> None:
         r = await client.post(
             "/api/generate",
-            json={
-                "model": "tiny",
-                "prompt": "x",
-                "stream": False,
-                "options": {"num_predict": 300, "temperature": 0},
-            },
+            json=generate_body("x", num_predict=300, temperature=0),
         )
         results.append(r.json())
 
@@ -415,12 +391,7 @@ async def test_hostile_option_values_are_clamped_not_fatal(server):
             for options in bodies:
                 r = await client.post(
                     "/api/generate",
-                    json={
-                        "model": "tiny",
-                        "prompt": "x",
-                        "stream": False,
-                        "options": {"num_predict": 3, **options},
-                    },
+                    json=generate_body("x", num_predict=3, **options),
                 )
                 assert r.status_code == 200, (options, r.text)
                 assert r.json()["done"] is True

@@ -1,7 +1,8 @@
 """Current OpenAI chat/completions parameters, sent by the official `openai` client to the real server.
 
-Conventions: a real appliance on 127.0.0.1 port 0 (hypercorn, scheduler, llama.cpp) with the tiny
-generated model stored as `tiny`, and as `tools` and `thinker` under small Go templates; the tiny
+Conventions: conftest's `app`, a real appliance on 127.0.0.1 port 0 (hypercorn, scheduler,
+llama.cpp) with the tiny generated model stored as `tiny`, and as `tools` and `thinker` under
+toolkit's Go templates; the tiny
 model's tool calls and thoughts are steered with `response_format` (a JSON schema of constants), as
 in test_api_tools_thinking.py. The client (sync) runs in a worker thread and sends each parameter
 as its current version does. Mapping as Ollama's openai/openai.go (reference/ollama-api.md §3).
@@ -11,30 +12,15 @@ Every test is bounded by fail_after.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 import trio
-from helpers import add_model, running_appliance
-from toolkit import CALL_FORMAT, THINK_TEMPLATE, THOUGHT_FORMAT, TOOLS_TEMPLATE
+from toolkit import CALL_FORMAT, THOUGHT_FORMAT, WEATHER_TOOL
 
 LIMIT = 60
 USER = [{"role": "user", "content": "weather in Paris?"}]
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
@@ -49,16 +35,6 @@ TOOL_CHAT = {
     "max_completion_tokens": 120,
     "response_format": schema_format(CALL_FORMAT),
 }
-
-
-@pytest.fixture
-async def app(tmp_path: Path, tiny_gguf: Path):  # type: ignore[no-untyped-def]
-    models = tmp_path / "models"
-    add_model(models, "tiny", tiny_gguf)
-    add_model(models, "tools", tiny_gguf, template=TOOLS_TEMPLATE)
-    add_model(models, "thinker", tiny_gguf, template=THINK_TEMPLATE)
-    async with running_appliance(models) as running:
-        yield running
 
 
 async def chat(app: Any, **kwargs: Any) -> Any:

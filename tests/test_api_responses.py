@@ -1,7 +1,8 @@
 """OpenAI's Responses API (/v1/responses), stateless as Ollama's, on the real server.
 
-Conventions: a real appliance on 127.0.0.1 port 0 (hypercorn, scheduler, llama.cpp) with the tiny
-generated model stored as `tiny`, and as `tools` and `thinker` under small Go templates. The tiny
+Conventions: conftest's `app`, a real appliance on 127.0.0.1 port 0 (hypercorn, scheduler,
+llama.cpp) with the tiny generated model stored as `tiny`, and as `tools` and `thinker` under
+toolkit's Go templates (prompt cache off, see `app_settings`). The tiny
 model cannot be asked for a function call or a thought, so those tests steer it with
 `text.format` (a JSON schema of constants): with a template whose tool-call prefix is bare JSON the
 object is a function call; with a template that opens `<think>`, a constant holding `</think>`
@@ -15,14 +16,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 import trio
-from helpers import add_model, running_appliance
-from toolkit import CALL_FORMAT, THINK_TEMPLATE, THOUGHT_FORMAT, TOOLS_TEMPLATE
+from helpers import running_appliance
+from toolkit import CALL_FORMAT, THOUGHT_FORMAT, WEATHER_PARAMETERS, sse_frames
 
 LIMIT = 60
 BODY = {"model": "tiny", "input": "hi", "max_output_tokens": 5, "temperature": 0}
@@ -33,11 +33,7 @@ WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
     "description": "Current weather in a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
+    "parameters": WEATHER_PARAMETERS,
     "strict": False,
 }
 
@@ -57,15 +53,10 @@ TOOL_BODY = {
 
 
 @pytest.fixture
-async def app(tmp_path: Path, tiny_gguf: Path):  # type: ignore[no-untyped-def]
-    models = tmp_path / "models"
-    add_model(models, "tiny", tiny_gguf)
-    add_model(models, "tools", tiny_gguf, template=TOOLS_TEMPLATE)
-    add_model(models, "thinker", tiny_gguf, template=THINK_TEMPLATE)
-    # Usage is compared across requests: like Ollama's it counts the prompt tokens evaluated,
-    # which the prompt cache reduces on a repeat; these tests pin the translation, cache off.
-    async with running_appliance(models, prompt_cache=False) as running:
-        yield running
+def app_settings() -> dict[str, Any]:
+    """Usage is compared across requests: like Ollama's it counts the prompt tokens evaluated,
+    which the prompt cache reduces on a repeat; these tests pin the translation, cache off."""
+    return {"prompt_cache": False}
 
 
 def client_for(app: Any) -> Any:
@@ -85,21 +76,10 @@ async def post(app: Any, body: Any) -> Any:
 
 async def events(app: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
     """The data of each event of a streamed response; asserts `event:` names its data's type."""
-    with trio.fail_after(LIMIT):
-        async with app.client() as client:
-            async with client.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
-                assert r.status_code == 200
-                assert r.headers["content-type"].startswith("text/event-stream")
-                text = (await r.aread()).decode()
-    frames = text.split("\n\n")
-    assert frames[-1] == ""
-    out = []
-    for frame in frames[:-1]:
-        name_line, data_line = frame.split("\n")
-        data = json.loads(data_line.removeprefix("data: "))
-        assert name_line == f"event: {data['type']}"
-        out.append(data)
-    return out
+    frames = await sse_frames(app, "/v1/responses", body)
+    for name, data in frames:
+        assert name == data["type"]
+    return [data for _, data in frames]
 
 
 # ---- text ----------------------------------------------------------------------------------------

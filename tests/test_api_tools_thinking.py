@@ -1,54 +1,37 @@
 """Tool calls and thinking through the real server: /api/chat, /api/generate and /v1 routes.
 
-Conventions: a real appliance on 127.0.0.1 port 0 (hypercorn, scheduler, llama.cpp) with the tiny
-generated model registered under Go templates written for these tests. The tiny model cannot be
-asked for a tool call or a thought, so each test steers its output with `format`: a JSON schema
-whose only values are constants makes the model write one exact JSON object. With a template whose
-tool-call prefix is bare JSON (`{`), that object is a tool call; with a template that opens
-`<think>` for the model, a constant holding `</think>` splits the object into thinking and
-content. Shapes are Ollama's (reference/ollama-api.md §2.2, §2.3, §3). Every test is bounded by
-fail_after.
+Conventions: conftest's `app`, a real appliance on 127.0.0.1 port 0 (hypercorn, scheduler,
+llama.cpp) with the tiny generated model registered under toolkit's Go templates. The tiny model
+cannot be asked for a tool call or a thought, so each test steers its output with `format`: a
+JSON schema whose only values are constants makes the model write one exact JSON object. With a
+template whose tool-call prefix is bare JSON (`{`), that object is a tool call; with a template
+that opens `<think>` for the model, a constant holding `</think>` splits the object into thinking
+and content. Shapes are Ollama's (reference/ollama-api.md §2.2, §2.3, §3). Every test is bounded
+by fail_after.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from helpers import add_model, ndjson, running_appliance
-from toolkit import CALL_FORMAT, THINK_TEMPLATE, THOUGHT_FORMAT, TOOLS_TEMPLATE
+from helpers import ndjson
+from toolkit import CALL_FORMAT, THOUGHT_FORMAT, WEATHER_TOOL
 
 LIMIT = 60
 OPTIONS = {"temperature": 0, "num_predict": 120}
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 USER = [{"role": "user", "content": "weather in Paris?"}]
 CALL_ID = re.compile(r"^call_[a-z0-9]{8}$")
 
 
 @pytest.fixture
-async def tool_server(tmp_path: Path, tiny_gguf: Path):  # type: ignore[no-untyped-def]
-    models = tmp_path / "models"
-    add_model(models, "tools", tiny_gguf, template=TOOLS_TEMPLATE)
-    add_model(models, "thinker", tiny_gguf, template=THINK_TEMPLATE)
-    async with running_appliance(models) as running:
-        yield running
+def tool_server(app: Any) -> Any:
+    """conftest's `app`: `tools` and `thinker` under toolkit's templates (and `tiny`)."""
+    return app
 
 
 def chat_body(**extra: Any) -> dict[str, Any]:

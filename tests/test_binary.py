@@ -19,7 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from serverproc import clean_env, free_port, register_tiny_model, run_server, wait_until_answers
+from serverproc import (
+    built,
+    clean_env,
+    free_port,
+    register_tiny_model,
+    run_server,
+    wait_until_answers,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BINARY = REPO / "dist" / "llm-appliance"
@@ -29,14 +36,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def binary() -> Path:
-    if not BINARY.is_file():
-        if os.environ.get("LLM_APPLIANCE_TEST_BINARY") != "1":
-            pytest.skip(
-                "dist/llm-appliance is not built (make binary; or set "
-                "LLM_APPLIANCE_TEST_BINARY=1 to build it here)"
-            )
-        subprocess.run(["make", "binary"], cwd=REPO, check=True, timeout=1800)
-    return BINARY
+    return built(BINARY, "binary")
 
 
 @pytest.fixture
@@ -138,7 +138,9 @@ def test_binary_doctor_reports_the_glibc_requirement(binary: Path, tmp_path: Pat
     )
     checks = {check["name"]: check for check in json.loads(result.stdout)}
     assert checks["glibc"]["detail"]["binary_needs"]
-    assert checks["cpu"]["status"] in ("ok", "fail", "warn")
+    # The binary chose llama.cpp CPU code that runs here: "warn" is a machine that is not x86-64,
+    # "fail" no usable code, and either is a broken bundle on the machines it is built for.
+    assert checks["cpu"]["status"] == "ok", checks["cpu"]
 
 
 def test_binary_contains_llama_libraries_and_not_the_reference_model(binary: Path):

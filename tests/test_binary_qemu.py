@@ -17,16 +17,21 @@ built or LLM_APPLIANCE_TEST_BINARY=1 (which builds it); skipped when qemu-x86_64
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from serverproc import clean_env, free_port, register_tiny_model, run_server, wait_until_answers
+from serverproc import (
+    built,
+    clean_env,
+    free_port,
+    register_tiny_model,
+    run_server,
+    wait_until_answers,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ONEDIR = REPO / "dist" / "llm-appliance-onedir" / "llm-appliance"
@@ -41,14 +46,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def onedir() -> Path:
-    if not ONEDIR.is_file():
-        if os.environ.get("LLM_APPLIANCE_TEST_BINARY") != "1":
-            pytest.skip(
-                "dist/llm-appliance-onedir is not built (make binary-onedir; or set "
-                "LLM_APPLIANCE_TEST_BINARY=1 to build it here)"
-            )
-        subprocess.run(["make", "binary-onedir"], cwd=REPO, check=True, timeout=1800)
-    return ONEDIR
+    return built(ONEDIR, "binary-onedir")
 
 
 async def test_on_a_cpu_without_avx_the_binary_chooses_code_without_avx_and_generates(

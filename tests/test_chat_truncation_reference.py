@@ -4,20 +4,22 @@ refuses roles that do not alternate): truncation keeps whole turns, and never an
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import trio
-from helpers import running_appliance
 
 pytestmark = pytest.mark.reference
 LIMIT = 240
 
 
-@pytest.fixture
-async def gemma(tmp_path: Path, reference_gguf: Path):  # type: ignore[no-untyped-def]
-    async with running_appliance(tmp_path / "models", import_reference=True) as server:
-        yield server
+async def chat(gemma: Any, messages: list[dict[str, str]], **options: Any) -> httpx.Response:
+    """One non-streamed /api/chat to the reference model."""
+    body = {"model": "gemma3:270m", "messages": messages, "stream": False, "options": options}
+    with trio.fail_after(LIMIT):
+        async with gemma.client() as client:
+            return await client.post("/api/chat", json=body)
 
 
 def turns(n: int) -> list[dict[str, str]]:
@@ -30,35 +32,13 @@ def turns(n: int) -> list[dict[str, str]]:
 
 
 async def test_a_chat_longer_than_the_context_keeps_the_newest_whole_turns(gemma):
-    with trio.fail_after(LIMIT):
-        async with gemma.client() as client:
-            r = await client.post(
-                "/api/chat",
-                json={
-                    "model": "gemma3:270m",
-                    "messages": turns(300),
-                    "stream": False,
-                    "options": {"num_ctx": 512, "num_predict": 4, "temperature": 0},
-                },
-            )
+    r = await chat(gemma, turns(300), num_ctx=512, num_predict=4, temperature=0)
     assert r.status_code == 200, r.text
     assert 100 < r.json()["prompt_eval_count"] <= 512
 
 
 async def test_a_history_the_template_refuses_is_a_400_with_its_message(gemma):
-    with trio.fail_after(LIMIT):
-        async with gemma.client() as client:
-            r = await client.post(
-                "/api/chat",
-                json={
-                    "model": "gemma3:270m",
-                    "messages": [
-                        {"role": "user", "content": "one"},
-                        {"role": "user", "content": "two"},
-                    ],
-                    "stream": False,
-                    "options": {"num_predict": 1},
-                },
-            )
+    two_users = [{"role": "user", "content": "one"}, {"role": "user", "content": "two"}]
+    r = await chat(gemma, two_users, num_predict=1)
     assert r.status_code == 400, r.text
     assert "Conversation roles must alternate" in r.json()["error"]

@@ -326,7 +326,7 @@ def test_fleet_file_balances_by_load_retries_503s_and_streams_unbuffered():
     ):
         assert directive in text, directive
     assert "proxy_request_buffering off" not in text  # a retry needs the buffered body
-    assert "never started" in text and "appliance/scheduler.py" in text
+    assert "never started" in text and "appliance/serving/scheduler.py" in text
 
 
 async def test_when_every_box_is_full_clients_get_503_with_retry_after(tmp_path, tiny_gguf):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -68,11 +69,9 @@ def _in_cgroup(group: Path, *command: str) -> list[str]:
     return ["/bin/sh", "-c", join, "sh", *command]
 
 
-async def test_hostile_load_options_are_bounded_and_the_server_keeps_serving(
-    tmp_path: Path, memory_cgroup: Path
-) -> None:
-    models = tmp_path / "models"
-    register_tiny_model(models)
+@asynccontextmanager
+async def serving_in_cgroup(group: Path, models: Path, tmp_path: Path) -> AsyncIterator[Any]:
+    """`llm-appliance serve` over `models` in `group`, one slot, a 1.5 GiB budget, answering."""
     env = clean_env(
         free_port(),
         models,
@@ -83,11 +82,20 @@ async def test_hostile_load_options_are_bounded_and_the_server_keeps_serving(
             "OLLAMA_NUM_PARALLEL": "1",
         },
     )
-    command = _in_cgroup(memory_cgroup, sys.executable, "-m", "appliance", "serve")
+    command = _in_cgroup(group, sys.executable, "-m", "appliance", "serve")
+    async with run_server(command, env, tmp_path, tmp_path / "server.log") as server:
+        await wait_until_answers(server)
+        yield server
+
+
+async def test_hostile_load_options_are_bounded_and_the_server_keeps_serving(
+    tmp_path: Path, memory_cgroup: Path
+) -> None:
+    models = tmp_path / "models"
+    register_tiny_model(models)
     statuses: list[tuple[str, dict[str, int], int]] = []
     with trio.fail_after(600):
-        async with run_server(command, env, tmp_path, tmp_path / "server.log") as server:
-            await wait_until_answers(server)
+        async with serving_in_cgroup(memory_cgroup, models, tmp_path) as server:
             async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as client:
                 for options in HOSTILE_OPTIONS:
                     for path, body in (
@@ -124,20 +132,8 @@ async def test_the_reference_model_refuses_a_batch_that_cannot_fit_and_keeps_ser
 
     models = tmp_path / "models"
     add_model(models, "gemma", reference_gguf, family="gemma3")
-    env = clean_env(
-        free_port(),
-        models,
-        {
-            "PYTHONPATH": str(REPO),
-            "LLM_APPLIANCE_IMPORT_REFERENCE": "0",
-            "LLM_APPLIANCE_MEMORY_BUDGET": "1536MiB",
-            "OLLAMA_NUM_PARALLEL": "1",
-        },
-    )
-    command = _in_cgroup(memory_cgroup, sys.executable, "-m", "appliance", "serve")
     with trio.fail_after(600):
-        async with run_server(command, env, tmp_path, tmp_path / "server.log") as server:
-            await wait_until_answers(server)
+        async with serving_in_cgroup(memory_cgroup, models, tmp_path) as server:
             async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as client:
                 hostile = await client.post(
                     "/api/generate",

@@ -43,14 +43,22 @@ def name_on(peer: RegistryPeer) -> str:
     return f"127.0.0.1:{peer.port}/library/tiny"
 
 
-async def test_a_redirect_to_another_loopback_address_is_refused_before_connecting(
-    tmp_path: Path, tiny_gguf: Path
-) -> None:
-    registry, internal = registry_for(tiny_gguf.read_bytes()), InternalService("127.0.0.2")
+async def pull_redirected_to_metadata(
+    tmp_path: Path, tiny_gguf: Path, host: str
+) -> tuple[int, dict[str, Any], InternalService]:
+    """A pull whose blobs redirect to the metadata path of an internal service on `host`."""
+    registry, internal = registry_for(tiny_gguf.read_bytes()), InternalService(host)
     with trio.fail_after(TIMEOUT):
         async with serving(registry, internal), running_appliance(tmp_path / "m") as server:
             registry.redirect_blobs_url = f"{internal.direct_url}/latest/meta-data/iam"
             status, body = await pull(server, name_on(registry))
+    return status, body, internal
+
+
+async def test_a_redirect_to_another_loopback_address_is_refused_before_connecting(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    status, body, internal = await pull_redirected_to_metadata(tmp_path, tiny_gguf, "127.0.0.2")
     assert status >= 400
     assert "may not reach" in body["error"] and "AWS_SECRET" not in body["error"]
     assert internal.requests == []
@@ -60,11 +68,7 @@ async def test_the_body_of_a_redirect_target_is_never_relayed(
     tmp_path: Path, tiny_gguf: Path
 ) -> None:
     # On the registry's own address, so the redirect is allowed and the service does answer.
-    registry, internal = registry_for(tiny_gguf.read_bytes()), InternalService("127.0.0.1")
-    with trio.fail_after(TIMEOUT):
-        async with serving(registry, internal), running_appliance(tmp_path / "m") as server:
-            registry.redirect_blobs_url = f"{internal.direct_url}/latest/meta-data/iam"
-            status, body = await pull(server, name_on(registry))
+    status, body, internal = await pull_redirected_to_metadata(tmp_path, tiny_gguf, "127.0.0.1")
     assert internal.requests, "the redirect to the registry's own address is followed"
     assert status >= 400
     assert "AWS_SECRET" not in body["error"] and "403" not in body["error"]

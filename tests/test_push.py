@@ -14,17 +14,11 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import add_model
 from peers.registry import RegistryPeer, sha256
 from pullkit import TIMEOUT, Lines, statuses
 
 from appliance.errors import ApplianceError
-from appliance.store.manifest import (
-    CONFIG_MEDIA_TYPE,
-    MEDIA_MODEL,
-    Layer,
-    build_config,
-    build_manifest,
-)
 from appliance.store.names import parse_model_name
 from appliance.store.remote.push import push_model
 from appliance.store.store import Store
@@ -35,14 +29,7 @@ NAME = "registry.test/alice/tiny:v1"
 @pytest.fixture
 def store(store: Store, tiny_gguf: Path) -> Store:
     """The shared empty store, holding the tiny model as NAME."""
-    model = store.write_blob_from_file(tiny_gguf)
-    config = build_config(model_family="llama")
-    config_digest = store.write_blob_bytes(config)
-    manifest = build_manifest(
-        Layer(CONFIG_MEDIA_TYPE, config_digest, len(config)),
-        [Layer(MEDIA_MODEL, model, tiny_gguf.stat().st_size)],
-    )
-    store.write_manifest(parse_model_name(NAME), manifest.raw)
+    add_model(store.root, NAME, tiny_gguf)
     return store
 
 

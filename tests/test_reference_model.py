@@ -1,28 +1,21 @@
 """The embedded reference model (gemma3:270m, Q4_K_M, from PyPI) served end to end.
 
-Conventions: the real appliance on 127.0.0.1 port 0 with its store in a temporary directory; the
-model is imported at start exactly as on a fresh install (a hard link into blobs/). These tests load
+Conventions: conftest's `gemma`, the real appliance on 127.0.0.1 port 0 with its store in a
+temporary directory; the model is imported at start exactly as on a fresh install (a hard link into
+blobs/). These tests load
 a 253 MB model, so they are marked `reference`; each is bounded by fail_after.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import ollama
 import pytest
 import trio
-from helpers import running_appliance
 
 pytestmark = pytest.mark.reference
 LIMIT = 240
-
-
-@pytest.fixture
-async def gemma(tmp_path: Path, reference_gguf: Path):  # type: ignore[no-untyped-def]
-    async with running_appliance(tmp_path / "models", import_reference=True) as server:
-        yield server
 
 
 async def test_a_fresh_store_serves_gemma_with_a_real_answer(gemma):

@@ -4,21 +4,12 @@ logprobs and context shift on a real sliding-window model. Marked `reference` (a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ollama
 import pytest
 import trio
-from helpers import running_appliance
 
 pytestmark = pytest.mark.reference
 LIMIT = 600
-
-
-@pytest.fixture
-async def gemma(tmp_path: Path, reference_gguf: Path):  # type: ignore[no-untyped-def]
-    async with running_appliance(tmp_path / "models", import_reference=True) as server:
-        yield server
 
 
 async def test_show_reports_the_builtin_gemma3_template_it_renders_with(gemma):

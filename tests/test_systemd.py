@@ -47,6 +47,29 @@ def verify(root: Path) -> str:
     return "\n".join(line for line in result.stderr.splitlines() if str(root) in line)
 
 
+def proxy(root: Path, *options: str) -> int:
+    """`llm-appliance systemd proxy --root ROOT --no-reload OPTIONS...`; its exit status."""
+    return run_cli("systemd", "proxy", "--root", str(root), "--no-reload", *options)
+
+
+def write_launcher(path: Path) -> Path:
+    """An executable at `path` that runs this checkout's systemd CLI, as the binary would."""
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m appliance.host.systemd_cli "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def run_install_script(build: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    """systemd/install.sh BUILD with ROOT set, so it installs under `root`."""
+    return subprocess.run(
+        ["sh", str(REPO / "systemd/install.sh"), str(build)],
+        env={**os.environ, "ROOT": str(root), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def install_unit(root: Path, *extra: str) -> None:
     assert (
         run_cli(
@@ -113,12 +136,8 @@ def test_proxy_dropin_passes_verify(tmp_path: Path):
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     assert (
-        run_cli(
-            "systemd",
-            "proxy",
-            "--root",
-            str(tmp_path),
-            "--no-reload",
+        proxy(
+            tmp_path,
             "--https-proxy",
             'http://user:p%40ss"word@proxy.corp:3128',
             "--http-proxy",
@@ -140,72 +159,32 @@ def test_proxy_dropin_passes_verify(tmp_path: Path):
 
 
 def test_proxy_with_password_is_private(tmp_path: Path):
-    run_cli(
-        "systemd",
-        "proxy",
-        "--root",
-        str(tmp_path),
-        "--no-reload",
-        "--https-proxy",
-        "http://user:secret@proxy:3128",
-    )
+    proxy(tmp_path, "--https-proxy", "http://user:secret@proxy:3128")
     mode = stat.S_IMODE((tmp_path / DROPIN_DIR / "proxy.conf").stat().st_mode)
     assert mode == 0o600
 
 
 def test_proxy_defaults_no_proxy_to_loopback(tmp_path: Path):
-    run_cli(
-        "systemd",
-        "proxy",
-        "--root",
-        str(tmp_path),
-        "--no-reload",
-        "--https-proxy",
-        "http://proxy:3128",
-    )
+    proxy(tmp_path, "--https-proxy", "http://proxy:3128")
     text = (tmp_path / DROPIN_DIR / "proxy.conf").read_text()
     assert 'Environment="NO_PROXY=localhost,127.0.0.1,::1"' in text
 
 
 def test_proxy_update_replaces_and_remove_deletes(tmp_path: Path):
     dropin = tmp_path / DROPIN_DIR / "proxy.conf"
-    run_cli(
-        "systemd",
-        "proxy",
-        "--root",
-        str(tmp_path),
-        "--no-reload",
-        "--https-proxy",
-        "http://old:3128",
-    )
-    run_cli(
-        "systemd",
-        "proxy",
-        "--root",
-        str(tmp_path),
-        "--no-reload",
-        "--https-proxy",
-        "http://new:3128",
-    )
+    proxy(tmp_path, "--https-proxy", "http://old:3128")
+    proxy(tmp_path, "--https-proxy", "http://new:3128")
     text = dropin.read_text()
     assert "new:3128" in text and "old:3128" not in text
     assert text.count("HTTPS_PROXY") == 1
-    assert run_cli("systemd", "proxy", "--root", str(tmp_path), "--no-reload", "--remove") == 0
+    assert proxy(tmp_path, "--remove") == 0
     assert not dropin.exists()
     assert not dropin.parent.exists()
 
 
 def test_proxy_rejects_a_missing_ca_file(tmp_path: Path):
-    rc = run_cli(
-        "systemd",
-        "proxy",
-        "--root",
-        str(tmp_path),
-        "--no-reload",
-        "--https-proxy",
-        "http://proxy:3128",
-        "--ca-file",
-        str(tmp_path / "nope.pem"),
+    rc = proxy(
+        tmp_path, "--https-proxy", "http://proxy:3128", "--ca-file", str(tmp_path / "nope.pem")
     )
     assert rc == 2
     assert not (tmp_path / DROPIN_DIR / "proxy.conf").exists()
@@ -236,17 +215,9 @@ def test_quote_environment_escapes_specifiers_and_quotes():
 
 def test_install_script_stages_binary_and_unit(tmp_path: Path):
     """systemd/install.sh with ROOT set: copies the binary, which writes its own unit."""
-    launcher = tmp_path / "llm-appliance"
-    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m appliance.host.systemd_cli "$@"\n')
-    launcher.chmod(0o755)
+    launcher = write_launcher(tmp_path / "llm-appliance")
     root = tmp_path / "root"
-    result = subprocess.run(
-        ["sh", str(REPO / "systemd/install.sh"), str(launcher)],
-        env={**os.environ, "ROOT": str(root), "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_install_script(launcher, root)
     assert result.returncode == 0, result.stderr
     assert (root / "usr/local/bin/llm-appliance").stat().st_mode & 0o111
     unit = (root / UNIT_DIR / "llm-appliance.service").read_text()
@@ -285,17 +256,9 @@ def test_install_script_stages_a_one_directory_build(tmp_path: Path):
     onedir = tmp_path / "llm-appliance-onedir"
     (onedir / "_internal").mkdir(parents=True)
     (onedir / "_internal" / "marker").write_text("bundle")
-    launcher = onedir / "llm-appliance"
-    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m appliance.host.systemd_cli "$@"\n')
-    launcher.chmod(0o755)
+    write_launcher(onedir / "llm-appliance")
     root = tmp_path / "root"
-    result = subprocess.run(
-        ["sh", str(REPO / "systemd/install.sh"), str(onedir)],
-        env={**os.environ, "ROOT": str(root), "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_install_script(onedir, root)
     assert result.returncode == 0, result.stderr
     assert (root / "usr/local/lib/llm-appliance/_internal/marker").read_text() == "bundle"
     link = root / "usr/local/bin/llm-appliance"

@@ -19,7 +19,7 @@ import pytest
 import trio
 from peers.feed import Feed, FeedPeer
 from peers.proxy import ProxyPeer
-from serverproc import clean_env, free_port
+from serverproc import built, clean_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BINARY = REPO / "dist" / "llm-appliance"
@@ -29,12 +29,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if not BINARY.is_file():
-        if os.environ.get("LLM_APPLIANCE_TEST_BINARY") != "1":
-            pytest.skip(
-                "dist/llm-appliance is not built (make binary, or LLM_APPLIANCE_TEST_BINARY=1)"
-            )
-        subprocess.run(["make", "binary"], cwd=REPO, check=True, timeout=1800)
+    built(BINARY, "binary")
     out = tmp_path_factory.mktemp("build-0.1.1")
     subprocess.run(
         [

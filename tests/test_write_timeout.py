@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import re
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import trio
 from fakes import FakeBackend
-from helpers import add_model, running_appliance
+from helpers import Running, add_model, running_appliance
 
 DROPPED = re.compile(
     r'^llm_appliance_connections_dropped_total\{reason="write_timeout"\} (\S+)$', re.M
@@ -29,6 +33,24 @@ class FastLoader:
 
     async def __call__(self, spec):  # type: ignore[no-untyped-def]
         return FakeBackend(spec, step_seconds=self.step, default_tokens=10**6)
+
+
+# A stream without end (the double's), and a short answer in one piece.
+ENDLESS = {"model": "tiny", "prompt": "x", "options": {"num_predict": 10**6}}
+
+
+def short(tokens: int) -> dict[str, Any]:
+    return {"model": "tiny", "prompt": "y", "stream": False, "options": {"num_predict": tokens}}
+
+
+@asynccontextmanager
+async def streaming_appliance(
+    tmp_path: Path, tiny_gguf: Path, **settings: Any
+) -> AsyncIterator[Running]:
+    """The real appliance with `tiny` stored, its streams from the double (FastLoader)."""
+    add_model(tmp_path / "m", "tiny", tiny_gguf)
+    async with running_appliance(tmp_path / "m", loader=FastLoader(), **settings) as server:
+        yield server
 
 
 async def stalled_request(
@@ -46,6 +68,13 @@ async def stalled_request(
     )
     await sock.send(head.encode() + data)
     return sock
+
+
+async def stalled_streams(server: Running, count: int) -> list[trio.socket.SocketType]:
+    """`count` endless /api/generate streams, each from a socket that will never be read."""
+    return [
+        await stalled_request(server.url, "POST", "/api/generate", ENDLESS) for _ in range(count)
+    ]
 
 
 async def dropped_count(client) -> float:  # type: ignore[no-untyped-def]
@@ -70,15 +99,9 @@ async def closed_by_server(sock: trio.socket.SocketType) -> bool:
 
 
 async def test_a_stream_nobody_reads_is_dropped_and_counted(tmp_path, tiny_gguf):
-    add_model(tmp_path / "m", "tiny", tiny_gguf)
     with trio.fail_after(60):
-        async with running_appliance(
-            tmp_path / "m", loader=FastLoader(), write_timeout=0.5
-        ) as server:
-            body = {"model": "tiny", "prompt": "x", "options": {"num_predict": 10**6}}
-            stalled = [
-                await stalled_request(server.url, "POST", "/api/generate", body) for _ in range(2)
-            ]
+        async with streaming_appliance(tmp_path, tiny_gguf, write_timeout=0.5) as server:
+            stalled = await stalled_streams(server, 2)
             async with server.client() as client:
                 await wait_dropped(client, 2)
             for sock in stalled:
@@ -87,49 +110,27 @@ async def test_a_stream_nobody_reads_is_dropped_and_counted(tmp_path, tiny_gguf)
 
 
 async def test_a_dropped_stream_frees_its_slot_for_the_next_request(tmp_path, tiny_gguf):
-    add_model(tmp_path / "m", "tiny", tiny_gguf)
     with trio.fail_after(60):
-        async with running_appliance(
-            tmp_path / "m", loader=FastLoader(), write_timeout=0.5, num_parallel=1
+        async with streaming_appliance(
+            tmp_path, tiny_gguf, write_timeout=0.5, num_parallel=1
         ) as server:
-            body = {"model": "tiny", "prompt": "x", "options": {"num_predict": 10**6}}
-            sock = await stalled_request(server.url, "POST", "/api/generate", body)
+            (sock,) = await stalled_streams(server, 1)
             async with server.client() as client:
-                r = await client.post(
-                    "/api/generate",
-                    json={
-                        "model": "tiny",
-                        "prompt": "y",
-                        "stream": False,
-                        "options": {"num_predict": 3},
-                    },  # fmt: skip
-                )
+                r = await client.post("/api/generate", json=short(3))
                 assert r.status_code == 200 and r.json()["eval_count"] == 3
                 assert await dropped_count(client) >= 1
             sock.close()
 
 
 async def test_other_requests_are_served_while_clients_stall(tmp_path, tiny_gguf):
-    add_model(tmp_path / "m", "tiny", tiny_gguf)
     with trio.fail_after(60):
-        async with running_appliance(
-            tmp_path / "m", loader=FastLoader(), write_timeout=3600, num_parallel=3
+        async with streaming_appliance(
+            tmp_path, tiny_gguf, write_timeout=3600, num_parallel=3
         ) as server:
-            body = {"model": "tiny", "prompt": "x", "options": {"num_predict": 10**6}}
-            stalled = [
-                await stalled_request(server.url, "POST", "/api/generate", body) for _ in range(2)
-            ]
+            stalled = await stalled_streams(server, 2)
             async with server.client() as client:
                 for _ in range(3):
-                    r = await client.post(
-                        "/api/generate",
-                        json={
-                            "model": "tiny",
-                            "prompt": "y",
-                            "stream": False,
-                            "options": {"num_predict": 2},
-                        },  # fmt: skip
-                    )
+                    r = await client.post("/api/generate", json=short(2))
                     assert r.status_code == 200
                     assert (await client.get("/api/tags")).status_code == 200
                 assert await dropped_count(client) == 0

@@ -1,1 +1,1 @@
-"""HTTP routes: Ollama's native API and the OpenAI-compatible API."""
+"""HTTP: the routes (Ollama, OpenAI, Responses, Anthropic), middleware, bodies, the error map."""

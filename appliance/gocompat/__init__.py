@@ -1,2 +1,2 @@
-"""Go-compatible parsing and formatting (durations, times, integers, human numbers, URL
-credentials hidden); imports nothing of ours."""
+"""Go-compatible parsing and formatting (durations, times, integers, names of JSON values,
+human numbers, URL credentials hidden); imports nothing of ours but the shared errors."""

@@ -1,4 +1,4 @@
-"""From a request's parts to a running sequence: prompt rendering, tokens, sampling, relaying.
+"""From a request's tokens and options to a running sequence: sampling, grammar, relaying.
 
 Shared by the native and the OpenAI routes, so both travel one path.
 """

@@ -12,7 +12,7 @@ A temp file is owned by the writer that holds an exclusive `flock` on it, from i
 file the same way while they fetch. `sweep_temp_files` (at start and periodically while serving)
 deletes only files it can lock itself, without waiting: a crashed or killed writer's file, never a
 live one's, even when another process shares the store. Partials are meant to survive a restart
-(see appliance/store/download.py), so an unowned one is deleted only once it is older than
+(see appliance/store/remote/download.py), so an unowned one is deleted only once it is older than
 Ollama's prune grace of an hour.
 """
 
