@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from appliance.gocompat.urls import redact
+from appliance.settings.config import Settings, load_settings
 from appliance.settings.platform import decide_defaults, detect_facts, format_gib, user_name
 
 # llama.cpp's CPU code is built once per x86-64 level (GGML_CPU_ALL_VARIANTS) and chosen at start
@@ -351,10 +352,10 @@ def check_proxy(environ: Mapping[str, str]) -> Check:
 # -- exposure ------------------------------------------------------------------------------------
 
 
-def check_exposure(settings: Any) -> Check:
+def check_exposure(settings: Settings | None) -> Check:
     """Fail a bind reachable from the network without API keys (the usual exposed-Ollama story)."""
     if settings is None:
-        return Check("exposure", Status.INFO, "settings not available in this build")
+        return Check("exposure", Status.INFO, "no settings to check")
     from appliance.api.middleware.auth import exposure_warning
 
     detail = {
@@ -434,11 +435,11 @@ async def check_server(host: str, port: int, *, timeout: float = 3.0) -> Check:
 # -- platform defaults ---------------------------------------------------------------------------
 
 
-def check_platform(settings: Any = None) -> Check:
+def check_platform(settings: Settings | None = None) -> Check:
     """The defaults the platform rules chose, and the rule that chose each
     (appliance.settings.platform)."""
     facts = detect_facts()
-    decided = decide_defaults(facts, context_length=getattr(settings, "context_length", 0))
+    decided = decide_defaults(facts, context_length=settings.context_length if settings else 0)
     values = _jsonable(decided)
     reasons = values.pop("rules", {}) if isinstance(values, dict) else {}
     defaults = {name: {"value": value, "rule": reasons.get(name)} for name, value in values.items()}
@@ -453,9 +454,9 @@ def check_platform(settings: Any = None) -> Check:
     )
 
 
-def check_updates(settings: Any, environ: Mapping[str, str]) -> Check:
+def check_updates(settings: Settings | None, environ: Mapping[str, str]) -> Check:
     """The update feed, and when it was last checked with what result (`llm-appliance update`)."""
-    url = getattr(settings, "update_url", None)
+    url = settings.update_url if settings is not None else None
     if not url:
         return Check(
             "updates",
@@ -469,13 +470,13 @@ def check_updates(settings: Any, environ: Mapping[str, str]) -> Check:
     state = UpdateState.load(state_dir)
     detail = {
         "feed": url,
-        "trusted_root": str(getattr(settings, "update_root", "") or ""),
+        "trusted_root": str(settings.update_root or ""),
         "state_dir": str(state_dir),
         "last_check": state.last_check,
         "last_result": state.last_result,
         "failed_versions": state.failed_versions,
     }
-    if getattr(settings, "update_root", None) is None:
+    if settings.update_root is None:
         return Check(
             "updates",
             Status.FAIL,
@@ -528,17 +529,10 @@ class Target:
     host: str
     port: int
     models_dir: Path
-    settings: Any = None
+    settings: Settings | None = None
 
 
 def target_from_settings(environ: Mapping[str, str]) -> Target:
-    try:
-        from appliance.settings.config import load_settings
-    except ModuleNotFoundError as exc:
-        if exc.name != "appliance.settings.config":
-            raise
-        models = environ.get("OLLAMA_MODELS") or str(Path.home() / ".ollama" / "models")
-        return Target("127.0.0.1", 11434, Path(models))
     settings = load_settings(dict(environ))
     return Target(settings.host, settings.port, Path(settings.models_dir), settings)
 
@@ -593,7 +587,7 @@ def command(args: argparse.Namespace) -> int:
     except ValueError as exc:  # config.ConfigError: the server would refuse to start too
         print(f"[fail] config    {exc}")
         return 1
-    cpu_variant = getattr(target.settings, "cpu_variant", "auto")
+    cpu_variant = target.settings.cpu_variant if target.settings else "auto"
     checks = trio.run(run_checks, gather_host_facts(cpu_variant), environ, target)
     if args.json:
         print(json.dumps([check.as_json() for check in checks], indent=2))

@@ -42,7 +42,7 @@ def _store() -> Store:
 
 
 def _noprune() -> bool:
-    return bool(getattr(services().settings, "noprune", False))
+    return services().settings.noprune
 
 
 def _empty_ok(status: int = 200) -> Response:
