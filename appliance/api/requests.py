@@ -21,6 +21,7 @@ import trio
 from quart import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from appliance.api.bodies.fields import field_of_type as field_of_type  # models.py, transfer.py
 from appliance.errors import BadRequest, PayloadTooLarge, ServerBusy
 from appliance.gocompat.jsontypes import json_kind
 
@@ -266,46 +267,35 @@ def base64_error(text: str) -> int | None:
     return si if si < len(text) else None
 
 
+def image_list(images: Any, where: str) -> tuple[str | None, ...]:
+    """`images` as Go decodes `[]api.ImageData` into the struct field `where`: base64 strings or
+    null, else a 400 with Go's message."""
+    if images is None:
+        return ()
+    if not isinstance(images, list):
+        raise BadRequest(
+            f"json: cannot unmarshal {json_kind(images)} into Go struct field {where} "
+            "of type []api.ImageData"
+        )
+    for image in images:
+        if image is None:
+            continue
+        if not isinstance(image, str):
+            raise BadRequest(
+                f"json: cannot unmarshal {json_kind(image)} into Go struct field {where} "
+                "of type api.ImageData"
+            )
+        at = base64_error(image)
+        if at is not None:
+            raise BadRequest(f"illegal base64 data at input byte {at}")
+    return tuple(images)
+
+
 def check_images(body: dict[str, Any]) -> None:
-    """`images` (top level and in each message) as Go decodes `[]api.ImageData` with the body:
-    base64 strings or null, else a 400 with Go's message; checked before anything else runs."""
-    lists = [("GenerateRequest.images", body.get("images"))]
+    """`images` (top level and in each message) checked by `image_list`, before anything else."""
+    image_list(body.get("images"), "GenerateRequest.images")
     messages = body.get("messages")
     if isinstance(messages, list):
-        lists += [("Message.images", m.get("images")) for m in messages if isinstance(m, dict)]
-    for where, images in lists:
-        if images is None:
-            continue
-        if not isinstance(images, list):
-            raise BadRequest(
-                f"json: cannot unmarshal {json_kind(images)} into Go struct field {where} "
-                "of type []api.ImageData"
-            )
-        for image in images:
-            if image is None:
-                continue
-            if not isinstance(image, str):
-                raise BadRequest(
-                    f"json: cannot unmarshal {json_kind(image)} into Go struct field {where} "
-                    "of type api.ImageData"
-                )
-            at = base64_error(image)
-            if at is not None:
-                raise BadRequest(f"illegal base64 data at input byte {at}")
-
-
-def field_of_type(
-    body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None
-) -> Any:
-    """A typed optional field; a wrong type is a 400 naming the field, as Go's decoder does."""
-    value = body.get(name)
-    if value is None:
-        return default
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if bool in kinds or not isinstance(value, bool):
-        if isinstance(value, kinds):
-            return value
-    expected = "/".join(k.__name__ for k in kinds)
-    raise BadRequest(
-        f"json: cannot unmarshal {json_kind(value)} into Go struct field .{name} of type {expected}"
-    )
+        for m in messages:
+            if isinstance(m, dict):
+                image_list(m.get("images"), "Message.images")

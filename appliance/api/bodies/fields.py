@@ -1,0 +1,83 @@
+"""One typed-field reader for every API's request bodies; only the error text differs per API.
+
+Ollama's native and OpenAI routes answer a wrong type with Go's decoder text (`json: cannot
+unmarshal number into Go struct field GenerateRequest.prompt of type string`), the Anthropic and
+Responses routes with their own (`temperature must be a number`): a `WrongType` picks the text,
+`Fields` reads the body with it. A null counts as absent, as in Go, and JSON's `true` is never a
+number (Python's bool is an int).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import BadRequest
+from appliance.gocompat.jsontypes import json_kind
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A field's JSON type: the Python types it decodes to, Go's name for it, and the words."""
+
+    types: tuple[type, ...]
+    go: str
+    words: str
+
+    def holds(self, value: Any) -> bool:
+        if isinstance(value, bool) and bool not in self.types:
+            return False
+        return isinstance(value, self.types)
+
+
+STRING = Kind((str,), "string", "a string")
+BOOL = Kind((bool,), "bool", "a boolean")
+INT = Kind((int,), "int", "an integer")
+NUMBER = Kind((int, float), "float64", "a number")
+
+WrongType = Callable[[str, Any, Kind], str]
+"""The error text for field `name` holding `value`, which is not of `kind`."""
+
+
+def go_struct(struct: str) -> WrongType:
+    """Go's `json.UnmarshalTypeError` text for a field of the Go struct `struct`."""
+
+    def wrong(name: str, value: Any, kind: Kind) -> str:
+        return (
+            f"json: cannot unmarshal {json_kind(value)} into Go struct field "
+            f"{struct}.{name} of type {kind.go}"
+        )
+
+    return wrong
+
+
+def must_be(name: str, value: Any, kind: Kind) -> str:
+    """The Anthropic and Responses routes' text: `<name> must be <a number>`."""
+    return f"{name} must be {kind.words}"
+
+
+@dataclass(frozen=True)
+class Fields:
+    """A request body read field by field under one API's error text."""
+
+    body: Mapping[str, Any]
+    wrong: WrongType
+
+    def get(self, name: str, kind: Kind, default: Any = None) -> Any:
+        """Field `name` if it is of `kind`, `default` if absent or null, else a 400."""
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if not kind.holds(value):
+            raise BadRequest(self.wrong(name, value, kind))
+        return value
+
+
+def field_of_type(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None
+) -> Any:
+    """A typed optional field; a wrong type is a 400 naming the field, as Go's decoder does."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = "/".join(k.__name__ for k in kinds)
+    return Fields(body, go_struct("")).get(name, Kind(kinds, names, names), default)
