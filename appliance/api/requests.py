@@ -22,6 +22,7 @@ from quart import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from appliance.api.bodies.fields import field_of_type as field_of_type  # models.py, transfer.py
+from appliance.api.bodies.fields import image_list
 from appliance.errors import BadRequest, PayloadTooLarge, ServerBusy
 from appliance.gocompat.jsontypes import json_kind
 
@@ -232,63 +233,6 @@ async def read_json_object(*, allow_empty: bool = False) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(f"json: cannot unmarshal {json_kind(value)} into Go value of type object")
     return value
-
-
-_BASE64_BAD = re.compile(r"[^A-Za-z0-9+/\r\n]")
-_NEWLINES = "\r\n"
-
-
-def base64_error(text: str) -> int | None:
-    """Where Go's `base64.StdEncoding` would fail on `text` (the N of `illegal base64 data at
-    input byte N`), or None if it decodes. Go skips CR and LF and wants full padding.
-
-    Found with two regex scans, never a Python loop over the bytes: a bad image may be megabytes.
-    """
-    bad = _BASE64_BAD.search(text)
-    end = bad.start() if bad else len(text)
-    alphabet = end - text.count("\r", 0, end) - text.count("\n", 0, end)
-    j = alphabet % 4  # position inside the quantum where decoding stopped
-    if bad is None:
-        return None if j == 0 else len(text) - j
-    p = bad.start()
-    if text[p] != "=" or j < 2:
-        return p
-    si = p + 1
-    if j == 2:  # "==" expected: the second "=" may follow newlines
-        while si < len(text) and text[si] in _NEWLINES:
-            si += 1
-        if si == len(text):
-            return len(text)
-        if text[si] != "=":
-            return si - 1
-        si += 1
-    while si < len(text) and text[si] in _NEWLINES:
-        si += 1
-    return si if si < len(text) else None
-
-
-def image_list(images: Any, where: str) -> tuple[str | None, ...]:
-    """`images` as Go decodes `[]api.ImageData` into the struct field `where`: base64 strings or
-    null, else a 400 with Go's message."""
-    if images is None:
-        return ()
-    if not isinstance(images, list):
-        raise BadRequest(
-            f"json: cannot unmarshal {json_kind(images)} into Go struct field {where} "
-            "of type []api.ImageData"
-        )
-    for image in images:
-        if image is None:
-            continue
-        if not isinstance(image, str):
-            raise BadRequest(
-                f"json: cannot unmarshal {json_kind(image)} into Go struct field {where} "
-                "of type api.ImageData"
-            )
-        at = base64_error(image)
-        if at is not None:
-            raise BadRequest(f"illegal base64 data at input byte {at}")
-    return tuple(images)
 
 
 def check_images(body: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ number (Python's bool is an int).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,3 +82,60 @@ def field_of_type(
     kinds = kind if isinstance(kind, tuple) else (kind,)
     names = "/".join(k.__name__ for k in kinds)
     return Fields(body, go_struct("")).get(name, Kind(kinds, names, names), default)
+
+
+_BASE64_BAD = re.compile(r"[^A-Za-z0-9+/\r\n]")
+_NEWLINES = "\r\n"
+
+
+def base64_error(text: str) -> int | None:
+    """Where Go's `base64.StdEncoding` would fail on `text` (the N of `illegal base64 data at
+    input byte N`), or None if it decodes. Go skips CR and LF and wants full padding.
+
+    Found with two regex scans, never a Python loop over the bytes: a bad image may be megabytes.
+    """
+    bad = _BASE64_BAD.search(text)
+    end = bad.start() if bad else len(text)
+    alphabet = end - text.count("\r", 0, end) - text.count("\n", 0, end)
+    j = alphabet % 4  # position inside the quantum where decoding stopped
+    if bad is None:
+        return None if j == 0 else len(text) - j
+    p = bad.start()
+    if text[p] != "=" or j < 2:
+        return p
+    si = p + 1
+    if j == 2:  # "==" expected: the second "=" may follow newlines
+        while si < len(text) and text[si] in _NEWLINES:
+            si += 1
+        if si == len(text):
+            return len(text)
+        if text[si] != "=":
+            return si - 1
+        si += 1
+    while si < len(text) and text[si] in _NEWLINES:
+        si += 1
+    return si if si < len(text) else None
+
+
+def image_list(images: Any, where: str) -> tuple[str | None, ...]:
+    """`images` as Go decodes `[]api.ImageData` into the struct field `where`: base64 strings or
+    null, else a 400 with Go's message."""
+    if images is None:
+        return ()
+    if not isinstance(images, list):
+        raise BadRequest(
+            f"json: cannot unmarshal {json_kind(images)} into Go struct field {where} "
+            "of type []api.ImageData"
+        )
+    for image in images:
+        if image is None:
+            continue
+        if not isinstance(image, str):
+            raise BadRequest(
+                f"json: cannot unmarshal {json_kind(image)} into Go struct field {where} "
+                "of type api.ImageData"
+            )
+        at = base64_error(image)
+        if at is not None:
+            raise BadRequest(f"illegal base64 data at input byte {at}")
+    return tuple(images)

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from appliance.api.bodies.fields import BOOL, INT, STRING, Fields, Kind, go_struct
-from appliance.api.requests import image_list
+from appliance.api.bodies.fields import BOOL, INT, STRING, Fields, Kind, go_struct, image_list
 from appliance.errors import BadRequest
 from appliance.gocompat.durations import parse_keep_alive
 

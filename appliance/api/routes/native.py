@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from quart import Blueprint, Response
@@ -52,6 +52,7 @@ from appliance.store.create import validate_template
 from appliance.store.names import parse_model_name
 
 bp = Blueprint("native", __name__)
+_Request = TypeVar("_Request")
 log = logging.getLogger(__name__)
 
 
@@ -68,6 +69,17 @@ async def version() -> Response:
 
 
 # ---- request pieces ------------------------------------------------------------------------------
+
+
+async def _read(parse: Callable[[dict[str, Any]], _Request]) -> _Request:
+    """The request body parsed by `parse`; a body refused still names its model in the log."""
+    body = await read_json_object()
+    try:
+        return parse(body)
+    except BadRequest:
+        if isinstance(body.get("model"), str):
+            note_model(body["model"].strip())
+        raise
 
 
 async def _resolve(model_text: str, *, missing: str = "single"):  # type: ignore[no-untyped-def]
@@ -242,7 +254,7 @@ async def _respond(
 
 @bp.route("/api/generate", methods=["POST"])
 async def generate() -> Response:
-    req = GenerateRequest.parse(await read_json_object())
+    req = await _read(GenerateRequest.parse)
     return await _respond(await prepare_generate(req, Timing()), whole_generate)
 
 
@@ -417,7 +429,7 @@ async def _whole(items: AsyncIterator[dict[str, Any]], fields_of: Any) -> dict[s
 
 @bp.route("/api/chat", methods=["POST"])
 async def chat() -> Response:
-    req = ChatRequest.parse(await read_json_object())
+    req = await _read(ChatRequest.parse)
     return await _respond(await prepare_chat(req, Timing()), whole_chat)
 
 
@@ -593,7 +605,7 @@ async def whole_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
 
 @bp.route("/api/embed", methods=["POST"])
 async def embed() -> Response:
-    req = EmbedRequest.parse(await read_json_object())
+    req = await _read(EmbedRequest.parse)
     return json_response(await embed_answer(req, Timing()))
 
 
@@ -636,7 +648,7 @@ async def embed_answer(req: EmbedRequest, timing: Timing) -> dict[str, Any]:
 
 @bp.route("/api/embeddings", methods=["POST"])
 async def embeddings() -> Response:
-    req = EmbeddingsRequest.parse(await read_json_object())
+    req = await _read(EmbeddingsRequest.parse)
     if not req.model:
         raise BadRequest("model is required")
     model = await _resolve(req.model, missing="pull")
