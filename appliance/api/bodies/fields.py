@@ -4,7 +4,7 @@ Ollama's native and OpenAI routes answer a wrong type with Go's decoder text (`j
 unmarshal number into Go struct field GenerateRequest.prompt of type string`), the Anthropic and
 Responses routes with their own (`temperature must be a number`): a `WrongType` picks the text,
 `Fields` reads the body with it. A null counts as absent, as in Go, and JSON's `true` is never a
-number (Python's bool is an int).
+number (Python's bool is an int). `image_list` reads `images` as Go decodes `[]api.ImageData`.
 """
 
 from __future__ import annotations
