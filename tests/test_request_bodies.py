@@ -147,3 +147,10 @@ async def test_a_wrong_type_is_refused_before_the_model_is_looked_up(server):
         400,
         go_text("number", "GenerateRequest.prompt", "string"),
     )
+
+
+def test_a_translated_message_has_its_role_lower_cased_as_ollama_decodes_it():
+    from appliance.api.routes.openai import chat_request
+
+    request = chat_request({"model": "m", "messages": [{"role": "SYSTEM", "content": "s"}]})
+    assert [m.role for m in request.messages] == ["system"]

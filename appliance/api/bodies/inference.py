@@ -65,9 +65,13 @@ class Message:
     tool_call_id: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Ollama's Message.UnmarshalJSON lower-cases the role, whichever route built the message.
+        object.__setattr__(self, "role", self.role.lower())
+
     @classmethod
     def parse(cls, item: Any) -> Self:
-        """A native message; role lower-cased and a null content empty, as Ollama decodes."""
+        """A native message; a null content is empty, as Ollama decodes it."""
         if not isinstance(item, dict):
             raise _wrong("ChatRequest", "messages", item, "api.Message")
         fields = Fields(item, go_struct("Message.messages"))
@@ -75,7 +79,7 @@ class Message:
         if calls is not None and not isinstance(calls, list):
             raise _wrong("Message.messages", "tool_calls", calls, "[]api.ToolCall")
         return cls(
-            role=fields.get("role", STRING, "").lower(),
+            role=fields.get("role", STRING, ""),
             content=fields.get("content", STRING, ""),
             images=image_list(item.get("images"), "Message.images"),
             thinking=fields.get("thinking", STRING, ""),
