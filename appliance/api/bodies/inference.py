@@ -1,10 +1,10 @@
 """The native inference requests (/api/generate, /api/chat, /api/embed, /api/embeddings), typed.
 
-`parse` makes every type check of a body once, in the order Ollama's decoder meets them, with Go's
-texts (`json: cannot unmarshal number into Go struct field GenerateRequest.prompt of type
-string`); unknown fields are ignored, as Go ignores them. What needs the model (does it exist,
-can it think, do the options fit it) is the route's to check. The OpenAI, Anthropic and Responses
-routes build these objects directly from their own bodies.
+`parse` makes every type check of a body once, before the model is looked up (Go's decoder runs
+before Ollama's handler), with Go's texts (`json: cannot unmarshal number into Go struct field
+GenerateRequest.prompt of type string`); unknown fields are ignored, as Go ignores them. What
+needs the model (does it exist, can it think, do the options fit it) is the route's to check. The
+OpenAI, Anthropic and Responses routes build these objects directly from their own bodies.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from appliance.errors import BadRequest
 from appliance.gocompat.durations import parse_keep_alive
 
 THINK_LEVELS = ("low", "medium", "high", "max")
-_MESSAGE_FIELDS = ("role", "content", "images", "thinking", "tool_calls", "tool_name")
+_MESSAGE_FIELDS = (
+    "role",
+    "content",
+    "images",
+    "thinking",
+    "tool_calls",
+    "tool_name",
+    "tool_call_id",
+)
 
 
 def _wrong(struct: str, name: str, value: Any, go_type: str) -> BadRequest:
