@@ -1,1 +1,1 @@
-"""Typed request bodies: each JSON body is parsed once, at the route's boundary."""
+"""Request bodies as typed objects, parsed once at the boundary with the texts each API answers."""

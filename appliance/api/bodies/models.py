@@ -13,8 +13,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from appliance.api.bodies.fields import field_of_type
-from appliance.api.requests import check_images
+from appliance.api.bodies.fields import check_images, field_of_type
 from appliance.errors import ApplianceError, BadRequest
 from appliance.gocompat.jsontypes import json_kind
 from appliance.options import Options

@@ -2,7 +2,7 @@
 `anthropic/anthropic.go` and `middleware/anthropic.go`.
 
 This is what Claude Code and other Anthropic clients call through `ANTHROPIC_BASE_URL`. Each request
-is rewritten into a native /api/chat body and answered by the native path (`prepare_chat`,
+is rewritten into a typed native chat request and answered by the native path (`prepare_chat`,
 `whole_chat`; `count_tokens` renders the prompt without generating); only shapes are translated
 here. As in Ollama, a `thinking` request on a model that cannot think is dropped rather than
 refused (`relax_thinking`), since these clients ask for it by default. Errors are raised;
@@ -17,10 +17,13 @@ import base64
 import binascii
 import json
 import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 from quart import Blueprint, Response
 
+from appliance.api.bodies.fields import BOOL, INT, NUMBER, Fields, must_be
+from appliance.api.bodies.inference import ChatRequest, Decoding, Message
 from appliance.api.errors import ANTHROPIC
 from appliance.api.requests import read_json_object
 from appliance.api.routes.native import prepare_chat, whole_chat
@@ -87,7 +90,18 @@ def _tool_result(content: Any) -> tuple[str, list[str]]:
     return "".join(text), images
 
 
-def _message(raw: Any, index: int, call_names: dict[str, str]) -> list[dict[str, Any]]:
+@dataclass
+class _Turn:
+    """What the content blocks of one Anthropic message carry."""
+
+    text: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    thinking: str = ""
+    results: list[Message] = field(default_factory=list)
+
+
+def _message(raw: Any, index: int, call_names: dict[str, str]) -> list[Message]:
     """One Anthropic message as native messages (Ollama's `convertMessage`): tool results become
     `tool` messages (before the user's own text), the rest one message with the role's text,
     images, tool calls and thinking."""
@@ -102,67 +116,58 @@ def _message(raw: Any, index: int, call_names: dict[str, str]) -> list[dict[str,
         content = [{"type": "text", "text": content}]
     if not isinstance(content, list):
         raise BadRequest(f"messages[{index}]: content must be a string or an array of blocks")
-    text: list[str] = []
-    images: list[str] = []
-    calls: list[dict[str, Any]] = []
-    thinking = ""
-    results: list[dict[str, Any]] = []
+    turn = _Turn()
     for block in content:
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "text":
-            if not isinstance(block.get("text"), str):
-                raise BadRequest(f"messages[{index}]: a text block needs text")
-            text.append(block["text"])
-        elif kind == "image":
-            images.append(_image(block.get("source")))
-        elif kind in ("tool_use", "server_tool_use"):
-            if not block.get("id"):
-                raise BadRequest("tool_use block missing required 'id' field")
-            if not block.get("name"):
-                raise BadRequest("tool_use block missing required 'name' field")
-            arguments = block.get("input") or {}
-            if not isinstance(arguments, dict):
-                raise BadRequest("tool_use input must be an object")
-            call_names[str(block["id"])] = str(block["name"])
-            calls.append(
-                {
-                    "id": str(block["id"]),
-                    "function": {
-                        "index": len(calls),
-                        "name": block["name"],
-                        "arguments": arguments,
-                    },
-                }
-            )
-        elif kind == "tool_result":
-            result_text, result_images = _tool_result(block.get("content"))
-            call_id = str(block.get("tool_use_id") or "")
-            result: dict[str, Any] = {"role": "tool", "content": result_text}
-            if call_id:
-                result["tool_call_id"] = call_id
-            if call_names.get(call_id):
-                result["tool_name"] = call_names[call_id]
-            if result_images:
-                result["images"] = result_images
-            results.append(result)
-        elif kind == "thinking":
-            if isinstance(block.get("thinking"), str):
-                thinking = block["thinking"]
-        # redacted_thinking, documents, search results and unknown blocks carry nothing a local
-        # model can read: skipped, as Ollama skips them.
-    out: list[dict[str, Any]] = results if role == "user" else []
-    if text or images or calls or thinking:
-        message: dict[str, Any] = {"role": role, "content": "".join(text)}
-        if images:
-            message["images"] = images
-        if calls:
-            message["tool_calls"] = calls
-        if thinking:
-            message["thinking"] = thinking
-        out.append(message)
+        _read_block(turn, block, index, call_names)
+    out = list(turn.results) if role == "user" else []
+    if turn.text or turn.images or turn.calls or turn.thinking:
+        text = "".join(turn.text)
+        images, calls = tuple(turn.images), tuple(turn.calls)
+        out.append(Message(role, text, images, thinking=turn.thinking, tool_calls=calls))
     if role != "user":
-        out.extend(results)
+        out.extend(turn.results)
     return out
+
+
+def _read_block(turn: _Turn, block: Any, index: int, call_names: dict[str, str]) -> None:
+    """One content block into `turn`. Redacted thinking, documents, search results and unknown
+    blocks carry nothing a local model can read: skipped, as Ollama skips them."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind == "text":
+        if not isinstance(block.get("text"), str):
+            raise BadRequest(f"messages[{index}]: a text block needs text")
+        turn.text.append(block["text"])
+    elif kind == "image":
+        turn.images.append(_image(block.get("source")))
+    elif kind in ("tool_use", "server_tool_use"):
+        turn.calls.append(_tool_call(block, len(turn.calls), call_names))
+    elif kind == "tool_result":
+        turn.results.append(_tool_message(block, call_names))
+    elif kind == "thinking":
+        if isinstance(block.get("thinking"), str):
+            turn.thinking = block["thinking"]
+
+
+def _tool_call(block: dict[str, Any], index: int, call_names: dict[str, str]) -> dict[str, Any]:
+    """A tool_use block as a native tool call; its name is remembered for the result."""
+    if not block.get("id"):
+        raise BadRequest("tool_use block missing required 'id' field")
+    if not block.get("name"):
+        raise BadRequest("tool_use block missing required 'name' field")
+    arguments = block.get("input") or {}
+    if not isinstance(arguments, dict):
+        raise BadRequest("tool_use input must be an object")
+    call_names[str(block["id"])] = str(block["name"])
+    function = {"index": index, "name": block["name"], "arguments": arguments}
+    return {"id": str(block["id"]), "function": function}
+
+
+def _tool_message(block: dict[str, Any], call_names: dict[str, str]) -> Message:
+    """A tool_result block as a native `tool` message, named after the call it answers."""
+    text, images = _tool_result(block.get("content"))
+    call_id = str(block.get("tool_use_id") or "")
+    name = call_names.get(call_id, "")
+    return Message("tool", text, tuple(images), tool_call_id=call_id, tool_name=name)
 
 
 def _tools(raw: Any, choice: Any) -> list[dict[str, Any]] | None:
@@ -221,74 +226,62 @@ def _think(body: dict[str, Any]) -> Any:
     return None
 
 
-def _number(body: dict[str, Any], name: str, kinds: tuple[type, ...] = (int, float)) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an integer" if kinds == (int,) else "a number"
-        raise BadRequest(f"{name} must be {kind}")
-    return value
-
-
-def native_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+def native_messages(body: dict[str, Any]) -> tuple[Message, ...]:
     raw = body.get("messages")
     if raw is not None and not isinstance(raw, list):
         raise BadRequest("messages must be an array")
-    messages: list[dict[str, Any]] = []
+    messages: list[Message] = []
     system = _system(body.get("system"))
     if system:
-        messages.append({"role": "system", "content": system})
+        messages.append(Message("system", system))
     call_names: dict[str, str] = {}
     for i, message in enumerate(raw or []):
         messages.extend(_message(message, i, call_names))
-    return messages
+    return tuple(messages)
 
 
-def native_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The /api/chat body for a Messages request (Ollama's `FromMessagesRequest`), after the
-    checks Ollama's middleware makes first."""
+def _check_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required")
+    return model.strip()
+
+
+def _check_messages(body: dict[str, Any]) -> None:
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise BadRequest("messages is required")
+
+
+def _tools_of(body: dict[str, Any]) -> tuple[dict[str, Any], ...] | None:
+    tools = _tools(body.get("tools"), body.get("tool_choice"))
+    return tuple(tools) if tools else None
+
+
+def chat_request(body: dict[str, Any]) -> ChatRequest:
+    """The native chat request for a Messages request (Ollama's `FromMessagesRequest`), after
+    the checks Ollama's middleware makes first."""
+    model = _check_model(body)
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
         raise BadRequest("max_tokens is required and must be positive")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise BadRequest("messages is required")
+    _check_messages(body)
+    fields = Fields(body, must_be)
     options: dict[str, Any] = {"num_predict": max_tokens}
-    for name in ("temperature", "top_p"):
-        value = _number(body, name)
+    for name, kind in (("temperature", NUMBER), ("top_p", NUMBER), ("top_k", INT)):
+        value = fields.get(name, kind)
         if value is not None:
             options[name] = value
-    top_k = _number(body, "top_k", (int,))
-    if top_k is not None:
-        options["top_k"] = top_k
     stop = body.get("stop_sequences")
     if stop is not None:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise BadRequest("stop_sequences must be an array of strings")
         if stop:
             options["stop"] = stop
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("stream must be a boolean")
-    native: dict[str, Any] = {
-        "model": model,
-        "messages": native_messages(body),
-        "stream": bool(stream),
-        "options": options,
-    }
-    tools = _tools(body.get("tools"), body.get("tool_choice"))
-    if tools:
-        native["tools"] = tools
-    think = _think(body)
-    if think is not None:
-        native["think"] = think
-    fmt = _output_format(body)
-    if fmt is not None:
-        native["format"] = fmt
-    return native
+    stream = fields.get("stream", BOOL, False)
+    messages = native_messages(body)
+    tools = _tools_of(body)
+    decoding = Decoding(options=options, think=_think(body), format=_output_format(body))
+    return ChatRequest(model, messages, tools, stream, decoding)
 
 
 def _output_format(body: dict[str, Any]) -> Any:
@@ -466,8 +459,7 @@ async def _read_body() -> dict[str, Any]:
 @bp.route("/v1/messages", methods=["POST"])
 async def messages() -> Response:
     body = await _read_body()
-    native = native_request(body)
-    answer = await prepare_chat(native, Timing(), relax_thinking=True)
+    answer = await prepare_chat(chat_request(body), Timing(), relax_thinking=True)
     message_id = _new_id("msg")
     items = answer_items(answer)
     if answer.stream:
@@ -480,18 +472,12 @@ async def messages() -> Response:
 async def count_tokens() -> Response:
     """`{"input_tokens": N}`: the tokens of the prompt the request renders to, tools included."""
     body = await _read_body()
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("model is required")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise BadRequest("messages is required")
+    model = _check_model(body)
+    _check_messages(body)
+    messages = native_messages(body)
+    tools = _tools_of(body)
     # The whole prompt, never truncated to the context: the count says whether it fits.
-    native: dict[str, Any] = {"model": model, "messages": native_messages(body), "truncate": False}
-    tools = _tools(body.get("tools"), body.get("tool_choice"))
-    if tools:
-        native["tools"] = tools
-    think = _think(body)
-    if think is not None:
-        native["think"] = think
+    decoding = Decoding(think=_think(body), truncate=False)
+    native = ChatRequest(model, messages, tools, decoding=decoding)
     answer = await prepare_chat(native, Timing(), relax_thinking=True, render_only=True)
     return json_response({"input_tokens": answer.prompt_tokens})

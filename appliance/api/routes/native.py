@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from quart import Blueprint, Response
 
 from appliance import OLLAMA_COMPAT_VERSION, __version__
+from appliance.api.bodies.inference import (
+    ChatRequest,
+    Decoding,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    Message,
+)
 from appliance.api.context import services
 from appliance.api.middleware.asgi import note_model
-from appliance.api.requests import check_images, field_of_type, read_json_object
+from appliance.api.requests import read_json_object
 from appliance.api.streaming import json_response, ndjson_response
 from appliance.errors import ApplianceError, BadRequest, NotFound
-from appliance.gocompat.durations import parse_keep_alive
 from appliance.gocompat.timefmt import go_time, utc_now_go
 from appliance.options import resolve_options
 from appliance.prompting.prompts import (
@@ -45,6 +52,7 @@ from appliance.store.create import validate_template
 from appliance.store.names import parse_model_name
 
 bp = Blueprint("native", __name__)
+_Request = TypeVar("_Request")
 log = logging.getLogger(__name__)
 
 
@@ -63,23 +71,15 @@ async def version() -> Response:
 # ---- request pieces ------------------------------------------------------------------------------
 
 
-def _common_checks(body: dict[str, Any]) -> float | None:
-    """Decode-time checks shared by generate and chat: images, top_logprobs and keep_alive."""
-    check_images(body)
-    top = body.get("top_logprobs")
-    if top is not None and (
-        not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20
-    ):
-        raise BadRequest("top_logprobs must be between 0 and 20")
-    return parse_keep_alive(body.get("keep_alive"))
-
-
-def _model_field(body: dict[str, Any], *names: str) -> str:
-    for name in names:
-        value = field_of_type(body, name, str, "")
-        if value.strip():
-            return value.strip()
-    return ""
+async def _read(parse: Callable[[dict[str, Any]], _Request]) -> _Request:
+    """The request body parsed by `parse`; a body refused still names its model in the log."""
+    body = await read_json_object()
+    try:
+        return parse(body)
+    except BadRequest:
+        if isinstance(body.get("model"), str):
+            note_model(body["model"].strip())
+        raise
 
 
 async def _resolve(model_text: str, *, missing: str = "single"):  # type: ignore[no-untyped-def]
@@ -94,34 +94,9 @@ async def _resolve(model_text: str, *, missing: str = "single"):  # type: ignore
         raise NotFound(f"model '{model_text}' not found") from None
 
 
-def _options(model: Any, body: dict[str, Any]) -> Any:
-    raw = body.get("options")
-    if raw is not None and not isinstance(raw, dict):
-        raise BadRequest(
-            "json: cannot unmarshal options into Go struct field of type map[string]any"
-        )
+def _options(model: Any, requested: Mapping[str, Any]) -> Any:
     settings = services().settings
-    return resolve_options(model.params or {}, raw or {}, default_num_ctx=settings.default_num_ctx)
-
-
-def _think_requested(body: dict[str, Any]) -> bool:
-    think = body.get("think")
-    if think is None or think is False:
-        return False
-    if think is True or think in ("low", "medium", "high", "max"):
-        return True
-    raise BadRequest(
-        f"invalid think value: {think!r} (must be a boolean or low, medium, high, max)"
-    )
-
-
-def _think_setting(body: dict[str, Any], caps: set[str]) -> bool | None:
-    """The `think` the template sees (checked by `_think_requested` first): the request's, a
-    level counting as on; unset on a thinking model means on (Ollama defaults it so)."""
-    think = body.get("think")
-    if think is None:
-        return True if "thinking" in caps else None
-    return think is not False
+    return resolve_options(model.params or {}, requested, default_num_ctx=settings.default_num_ctx)
 
 
 async def _template_for(model: Any, lease: Any, override: str | None = None) -> PromptTemplate:
@@ -130,11 +105,11 @@ async def _template_for(model: Any, lease: Any, override: str | None = None) -> 
     return await services().extras["catalog"].prompt_template(model, lease, override)
 
 
-async def _tokenize_prompt(lease: Any, text: str, *, raw: bool) -> list[int]:
+def _adds_bos(lease: Any, text: str) -> bool:
+    """Whether tokenizing `text` should add BOS: a rendered chat template usually writes BOS
+    itself, and a second one is never added."""
     bos = lease.bos_text
-    # A rendered chat template usually writes BOS itself; never add a second one.
-    add_special = raw or not (bos and text.startswith(bos))
-    return await lease.tokenize(text, add_special=add_special)
+    return not (bos and text.startswith(bos))
 
 
 _tools_dropped_for: set[str] = set()
@@ -176,13 +151,16 @@ async def _unload(model: Any) -> None:
         await runner.exited.wait()
 
 
-def _decode_fields(seq: Any, body: dict[str, Any]) -> Any:
-    """The request's `logprobs`, `top_logprobs` and `shift` on its sequence (checked already by
-    `_common_checks`); top_logprobs only counts when logprobs is on, as in Ollama, and without
-    shift the runner does not cut a prompt that is still too long (llm/llama_server.go)."""
-    seq.logprobs = field_of_type(body, "logprobs", bool, False)
-    seq.top_logprobs = (body.get("top_logprobs") or 0) if seq.logprobs else 0
-    seq.shift = field_of_type(body, "shift", bool, True)
+def _sequence(lease: Any, tokens: list[int], options: Any, grammar: Any, decoding: Decoding) -> Any:
+    """The sequence for a prompt, with the request's `truncate`, `logprobs`, `top_logprobs` and
+    `shift`; top_logprobs only counts when logprobs is on, as in Ollama, and without shift the
+    runner does not cut a prompt that is still too long (llm/llama_server.go)."""
+    seq = sequence_request(
+        tokens, options, grammar=grammar, num_ctx=lease.num_ctx, truncate=decoding.truncate
+    )
+    seq.logprobs = decoding.logprobs
+    seq.top_logprobs = decoding.top_logprobs if decoding.logprobs else 0
+    seq.shift = decoding.shift
     if not seq.shift:  # no shift, no token-level truncation: a prompt too long is a 400
         seq.truncate = False
     return seq
@@ -264,99 +242,86 @@ async def _respond(
 
 @bp.route("/api/generate", methods=["POST"])
 async def generate() -> Response:
-    answer = await prepare_generate(await read_json_object(), Timing())
-    return await _respond(answer, whole_generate)
+    req = await _read(GenerateRequest.parse)
+    return await _respond(await prepare_generate(req, Timing()), whole_generate)
 
 
-async def prepare_generate(body: dict[str, Any], timing: Timing) -> NativeAnswer:
+async def prepare_generate(req: GenerateRequest, timing: Timing) -> NativeAnswer:
     """Everything /api/generate does before its first byte: checks in Ollama's order, model
     resolution, the lease, the prompt; shared with /v1/completions."""
-    keep_alive = _common_checks(body)
-    model_text = _model_field(body, "model")
-    if not model_text:
+    if not req.model:
         raise NotFound("model '' not found")
-    model = await _resolve(model_text)
-    prompt = field_of_type(body, "prompt", str, "")
-    suffix = field_of_type(body, "suffix", str, "")
-    system = field_of_type(body, "system", str, None)
-    template = field_of_type(body, "template", str, None)
-    context = field_of_type(body, "context", list, None)
-    raw = field_of_type(body, "raw", bool, False)
-    stream = field_of_type(body, "stream", bool, True)
-    svc = services()
-
-    if prompt == "" and keep_alive == 0 and "keep_alive" in body:
+    model = await _resolve(req.model)
+    if req.prompt == "" and req.decoding.keep_alive == 0:
         await _unload(model)
-        single = _generate_obj(model_text, "", done=True, done_reason="unload")
-        return NativeAnswer(model_text, stream, single=single)
-
-    if raw and (template or system or context):
-        raise BadRequest("raw mode does not support template, system, or context")
-    caps = await svc.extras["catalog"].capabilities(model)
-    if "completion" not in caps:
-        raise BadRequest(f'"{model_text}" does not support generate')
-    if suffix and "insert" not in caps:
-        raise BadRequest(f"{model.name.full()} does not support insert")
-    if _think_requested(body) and "thinking" not in caps:
-        raise BadRequest(f'"{model_text}" does not support thinking')
-    _check_images(model_text, caps, field_of_type(body, "images", list, None) or [])
-    think = _think_setting(body, caps)
-    if context is not None and not all(
-        isinstance(t, int) and not isinstance(t, bool) for t in context
-    ):
-        raise BadRequest("json: cannot unmarshal context into Go struct field of type []int")
-    if template:
-        validate_template(template)  # a client's template: 400, before a slot is taken
-    options = _options(model, body)
-    grammar = grammar_for(body.get("format"))
-
-    lease = await svc.scheduler.acquire(model, options, keep_alive)
+        return _generate_single(req, "unload")
+    think = await _generate_checks(req, model)
+    options = _options(model, req.decoding.options)
+    grammar = grammar_for(req.decoding.format)
+    lease = await services().scheduler.acquire(model, options, req.decoding.keep_alive)
     timing.mark_loaded()
-    if prompt == "" and not suffix:
+    if req.prompt == "" and not req.suffix:
         lease.release()
-        single = _generate_obj(model_text, "", done=True, done_reason="load")
-        return NativeAnswer(model_text, stream, single=single)
-    reply = ReplyParser()
+        return _generate_single(req, "load")
     try:
-        if raw:
-            text = prompt
-        else:
-            tmpl = await _template_for(model, lease, template)
-            try:
-                text = tmpl.render_generate(
-                    prompt,
-                    system=system if system is not None else model.system,
-                    suffix=suffix or None,
-                    messages_before=() if context else list(model.messages or ()),
-                    think=think,
-                )
-            except PromptError as exc:
-                if not template:
-                    raise
-                raise BadRequest(exc.message) from None  # the client's own template failed
-            if think:
-                reply = ReplyParser(thinking_parser(tmpl, text))
-            if context:
-                text = await lease.detokenize(list(context)) + text
-        tokens = await _tokenize_prompt(lease, text, raw=raw)
-        seq = sequence_request(
-            tokens,
-            options,
-            grammar=grammar,
-            num_ctx=lease.num_ctx,
-            truncate=field_of_type(body, "truncate", bool, True),
-        )
-        _decode_fields(seq, body)
+        text, reply = await _generate_prompt(req, model, lease, think)
+        tokens = await lease.tokenize(text, add_special=req.raw or _adds_bos(lease, text))
+        seq = _sequence(lease, tokens, options, grammar, req.decoding)
     except BaseException:
         lease.release()
         raise
     chunks = await primed(run_sequence(lease, seq))
-    want_context = not raw
-    return NativeAnswer(
-        model_text,
-        stream,
-        items=_generate_stream(chunks, model_text, timing, tokens, want_context, reply),
-    )
+    items = _generate_stream(chunks, req.model, timing, tokens, not req.raw, reply)
+    return NativeAnswer(req.model, req.stream, items=items)
+
+
+def _generate_single(req: GenerateRequest, done_reason: str) -> NativeAnswer:
+    """The one object of a generate that only loads or unloads the model."""
+    single = _generate_obj(req.model, "", done=True, done_reason=done_reason)
+    return NativeAnswer(req.model, req.stream, single=single)
+
+
+async def _generate_checks(req: GenerateRequest, model: Any) -> bool | None:
+    """The request against its model, in Ollama's order; the `think` the template sees."""
+    if req.raw and (req.template or req.system or req.context):
+        raise BadRequest("raw mode does not support template, system, or context")
+    caps = await services().extras["catalog"].capabilities(model)
+    if "completion" not in caps:
+        raise BadRequest(f'"{req.model}" does not support generate')
+    if req.suffix and "insert" not in caps:
+        raise BadRequest(f"{model.name.full()} does not support insert")
+    if req.decoding.think_requested and "thinking" not in caps:
+        raise BadRequest(f'"{req.model}" does not support thinking')
+    _check_images(req.model, caps, req.images)
+    if req.template:
+        validate_template(req.template)  # a client's template: 400, before a slot is taken
+    return req.decoding.think_setting(caps)
+
+
+async def _generate_prompt(
+    req: GenerateRequest, model: Any, lease: Any, think: bool | None
+) -> tuple[str, ReplyParser]:
+    """The prompt text (the request's own when raw, else rendered, after the `context` tokens'
+    text) and the parser its reply goes through."""
+    if req.raw:
+        return req.prompt, ReplyParser()
+    tmpl = await _template_for(model, lease, req.template)
+    try:
+        text = tmpl.render_generate(
+            req.prompt,
+            system=req.system if req.system is not None else model.system,
+            suffix=req.suffix or None,
+            messages_before=() if req.context else list(model.messages or ()),
+            think=think,
+        )
+    except PromptError as exc:
+        if not req.template:
+            raise
+        raise BadRequest(exc.message) from None  # the client's own template failed
+    reply = ReplyParser(thinking_parser(tmpl, text)) if think else ReplyParser()
+    if req.context:
+        text = await lease.detokenize(list(req.context)) + text
+    return text, reply
 
 
 def _generate_obj(
@@ -450,40 +415,14 @@ async def _whole(items: AsyncIterator[dict[str, Any]], fields_of: Any) -> dict[s
 # ---- chat ----------------------------------------------------------------------------------------
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    raw = body.get("messages")
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise BadRequest(
-            "json: cannot unmarshal messages into Go struct field ChatRequest.messages"
-            " of type []api.Message"
-        )
-    out = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise BadRequest("json: cannot unmarshal message into Go value of type api.Message")
-        role = item.get("role", "")
-        content = item.get("content", "")
-        if not isinstance(role, str) or (content is not None and not isinstance(content, str)):
-            raise BadRequest(
-                "json: cannot unmarshal message field into Go struct field of type string"
-            )
-        message = dict(item)
-        message["role"] = role.lower()
-        message["content"] = content or ""
-        out.append(message)
-    return out
-
-
 @bp.route("/api/chat", methods=["POST"])
 async def chat() -> Response:
-    answer = await prepare_chat(await read_json_object(), Timing())
-    return await _respond(answer, whole_chat)
+    req = await _read(ChatRequest.parse)
+    return await _respond(await prepare_chat(req, Timing()), whole_chat)
 
 
 async def prepare_chat(
-    body: dict[str, Any],
+    req: ChatRequest,
     timing: Timing,
     *,
     relax_thinking: bool = False,
@@ -493,89 +432,88 @@ async def prepare_chat(
     /v1/responses and /v1/messages. `relax_thinking` (Anthropic clients, as Ollama's
     `relax_thinking`) drops a `think` the model cannot do instead of refusing the request;
     `render_only` stops once the prompt is tokenized (its `prompt_tokens`), generating nothing."""
-    keep_alive = _common_checks(body)
-    model_text = _model_field(body, "model")
-    if not model_text:
+    if not req.model:
         raise BadRequest("model is required")
-    messages = _messages(body)
-    model = await _resolve(model_text)
-    stream = field_of_type(body, "stream", bool, True)
-    tools = field_of_type(body, "tools", list, None)
-    svc = services()
-
-    if not messages and keep_alive == 0 and "keep_alive" in body:
+    model = await _resolve(req.model)
+    if not req.messages and req.decoding.keep_alive == 0:
         await _unload(model)
-        return NativeAnswer(
-            model_text, stream, single=_chat_obj(model_text, "", done=True, done_reason="unload")
-        )
-
-    caps = await svc.extras["catalog"].capabilities(model)
-    if "completion" not in caps:
-        raise BadRequest(f'"{model_text}" does not support chat')
-    if tools and "tools" not in caps:
-        if not svc.settings.drop_unsupported_tools:
-            raise BadRequest(f"{model.name.full()} does not support tools")
-        _note_dropped_tools(model.name.full())
-        tools = None
-    if relax_thinking and "thinking" not in caps:
-        body = {**body, "think": None}
-    _check_images(model_text, caps, [img for m in messages for img in m.get("images") or ()])
-    if _think_requested(body) and "thinking" not in caps:
-        raise BadRequest(f'"{model_text}" does not support thinking')
-    think = _think_setting(body, caps)
-    options = _options(model, body)
-    grammar = grammar_for(body.get("format"))
-
-    lease = await svc.scheduler.acquire(model, options, keep_alive)
+        return _chat_single(req, "unload")
+    req, think = await _chat_checks(req, model, relax_thinking=relax_thinking)
+    options = _options(model, req.decoding.options)
+    grammar = grammar_for(req.decoding.format)
+    lease = await services().scheduler.acquire(model, options, req.decoding.keep_alive)
     timing.mark_loaded()
-    if not messages:
+    if not req.messages:
         lease.release()
-        return NativeAnswer(
-            model_text, stream, single=_chat_obj(model_text, "", done=True, done_reason="load")
-        )
+        return _chat_single(req, "load")
+    tools = list(req.tools) if req.tools else None
     try:
         tmpl = await _template_for(model, lease)
-        history = list(model.messages or []) + messages
-        if model.system and messages[0]["role"] != "system":
-            history.insert(0, {"role": "system", "content": model.system})
-        text, tokens = await _fit_chat(lease, tmpl, history, tools, body, think)
+        history = _history(model, req.messages)
+        text, tokens = await _fit_chat(lease, tmpl, history, tools, req.decoding.truncate, think)
         if render_only:
             lease.release()
-            single = _chat_obj(model_text, "", done=True, done_reason="load")
-            return NativeAnswer(model_text, stream, single=single, prompt_tokens=len(tokens))
+            return _chat_single(req, "load", prompt_tokens=len(tokens))
         reply = ReplyParser(
             thinking_parser(tmpl, text) if think else None,
             tool_call_parser(tmpl, tools) if tools else None,
         )
-        seq = sequence_request(
-            tokens,
-            options,
-            grammar=grammar,
-            num_ctx=lease.num_ctx,
-            truncate=field_of_type(body, "truncate", bool, True),
-        )
-        _decode_fields(seq, body)
+        seq = _sequence(lease, tokens, options, grammar, req.decoding)
     except BaseException:
         lease.release()
         raise
     chunks = await primed(run_sequence(lease, seq))
-    return NativeAnswer(
-        model_text,
-        stream,
-        items=_chat_stream(chunks, model_text, timing, reply),
-        prompt_tokens=len(tokens),
-    )
+    items = _chat_stream(chunks, req.model, timing, reply)
+    return NativeAnswer(req.model, req.stream, items=items, prompt_tokens=len(tokens))
+
+
+def _chat_single(req: ChatRequest, done_reason: str, *, prompt_tokens: int = 0) -> NativeAnswer:
+    """The one object of a chat that only loads or unloads the model (or only counts tokens)."""
+    single = _chat_obj(req.model, "", done=True, done_reason=done_reason)
+    return NativeAnswer(req.model, req.stream, single=single, prompt_tokens=prompt_tokens)
+
+
+async def _chat_checks(
+    req: ChatRequest, model: Any, *, relax_thinking: bool
+) -> tuple[ChatRequest, bool | None]:
+    """The request against its model, in Ollama's order: the request as it will run (tools
+    dropped if the setting says so, `think` dropped if relaxed) and the `think` the template
+    sees."""
+    svc = services()
+    caps = await svc.extras["catalog"].capabilities(model)
+    if "completion" not in caps:
+        raise BadRequest(f'"{req.model}" does not support chat')
+    if req.tools and "tools" not in caps:
+        if not svc.settings.drop_unsupported_tools:
+            raise BadRequest(f"{model.name.full()} does not support tools")
+        _note_dropped_tools(model.name.full())
+        req = replace(req, tools=None)
+    if relax_thinking and "thinking" not in caps:
+        req = replace(req, decoding=replace(req.decoding, think=None))
+    _check_images(req.model, caps, req.images)
+    if req.decoding.think_requested and "thinking" not in caps:
+        raise BadRequest(f'"{req.model}" does not support thinking')
+    return req, req.decoding.think_setting(caps)
+
+
+def _history(model: Any, messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """The model's own messages (Modelfile MESSAGE) and system prompt, then the request's."""
+    history = list(model.messages or []) + [m.as_dict() for m in messages]
+    if model.system and messages[0].role != "system":
+        history.insert(0, {"role": "system", "content": model.system})
+    return history
 
 
 async def _fit_chat(
     lease: Any,
     tmpl: PromptTemplate,
     history: list[dict[str, Any]],
-    tools: Any,
-    body: dict[str, Any],
+    tools: list[dict[str, Any]] | None,
+    truncate: bool,
     think: bool | None = None,
 ) -> tuple[str, list[int]]:
-    """Render and tokenize; drop the oldest whole turns while the prompt exceeds the context.
+    """Render and tokenize; drop the oldest whole turns while the prompt exceeds the context
+    (unless `truncate` is off).
 
     Each candidate history is rendered and tokenized in its own worker-thread call (tokenizing
     reads only the vocabulary, safe beside a running decode), so a client that hangs up stops the
@@ -583,16 +521,13 @@ async def _fit_chat(
     refuses the history (Gemma's "roles must alternate") is the client's 400, never a 500.
     """
     num_ctx = lease.num_ctx
-    truncate = field_of_type(body, "truncate", bool, True)
-    bos = lease.bos_text or ""
 
     def probe(messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
         try:
             text = tmpl.render_chat(messages, tools=tools, think=think)
         except PromptError as exc:
             raise BadRequest(exc.message) from None
-        add_special = not (bos and text.startswith(bos))
-        return text, lease.tokenize_blocking(text, add_special=add_special)
+        return text, lease.tokenize_blocking(text, add_special=_adds_bos(lease, text))
 
     if not truncate:
         return await trio.to_thread.run_sync(probe, history)
@@ -658,35 +593,27 @@ async def whole_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
 
 @bp.route("/api/embed", methods=["POST"])
 async def embed() -> Response:
-    return json_response(await embed_answer(await read_json_object(), Timing()))
+    req = await _read(EmbedRequest.parse)
+    return json_response(await embed_answer(req, Timing()))
 
 
-async def embed_answer(body: dict[str, Any], timing: Timing) -> dict[str, Any]:
+async def embed_answer(req: EmbedRequest, timing: Timing) -> dict[str, Any]:
     """The /api/embed answer object; shared with /v1/embeddings."""
-    keep_alive = parse_keep_alive(body.get("keep_alive"))
-    model_text = _model_field(body, "model")
-    raw_input = body.get("input")
-    if raw_input is None or isinstance(raw_input, str):
-        inputs = [raw_input] if raw_input else []
-    elif isinstance(raw_input, list) and all(isinstance(x, str) for x in raw_input):
-        inputs = list(raw_input)
-    else:
-        raise BadRequest("invalid input type")
-    if not model_text:
+    if not req.model:
         raise NotFound("model '' not found")
-    model = await _resolve(model_text, missing="pull")
-    truncate = field_of_type(body, "truncate", bool, True)
-    dimensions = field_of_type(body, "dimensions", int, None)
-    options = _options(model, body)
-    svc = services()
-    lease = await svc.scheduler.acquire(model, options, keep_alive)
+    model = await _resolve(req.model, missing="pull")
+    options = _options(model, req.options)
+    lease = await services().scheduler.acquire(model, options, req.keep_alive)
     timing.mark_loaded()
     try:
-        if not inputs:
-            return {"model": model_text, "embeddings": []}
+        if not req.inputs:
+            return {"model": req.model, "embeddings": []}
         try:
             vectors, count = await lease.embed(
-                inputs, truncate=truncate, normalize=True, dimensions=dimensions or None
+                list(req.inputs),
+                truncate=req.truncate,
+                normalize=True,
+                dimensions=req.dimensions or None,
             )
         except ApplianceError as exc:
             raise ApplianceError(
@@ -697,7 +624,7 @@ async def embed_answer(body: dict[str, Any], timing: Timing) -> dict[str, Any]:
     finally:
         lease.release()
     return {
-        "model": model_text,
+        "model": req.model,
         "embeddings": vectors,
         **nonzero(
             total_duration=timing.total_duration(),
@@ -709,19 +636,18 @@ async def embed_answer(body: dict[str, Any], timing: Timing) -> dict[str, Any]:
 
 @bp.route("/api/embeddings", methods=["POST"])
 async def embeddings() -> Response:
-    body = await read_json_object()
-    keep_alive = parse_keep_alive(body.get("keep_alive"))
-    model_text = _model_field(body, "model")
-    if not model_text:
+    req = await _read(EmbeddingsRequest.parse)
+    if not req.model:
         raise BadRequest("model is required")
-    model = await _resolve(model_text, missing="pull")
-    prompt = field_of_type(body, "prompt", str, "")
-    options = _options(model, body)
-    lease = await services().scheduler.acquire(model, options, keep_alive)
+    model = await _resolve(req.model, missing="pull")
+    options = _options(model, req.options)
+    lease = await services().scheduler.acquire(model, options, req.keep_alive)
     try:
-        if not prompt:
+        if not req.prompt:
             return json_response({"embedding": []})
-        vectors, _ = await lease.embed([prompt], truncate=True, normalize=False, dimensions=None)
+        vectors, _ = await lease.embed(
+            [req.prompt], truncate=True, normalize=False, dimensions=None
+        )
     finally:
         lease.release()
     return json_response({"embedding": vectors[0]})

@@ -1,10 +1,10 @@
 """OpenAI-compatible routes (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models).
 
-Like Ollama's middleware (reference §3), each request is rewritten into the native request and
-answered by the native path (`prepare_chat`, `prepare_generate`, `embed_answer`); only the shapes
-of requests and answers are translated here. Errors are raised; `appliance/api/errors.py` answers
-them in OpenAI's envelope for every path under /v1/. There is no keep_alive: a runner keeps the
-session duration it already has.
+Like Ollama's middleware (reference §3), each request is rewritten into the typed native request
+(`appliance/api/bodies/inference.py`) and answered by the native path (`prepare_chat`,
+`prepare_generate`, `embed_answer`); only the shapes of requests and answers are translated here.
+Errors are raised; `appliance/api/errors.py` answers them in OpenAI's envelope for every path under
+/v1/. There is no keep_alive: a runner keeps the session duration it already has.
 """
 
 from __future__ import annotations
@@ -16,11 +16,23 @@ import random
 import struct
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import trio
 from quart import Blueprint, Response
 
+from appliance.api.bodies.fields import BOOL, INT, NUMBER, STRING, Fields, go_struct
+from appliance.api.bodies.inference import (
+    ChatRequest,
+    Decoding,
+    EmbedRequest,
+    GenerateRequest,
+    Message,
+    embed_inputs,
+    tool_list,
+    top_logprobs_value,
+)
 from appliance.api.context import services
 from appliance.api.requests import decode_json, read_json_object
 from appliance.api.routes.native import (
@@ -33,7 +45,7 @@ from appliance.api.routes.native import (
 )
 from appliance.api.streaming import json_response, sse_response
 from appliance.errors import BadRequest, NotFound
-from appliance.gocompat.jsontypes import go_type_name, json_kind
+from appliance.gocompat.jsontypes import go_type_name
 from appliance.serving.generation import Timing
 from appliance.store.names import parse_model_name
 
@@ -62,29 +74,6 @@ async def read_body() -> dict[str, Any]:
     if not body:
         raise BadRequest("EOF")
     return body
-
-
-def _field(
-    body: dict[str, Any], name: str, kinds: tuple[type, ...], go: str, struct_name: str
-) -> Any:
-    """An optional typed field; a wrong type is Go's unmarshal error."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
-        return value
-    kind = json_kind(value)
-    raise BadRequest(
-        f"json: cannot unmarshal {kind} into Go struct field {struct_name}.{name} of type {go}"
-    )
-
-
-def _number(body: dict[str, Any], name: str, struct_name: str) -> float | None:
-    return _field(body, name, (int, float), "float64", struct_name)
-
-
-def _int(body: dict[str, Any], name: str, struct_name: str) -> int | None:
-    return _field(body, name, (int,), "int", struct_name)
 
 
 def _stop(value: Any) -> list[str] | None:
@@ -144,9 +133,9 @@ def decode_image_url(url: str) -> str:
     return base64.b64encode(raw).decode()
 
 
-def _content_messages(role: str, content: list[Any]) -> list[dict[str, Any]]:
+def _content_messages(role: str, content: list[Any]) -> list[Message]:
     """Each content part becomes its own native message with the same role."""
-    out: list[dict[str, Any]] = []
+    out: list[Message] = []
     for part in content:
         if not isinstance(part, dict):
             raise BadRequest("invalid message format")
@@ -155,26 +144,30 @@ def _content_messages(role: str, content: list[Any]) -> list[dict[str, Any]]:
             text = part.get("text")
             if not isinstance(text, str):
                 raise BadRequest("invalid message format")
-            out.append({"role": role, "content": text})
+            out.append(Message(role, text))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str):
                 raise BadRequest("invalid message format")
-            out.append({"role": role, "content": "", "images": [decode_image_url(url)]})
+            out.append(Message(role, images=(decode_image_url(url),)))
         elif kind == "input_audio":
-            audio = part.get("input_audio")
-            data = audio.get("data") if isinstance(audio, dict) else None
-            if not isinstance(data, str):
-                raise BadRequest("invalid message format")
-            try:
-                raw = base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadRequest("invalid audio input") from None
-            out.append({"role": role, "content": "", "images": [base64.b64encode(raw).decode()]})
+            out.append(Message(role, images=(_audio(part.get("input_audio")),)))
         else:
             raise BadRequest("invalid message format")
     return out
+
+
+def _audio(audio: Any) -> str:
+    """An `input_audio` part's data (checked), carried as native `images` are."""
+    data = audio.get("data") if isinstance(audio, dict) else None
+    if not isinstance(data, str):
+        raise BadRequest("invalid message format")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("invalid audio input") from None
+    return base64.b64encode(raw).decode()
 
 
 def _tool_calls(calls: Any) -> list[dict[str, Any]]:
@@ -202,7 +195,7 @@ def _tool_calls(calls: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _chat_messages(raw: Any) -> list[dict[str, Any]]:
+def _chat_messages(raw: Any) -> tuple[Message, ...]:
     if raw is not None and not isinstance(raw, list):
         raise BadRequest(
             f"json: cannot unmarshal {go_type_name(raw)} into Go struct field "
@@ -210,7 +203,7 @@ def _chat_messages(raw: Any) -> list[dict[str, Any]]:
         )
     if not raw:
         raise BadRequest("[] is too short - 'messages'")
-    messages: list[dict[str, Any]] = []
+    messages: list[Message] = []
     call_names: dict[str, str] = {}
     for msg in raw:
         if not isinstance(msg, dict):
@@ -219,30 +212,35 @@ def _chat_messages(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(role, str):
             raise BadRequest("invalid message format")
         content = msg.get("content")
-        calls = msg.get("tool_calls")
         if isinstance(content, str):
-            messages.append({"role": role, "content": content})
+            messages.append(Message(role, content))
         elif isinstance(content, list):
             messages.extend(_content_messages(role, content))
-        elif calls is None:
+        elif msg.get("tool_calls") is None:
             raise BadRequest(f"invalid message content type: {go_type_name(content)}")
         else:
-            messages.append({"role": role, "content": ""})
-        last = messages[-1] if messages else None
-        if last is None:
-            continue
-        if isinstance(msg.get("reasoning"), str) and msg["reasoning"]:
-            last["thinking"] = msg["reasoning"]
-        if calls is not None:
-            last["tool_calls"] = _tool_calls(calls)
-            for call in calls:
-                if isinstance(call, dict) and call.get("id"):
-                    call_names[str(call["id"])] = str(call["function"].get("name", ""))
-        if role == "tool":
-            name = msg.get("name") or call_names.get(str(msg.get("tool_call_id") or ""), "")
-            if name:
-                last["tool_name"] = name
-    return messages
+            messages.append(Message(role))
+        if messages:  # an empty content list leaves these on the message before
+            messages[-1] = _annotated(messages[-1], msg, call_names)
+    return tuple(messages)
+
+
+def _annotated(last: Message, msg: dict[str, Any], call_names: dict[str, str]) -> Message:
+    """`last` with `msg`'s reasoning, tool calls and (for a tool answer) the tool's name."""
+    changes: dict[str, Any] = {}
+    if isinstance(msg.get("reasoning"), str) and msg["reasoning"]:
+        changes["thinking"] = msg["reasoning"]
+    calls = msg.get("tool_calls")
+    if calls is not None:
+        changes["tool_calls"] = tuple(_tool_calls(calls))
+        for call in calls:
+            if isinstance(call, dict) and call.get("id"):
+                call_names[str(call["id"])] = str(call["function"].get("name", ""))
+    if msg.get("role") == "tool":
+        name = msg.get("name") or call_names.get(str(msg.get("tool_call_id") or ""), "")
+        if name:
+            changes["tool_name"] = name
+    return replace(last, **changes) if changes else last
 
 
 def think_of(body: dict[str, Any]) -> Any:
@@ -275,27 +273,26 @@ def _format(response_format: Any) -> Any:
     return None
 
 
-def _shared_options(body: dict[str, Any], where: str) -> dict[str, Any]:
+def _shared_options(body: dict[str, Any], fields: Fields) -> dict[str, Any]:
     """Options both request kinds map alike: stop, max_tokens, temperature (default 1.0), seed."""
     options: dict[str, Any] = {}
     stop = _stop(body.get("stop"))
     if stop is not None:
         options["stop"] = stop
-    max_tokens = _int(body, "max_tokens", where)
+    max_tokens = fields.get("max_tokens", INT)
     if max_tokens is not None:
         options["num_predict"] = max_tokens
-    temperature = _number(body, "temperature", where)
-    options["temperature"] = 1.0 if temperature is None else temperature
-    seed = _int(body, "seed", where)
+    options["temperature"] = fields.get("temperature", NUMBER, 1.0)
+    seed = fields.get("seed", INT)
     if seed is not None:
         options["seed"] = seed
     return options
 
 
-def _check_n(body: dict[str, Any], where: str) -> None:
+def _check_n(fields: Fields) -> None:
     """`n`: one choice is all a request gets (Ollama ignores `n`); asking for more is a 400 rather
     than a silent single answer."""
-    n = _int(body, "n", where)
+    n = fields.get("n", INT)
     if n is not None and n != 1:
         raise BadRequest(f"n = {n} is not supported: this server answers one choice per request")
 
@@ -326,64 +323,66 @@ def _tool_name(tool: Any) -> Any:
     return function.get("name") if isinstance(function, dict) else tool.get("name")
 
 
-def native_chat_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The /api/chat body for an OpenAI chat completion request (Ollama's `FromChatRequest`).
-    `max_completion_tokens` (what current SDKs send) wins over the older `max_tokens`; `user`,
-    `logit_bias`, `parallel_tool_calls`, `store` and `metadata` do not change an answer here."""
-    where = "ChatCompletionRequest"
+def chat_request(body: dict[str, Any]) -> ChatRequest:
+    """The native chat request for an OpenAI chat completion request (Ollama's
+    `FromChatRequest`). `max_completion_tokens` (what current SDKs send) wins over the older
+    `max_tokens`; `user`, `logit_bias`, `parallel_tool_calls`, `store` and `metadata` do not change
+    an answer here."""
+    fields = Fields(body, go_struct("ChatCompletionRequest"))
     messages = _chat_messages(body.get("messages"))
-    _check_n(body, where)
-    options = _shared_options(body, where)
-    max_completion = _int(body, "max_completion_tokens", where)
+    _check_n(fields)
+    options = _shared_options(body, fields)
+    max_completion = fields.get("max_completion_tokens", INT)
     if max_completion is not None:
         options["num_predict"] = max_completion
     for name in ("frequency_penalty", "presence_penalty"):
-        value = _number(body, name, where)
+        value = fields.get(name, NUMBER)
         if value is not None:
             options[name] = value
-    top_p = _number(body, "top_p", where)
-    options["top_p"] = 1.0 if top_p is None else top_p
-    native: dict[str, Any] = {
-        "model": body.get("model"),
-        "messages": messages,
-        "stream": _field(body, "stream", (bool,), "bool", where) or False,
-        "options": options,
-    }
-    fmt = _format(body.get("response_format"))
-    if fmt is not None:
-        native["format"] = fmt
-    tools = chosen_tools(body.get("tools"), body.get("tool_choice"))
-    if tools:
-        native["tools"] = tools
-    think = think_of(body)
-    if think is not None:
-        native["think"] = think
-    for name in ("logprobs", "top_logprobs"):
-        if body.get(name) is not None:
-            native[name] = body[name]
-    return native
+    options["top_p"] = fields.get("top_p", NUMBER, 1.0)
+    stream = fields.get("stream", BOOL, False)
+    tools = tool_list(body.get("tools"), "ChatCompletionRequest", "[]api.Tool")
+    tools = chosen_tools(tools, body.get("tool_choice"))
+    decoding = Decoding(
+        options=options,
+        format=_format(body.get("response_format")),
+        think=think_of(body),
+        logprobs=fields.get("logprobs", BOOL, False),
+        top_logprobs=top_logprobs_value(body.get("top_logprobs")),
+    )
+    model = fields.get("model", STRING, "").strip()
+    return ChatRequest(model, messages, tuple(tools) if tools else None, stream, decoding)
+
+
+def generate_request(body: dict[str, Any]) -> GenerateRequest:
+    """The native generate request for an OpenAI completion request (Ollama's
+    `FromCompleteRequest`)."""
+    fields = Fields(body, go_struct("CompletionRequest"))
+    prompt = fields.get("prompt", STRING, "")
+    options = _shared_options(body, fields)
+    options["frequency_penalty"] = fields.get("frequency_penalty", NUMBER) or 0.0
+    options["presence_penalty"] = fields.get("presence_penalty", NUMBER) or 0.0
+    options["top_p"] = fields.get("top_p", NUMBER) or 1.0
+    suffix = fields.get("suffix", STRING, "")
+    stream = fields.get("stream", BOOL, False)
+    logprobs = fields.get("logprobs", INT)
+    decoding = Decoding(
+        options=options,
+        logprobs=bool(logprobs),
+        top_logprobs=top_logprobs_value(logprobs) if logprobs else 0,
+    )
+    model = fields.get("model", STRING, "").strip()
+    return GenerateRequest(model, prompt, suffix, stream=stream, decoding=decoding)
+
+
+def native_chat_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The /api/chat body `body` translates to, as JSON (the route passes the typed request)."""
+    return chat_request(body).as_json()
 
 
 def native_generate_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The /api/generate body for an OpenAI completion request (Ollama's `FromCompleteRequest`)."""
-    where = "CompletionRequest"
-    prompt = _field(body, "prompt", (str,), "string", where) or ""
-    options = _shared_options(body, where)
-    options["frequency_penalty"] = _number(body, "frequency_penalty", where) or 0.0
-    options["presence_penalty"] = _number(body, "presence_penalty", where) or 0.0
-    options["top_p"] = _number(body, "top_p", where) or 1.0
-    native: dict[str, Any] = {
-        "model": body.get("model"),
-        "prompt": prompt,
-        "suffix": _field(body, "suffix", (str,), "string", where) or "",
-        "stream": _field(body, "stream", (bool,), "bool", where) or False,
-        "options": options,
-    }
-    logprobs = _int(body, "logprobs", where)
-    if logprobs:
-        native["logprobs"] = True
-        native["top_logprobs"] = logprobs
-    return native
+    """The /api/generate body `body` translates to, as JSON (the route passes the typed request)."""
+    return generate_request(body).as_json()
 
 
 # ---- /v1/chat/completions ------------------------------------------------------------------------
@@ -392,8 +391,7 @@ def native_generate_request(body: dict[str, Any]) -> dict[str, Any]:
 @bp.route("/v1/chat/completions", methods=["POST"])
 async def chat_completions() -> Response:
     body = await read_body()
-    native = native_chat_request(body)
-    answer = await prepare_chat(native, Timing())
+    answer = await prepare_chat(chat_request(body), Timing())
     cid = _completion_id("chatcmpl")
     items = answer_items(answer)
     if answer.stream:
@@ -550,8 +548,7 @@ async def _chat_events(
 @bp.route("/v1/completions", methods=["POST"])
 async def completions() -> Response:
     body = await read_body()
-    native = native_generate_request(body)
-    answer = await prepare_generate(native, Timing())
+    answer = await prepare_generate(generate_request(body), Timing())
     cid = _completion_id("cmpl")
     items = answer_items(answer)
     if answer.stream:
@@ -628,10 +625,13 @@ async def embeddings() -> Response:
             "Supported values: ['float', 'base64']."
         )
     as_base64 = isinstance(encoding, str) and encoding.lower() == "base64"
-    native: dict[str, Any] = {"model": body.get("model"), "input": raw_input}
-    if body.get("dimensions") is not None:
-        native["dimensions"] = body["dimensions"]
-    result = await embed_answer(native, Timing())
+    fields = Fields(body, go_struct("EmbedRequest"))
+    request = EmbedRequest(
+        model=fields.get("model", STRING, "").strip(),
+        inputs=embed_inputs(raw_input),
+        dimensions=fields.get("dimensions", INT),
+    )
+    result = await embed_answer(request, Timing())
     count = result.get("prompt_eval_count", 0)
     data = [
         {

@@ -1,6 +1,6 @@
 """OpenAI's Responses API (/v1/responses), stateless as Ollama's `openai/responses.go`.
 
-The request is rewritten into a native /api/chat body and answered by the native path
+The request is rewritten into a typed native chat request and answered by the native path
 (`prepare_chat`, `whole_chat`); only shapes are translated here. Nothing is stored: a request that
 refers to an earlier response (`previous_response_id`, `conversation`) or asks to run in the
 background is refused with a 400 that says to send the whole conversation in `input`. Streams are
@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quart import Blueprint, Response
 
+from appliance.api.bodies.fields import BOOL, INT, NUMBER, STRING, Fields, must_be
+from appliance.api.bodies.inference import ChatRequest, Decoding, Message
 from appliance.api.routes.native import prepare_chat, whole_chat
 from appliance.api.routes.openai import (
     answer_items,
@@ -92,82 +94,94 @@ def _reasoning_text(item: dict[str, Any]) -> str:
     return ""
 
 
-def native_messages(raw: Any, instructions: Any) -> list[dict[str, Any]]:
-    """Native chat messages for `instructions` and `input` (Ollama's `FromResponsesRequest`):
+class _Conversation:
+    """Native chat messages built from `input` items in order (Ollama's `FromResponsesRequest`):
     function calls join the assistant message before them, a reasoning item's text becomes the
     next assistant message's thinking, `developer` speaks as `system`."""
-    messages: list[dict[str, Any]] = []
-    if instructions is not None and not isinstance(instructions, str):
-        raise BadRequest("instructions must be a string")
-    if instructions:
-        messages.append({"role": "system", "content": instructions})
-    if isinstance(raw, str):
-        if raw:
-            messages.append({"role": "user", "content": raw})
-        return messages
-    if raw is None:
-        return messages
-    if not isinstance(raw, list):
-        raise BadRequest("input must be a string or array")
-    call_names: dict[str, str] = {}
-    thinking = ""
-    for i, item in enumerate(raw):
-        where = f"input[{i}]"
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.call_names: dict[str, str] = {}
+        self.thinking = ""
+
+    def add(self, item: Any, where: str) -> None:
         if not isinstance(item, dict):
             raise BadRequest(f"{where}: input item must be an object")
         kind = item.get("type") or ("message" if item.get("role") else "")
         if kind == "reasoning":
-            thinking = _reasoning_text(item)
+            self.thinking = _reasoning_text(item)
         elif kind == "message":
-            role = item.get("role")
-            if not isinstance(role, str) or not role:
-                raise BadRequest(f"{where}: message role is required")
-            text, images = _content(item.get("content"), where)
-            message: dict[str, Any] = {
-                "role": "system" if role == "developer" else role,
-                "content": text,
-            }
-            if images:
-                message["images"] = images
-            if message["role"] == "assistant" and thinking:
-                message["thinking"], thinking = thinking, ""
-            messages.append(message)
+            self._message(item, where)
         elif kind == "function_call":
-            name = item.get("name")
-            if not isinstance(name, str) or not name:
-                raise BadRequest(f"{where}: function_call needs a name")
-            call_id = str(item.get("call_id") or "")
-            call: dict[str, Any] = {"function": {"name": name, "arguments": {}}}
-            call["function"]["arguments"] = _arguments(item.get("arguments"))
-            if call_id:
-                call["id"] = call_id
-                call_names[call_id] = name
-            last = messages[-1] if messages else None
-            if last is None or last["role"] != "assistant":
-                last = {"role": "assistant", "content": ""}
-                messages.append(last)
-            calls = last.setdefault("tool_calls", [])
-            call["function"]["index"] = len(calls)
-            calls.append(call)
-            if thinking:
-                last["thinking"], thinking = thinking, ""
+            self._function_call(item, where)
         elif kind == "function_call_output":
-            call_id = str(item.get("call_id") or "")
-            output = item.get("output")
-            text, images = _content(output if output is not None else "", where)
-            tool: dict[str, Any] = {"role": "tool", "content": text, "tool_call_id": call_id}
-            if images:
-                tool["images"] = images
-            if call_names.get(call_id):
-                tool["tool_name"] = call_names[call_id]
-            messages.append(tool)
+            self._function_call_output(item, where)
         elif not kind:
             raise BadRequest(f"{where}: input item missing required 'type' field")
         else:
             raise BadRequest(f'{where}: unknown input item type: "{kind}"')
-    if thinking:
-        messages.append({"role": "assistant", "content": "", "thinking": thinking})
-    return messages
+
+    def _message(self, item: dict[str, Any], where: str) -> None:
+        role = item.get("role")
+        if not isinstance(role, str) or not role:
+            raise BadRequest(f"{where}: message role is required")
+        text, images = _content(item.get("content"), where)
+        role = "system" if role == "developer" else role
+        thinking = ""
+        if role == "assistant":
+            thinking, self.thinking = self.thinking, ""
+        self.messages.append(Message(role, text, tuple(images), thinking=thinking))
+
+    def _function_call(self, item: dict[str, Any], where: str) -> None:
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"{where}: function_call needs a name")
+        call_id = str(item.get("call_id") or "")
+        arguments = _arguments(item.get("arguments"))
+        last = self.messages[-1] if self.messages else None
+        if last is None or last.role != "assistant":
+            last = Message("assistant")
+            self.messages.append(last)
+        function = {"name": name, "arguments": arguments, "index": len(last.tool_calls)}
+        call: dict[str, Any] = {"function": function}
+        if call_id:
+            call["id"] = call_id
+            self.call_names[call_id] = name
+        thinking = last.thinking
+        if self.thinking:
+            thinking, self.thinking = self.thinking, ""
+        self.messages[-1] = replace(last, tool_calls=(*last.tool_calls, call), thinking=thinking)
+
+    def _function_call_output(self, item: dict[str, Any], where: str) -> None:
+        call_id = str(item.get("call_id") or "")
+        output = item.get("output")
+        text, images = _content(output if output is not None else "", where)
+        name = self.call_names.get(call_id, "")
+        tool = Message("tool", text, tuple(images), tool_call_id=call_id, tool_name=name)
+        self.messages.append(tool)
+
+    def finish(self) -> tuple[Message, ...]:
+        if self.thinking:
+            self.messages.append(Message("assistant", thinking=self.thinking))
+        return tuple(self.messages)
+
+
+def native_messages(raw: Any, instructions: Any) -> tuple[Message, ...]:
+    """Native chat messages for `instructions` and `input`."""
+    if instructions is not None and not isinstance(instructions, str):
+        raise BadRequest("instructions must be a string")
+    system = (Message("system", instructions),) if instructions else ()
+    if isinstance(raw, str):
+        return (*system, Message("user", raw)) if raw else system
+    if raw is None:
+        return system
+    if not isinstance(raw, list):
+        raise BadRequest("input must be a string or array")
+    conversation = _Conversation()
+    conversation.messages.extend(system)
+    for i, item in enumerate(raw):
+        conversation.add(item, f"input[{i}]")
+    return conversation.finish()
 
 
 def native_tools(raw: Any) -> list[dict[str, Any]] | None:
@@ -203,17 +217,8 @@ def _format(text: Any) -> Any:
     return None
 
 
-def _number(body: dict[str, Any], name: str) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"{name} must be a number")
-    return value
-
-
-def native_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The /api/chat body for a Responses request; refuses what needs stored state."""
+def chat_request(body: dict[str, Any]) -> ChatRequest:
+    """The native chat request for a Responses request; refuses what needs stored state."""
     if body.get("previous_response_id"):
         raise BadRequest(f"previous_response_id is not supported: {STATELESS}")
     if body.get("conversation"):
@@ -221,35 +226,19 @@ def native_request(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("background") is True:
         raise BadRequest("background is not supported: responses are answered while you wait")
     messages = native_messages(body.get("input"), body.get("instructions"))
-    temperature = _number(body, "temperature")
-    options: dict[str, Any] = {"temperature": 1.0 if temperature is None else temperature}
-    top_p = _number(body, "top_p")
+    fields = Fields(body, must_be)
+    options: dict[str, Any] = {"temperature": fields.get("temperature", NUMBER, 1.0)}
+    top_p = fields.get("top_p", NUMBER)
     if top_p is not None:
         options["top_p"] = top_p
-    max_output = body.get("max_output_tokens")
+    max_output = fields.get("max_output_tokens", INT)
     if max_output is not None:
-        if isinstance(max_output, bool) or not isinstance(max_output, int):
-            raise BadRequest("max_output_tokens must be an integer")
         options["num_predict"] = max_output
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("stream must be a boolean")
-    native: dict[str, Any] = {
-        "model": body.get("model"),
-        "messages": messages,
-        "stream": bool(stream),
-        "options": options,
-    }
+    stream = fields.get("stream", BOOL, False)
     tools = chosen_tools(native_tools(body.get("tools")), body.get("tool_choice"))
-    if tools:
-        native["tools"] = tools
-    fmt = _format(body.get("text"))
-    if fmt is not None:
-        native["format"] = fmt
-    think = think_of(body)
-    if think is not None:
-        native["think"] = think
-    return native
+    decoding = Decoding(options=options, format=_format(body.get("text")), think=think_of(body))
+    model = fields.get("model", STRING, "").strip()
+    return ChatRequest(model, messages, tuple(tools) if tools else None, stream, decoding)
 
 
 # ---- response ------------------------------------------------------------------------------------
@@ -577,8 +566,7 @@ class _Events:
 @bp.route("/v1/responses", methods=["POST"])
 async def create_response() -> Response:
     body = await read_body()
-    native = native_request(body)
-    answer = await prepare_chat(native, Timing())
+    answer = await prepare_chat(chat_request(body), Timing())
     req = _Request(body, answer.model)
     items = answer_items(answer)
     if answer.stream:
