@@ -83,7 +83,6 @@ REMOVED_OPTIONS = frozenset(
         "vocab_only",
     }
 )
-_warned_removed: set[str] = set()
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -145,15 +144,14 @@ class LoadKey(NamedTuple):
         return out
 
 
-def _warn_unknown_option(key: str) -> None:
-    """Ollama's "invalid option provided" warning; only once per process for a removed option."""
-    if key in REMOVED_OPTIONS:
-        if key in _warned_removed:
+def _warn_removed_option(key: str, warned: set[str] | None) -> None:
+    """Ollama's "invalid option provided" warning for an option Ollama removed: once per `warned`
+    (the server's set, so once per process; without one, every time)."""
+    if warned is not None:
+        if key in warned:
             return
-        _warned_removed.add(key)
-        log.warning("invalid option provided: %s (removed from Ollama; ignored)", key)
-        return
-    log.warning("invalid option provided: %s", key)
+        warned.add(key)
+    log.warning("invalid option provided: %s (removed from Ollama; ignored)", key)
 
 
 def needs_reload(loaded: LoadKey, requested: LoadKey) -> bool:
@@ -194,7 +192,9 @@ class Options:
     stop: tuple[str, ...] = ()
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
-    def with_map(self, values: Mapping[str, Any] | None) -> Options:
+    def with_map(
+        self, values: Mapping[str, Any] | None, *, warned: set[str] | None = None
+    ) -> Options:
         """These options overlaid with a decoded JSON map, typed as Go's Options.FromMap does.
 
         Unknown keys are ignored and logged in one line per map (a client can send a million
@@ -209,7 +209,7 @@ class Options:
             kind = OPTION_KINDS.get(key)
             if kind is None:
                 if key in REMOVED_OPTIONS:
-                    _warn_unknown_option(key)  # once per process, as Ollama's users expect
+                    _warn_removed_option(key, warned)  # once per process, as users expect
                 else:
                     unknown.append(key)
                 continue
@@ -252,16 +252,18 @@ def resolve_options(
     request_options: Mapping[str, Any] | None,
     *,
     default_num_ctx: int,
+    warned: set[str] | None = None,
 ) -> Options:
     """Options for one request, lowest precedence first: defaults (with the server's num_ctx),
-    the model's Modelfile parameters, the request's `options`."""
+    the model's Modelfile parameters, the request's `options`. `warned` holds the removed options
+    already warned about (owned by the server, so each is said once per process)."""
     if request_options is not None and not isinstance(request_options, Mapping):
         raise BadRequest(
             f"json: cannot unmarshal {json_kind(request_options)} into Go struct field "
             ".options of type map[string]interface {}"
         )
     base = Options(num_ctx=default_num_ctx)
-    options = base.with_map(model_params).with_map(request_options)
+    options = base.with_map(model_params, warned=warned).with_map(request_options, warned=warned)
     if request_options and request_options.get("stop") is not None:
         options = dataclasses.replace(options, stop=_bounded_stops(options.stop))
     return options

@@ -84,15 +84,13 @@ def test_wrong_type_in_model_params_also_fails() -> None:
         resolve_options({"seed": "x"}, None, default_num_ctx=4096)
 
 
-def test_unknown_options_are_logged_and_ignored(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import appliance.options
-
-    monkeypatch.setattr(appliance.options, "_warned_removed", set())  # as in a fresh process
+def test_unknown_options_are_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    warned: set[str] = set()  # the server's, as in a fresh process
     with caplog.at_level(logging.WARNING, logger="appliance.options"):
-        opts = resolve_options(None, {"mirostat": 2, "bogus": True}, default_num_ctx=4096)
-        resolve_options(None, {"mirostat": 2, "bogus": True}, default_num_ctx=4096)
+        opts = resolve_options(
+            None, {"mirostat": 2, "bogus": True}, default_num_ctx=4096, warned=warned
+        )
+        resolve_options(None, {"mirostat": 2, "bogus": True}, default_num_ctx=4096, warned=warned)
     assert opts == Options(num_ctx=4096)
     assert caplog.text.count("mirostat") == 1  # removed by Ollama: once per process
     assert caplog.text.count("bogus") == 2  # unknown: every time, as Ollama logs it

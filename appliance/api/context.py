@@ -21,6 +21,9 @@ class Services:
     store: Store
     scheduler: Scheduler
     extras: dict[str, Any] = field(default_factory=dict)
+    warned: set[str] = field(default_factory=set)
+    """What was warned about once for this server's life (removed options, a model's dropped
+    tools): kept here, not in a module, so each server (and each test's) starts fresh."""
 
 
 def services() -> Services:

@@ -96,7 +96,12 @@ async def _resolve(model_text: str, *, missing: str = "single"):  # type: ignore
 
 def _options(model: Any, requested: Mapping[str, Any]) -> Any:
     settings = services().settings
-    return resolve_options(model.params or {}, requested, default_num_ctx=settings.default_num_ctx)
+    return resolve_options(
+        model.params or {},
+        requested,
+        default_num_ctx=settings.default_num_ctx,
+        warned=services().warned,
+    )
 
 
 async def _template_for(model: Any, lease: Any, override: str | None = None) -> PromptTemplate:
@@ -112,13 +117,11 @@ def _adds_bos(lease: Any, text: str) -> bool:
     return not (bos and text.startswith(bos))
 
 
-_tools_dropped_for: set[str] = set()
-
-
 def _note_dropped_tools(model_name: str) -> None:
     """LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS: the tools go, logged once per model."""
-    if model_name not in _tools_dropped_for:
-        _tools_dropped_for.add(model_name)
+    warned = services().warned
+    if f"tools dropped: {model_name}" not in warned:
+        warned.add(f"tools dropped: {model_name}")
         log.warning(
             "%s does not support tools; dropping the tools of its chat requests "
             "(LLM_APPLIANCE_DROP_UNSUPPORTED_TOOLS)",
