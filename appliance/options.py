@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from appliance.errors import ApplianceError, BadRequest
 from appliance.gocompat.jsontypes import json_kind
+from appliance.gocompat.strconv import parse_bool, parse_int
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +87,9 @@ REMOVED_OPTIONS = frozenset(
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLOAT32_MAX = 3.4028234663852886e38
-_GO_INT = re.compile(r"[+-]?[0-9]+")
 _GO_FLOAT = re.compile(
     r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE
 )
-_GO_BOOLS = {
-    "1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
-    "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False,
-}  # fmt: skip
-
-
-def go_parse_bool(text: str) -> bool | None:
-    """strconv.ParseBool: the accepted spellings, or None."""
-    return _GO_BOOLS.get(text)
 
 
 class LoadKey(NamedTuple):
@@ -369,9 +360,10 @@ def parse_modelfile_parameter(key: str, value_text: str) -> Any:
         raise BadRequest(f"unknown parameter '{key}'")
     shown = f"[{value_text}]"  # Go prints the []string of values with %s
     if kind == _INT:
-        if not _GO_INT.fullmatch(value_text) or not (_INT64_MIN <= int(value_text) <= _INT64_MAX):
+        number = parse_int(value_text)
+        if number is None:
             raise BadRequest(f"invalid int value {shown}")
-        return int(value_text)
+        return number
     if kind == _FLOAT:
         if not _GO_FLOAT.fullmatch(value_text):
             raise BadRequest(f"invalid float value {shown}")
@@ -380,7 +372,7 @@ def parse_modelfile_parameter(key: str, value_text: str) -> Any:
             raise BadRequest(f"invalid float value {shown}")
         return number
     if kind == _BOOL:
-        parsed = go_parse_bool(value_text)
+        parsed = parse_bool(value_text)
         if parsed is None:
             raise BadRequest(f"invalid bool value {shown}")
         return parsed

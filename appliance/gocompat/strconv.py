@@ -11,6 +11,15 @@ import re
 
 _UNSIGNED = re.compile(r"[0-9]+")
 _SIGNED = re.compile(r"[+-]?[0-9]+")
+_BOOLS = {
+    "1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+    "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False,
+}  # fmt: skip
+
+
+def parse_bool(text: str) -> bool | None:
+    """strconv.ParseBool: the accepted spellings, or None."""
+    return _BOOLS.get(text)
 
 
 def parse_int(text: str, bits: int = 64) -> int | None:

@@ -27,6 +27,7 @@ import trio
 from appliance.errors import ApplianceError, ServerBusy, ShuttingDown
 from appliance.serving.backend import Loader, LoadSpec
 from appliance.serving.runner import Item, Runner, RunnerObserver
+from appliance.settings.platform import format_gib
 from engine.batch import SequenceRequest
 
 if TYPE_CHECKING:
@@ -355,10 +356,6 @@ class Scheduler:
     def _never_fits(self, waiter: _Waiter) -> ApplianceError:
         need = waiter.spec.memory_bytes
         return ApplianceError(
-            f"model requires more system memory ({_gib(need)}) than is available "
-            f"({_gib(self.limits.memory_budget)})"
+            f"model requires more system memory ({format_gib(need)}) than is available "
+            f"({format_gib(self.limits.memory_budget)})"
         )
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.gocompat.durations import FOREVER, env_duration_seconds, format_go_duration
-from appliance.gocompat.strconv import parse_int, parse_int_clamped, parse_uint
+from appliance.gocompat.strconv import parse_bool, parse_int, parse_int_clamped, parse_uint
 from appliance.gocompat.urls import redact as mask_url_credentials
-from appliance.options import go_parse_bool
 from engine.cpu_backend import VARIANT_FEATURES
 
 if TYPE_CHECKING:
@@ -319,7 +318,7 @@ def env_var(environ: Mapping[str, str], key: str) -> str:
 
 def env_bool(text: str) -> bool:
     """Ollama's envconfig.Bool on a non-empty value: ParseBool, and any other text is true."""
-    parsed = go_parse_bool(text)
+    parsed = parse_bool(text)
     return True if parsed is None else parsed
 
 
@@ -429,7 +428,7 @@ def log_level_from_debug(text: str) -> int:
     -2 ERROR, anything else INFO. Ollama's slog level is -4n for an integer n."""
     if not text:
         return logging.INFO
-    if go_parse_bool(text) is True:
+    if parse_bool(text) is True:
         return logging.DEBUG
     n = parse_int_clamped(text)
     return _level_for_verbosity(0 if n is None else n)
@@ -933,7 +932,7 @@ def _file_debug(value: Any) -> int:
     }  # fmt: skip
     if text.lower() in names:
         return names[text.lower()]
-    if go_parse_bool(text) is not None or parse_int_clamped(text) is not None:
+    if parse_bool(text) is not None or parse_int_clamped(text) is not None:
         return log_level_from_debug(text)
     raise ValueError(f"{text!r} is not a log level (trace, debug, info, warn, error)")
 

@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from appliance.errors import BadRequest, NotFound
+from appliance.gocompat.humanfmt import human_number
 from appliance.prompting.prompts import template_capabilities
 from appliance.store.manifest import (
     CONFIG_MEDIA_TYPE,
@@ -35,7 +36,6 @@ from appliance.store.manifest import (
     build_config,
     build_manifest,
     go_json,
-    human_number,
 )
 from appliance.store.names import ModelName
 from appliance.store.store import Store, derive_capabilities
