@@ -275,9 +275,9 @@ async def test_chat_reasoning_effort_none_is_accepted_and_unknown_is_400(server)
 
 
 async def test_chat_defaults_temperature_and_top_p_to_one():
-    from appliance.api.routes.openai import native_chat_request
+    from appliance.api.routes.openai import chat_request
 
-    native = native_chat_request(
+    native = chat_request(
         {
             "model": "m",
             "messages": [{"role": "user", "content": "x"}],
@@ -291,7 +291,7 @@ async def test_chat_defaults_temperature_and_top_p_to_one():
                 "json_schema": {"schema": {"type": "object"}},
             },
         }
-    )
+    ).as_json()
     assert native["options"] == {
         "stop": ["x"],
         "num_predict": 3,
@@ -306,9 +306,9 @@ async def test_chat_defaults_temperature_and_top_p_to_one():
 
 
 async def test_chat_tool_message_takes_its_name_from_the_earlier_call():
-    from appliance.api.routes.openai import native_chat_request
+    from appliance.api.routes.openai import chat_request
 
-    native = native_chat_request(
+    native = chat_request(
         {
             "model": "m",
             "messages": [
@@ -327,7 +327,7 @@ async def test_chat_tool_message_takes_its_name_from_the_earlier_call():
                 {"role": "assistant", "content": "ok", "reasoning": "hmm"},
             ],
         }
-    )
+    ).as_json()
     first, tool, last = native["messages"]
     assert first["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
     assert tool == {"role": "tool", "content": "cold", "tool_name": "weather"}
@@ -390,9 +390,9 @@ async def test_completion_request_errors(server, body, message):
 
 
 def test_completion_top_p_zero_means_one_and_penalties_are_always_sent():
-    from appliance.api.routes.openai import native_generate_request
+    from appliance.api.routes.openai import generate_request
 
-    native = native_generate_request({"model": "m", "prompt": "p", "top_p": 0})
+    native = generate_request({"model": "m", "prompt": "p", "top_p": 0}).as_json()
     assert native["options"] == {
         "temperature": 1.0,
         "frequency_penalty": 0.0,

@@ -611,19 +611,12 @@ async def embed_answer(req: EmbedRequest, timing: Timing) -> dict[str, Any]:
     try:
         if not req.inputs:
             return {"model": req.model, "embeddings": []}
-        try:
-            vectors, count = await lease.embed(
-                list(req.inputs),
-                truncate=req.truncate,
-                normalize=True,
-                dimensions=req.dimensions or None,
-            )
-        except ApplianceError as exc:
-            raise ApplianceError(
-                exc.message, status=exc.status if exc.status != 500 else 400
-            ) from None
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+        vectors, count = await lease.embed(
+            list(req.inputs),
+            truncate=req.truncate,
+            normalize=True,
+            dimensions=req.dimensions or None,
+        )
     finally:
         lease.release()
     return {

@@ -375,16 +375,6 @@ def generate_request(body: dict[str, Any]) -> GenerateRequest:
     return GenerateRequest(model, prompt, suffix, stream=stream, decoding=decoding)
 
 
-def native_chat_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The /api/chat body `body` translates to, as JSON (the route passes the typed request)."""
-    return chat_request(body).as_json()
-
-
-def native_generate_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The /api/generate body `body` translates to, as JSON (the route passes the typed request)."""
-    return generate_request(body).as_json()
-
-
 # ---- /v1/chat/completions ------------------------------------------------------------------------
 
 
