@@ -145,8 +145,11 @@ class Runner:
         self.expired = True
         self._scope.cancel()
 
-    def expire(self) -> None:
-        """Unload as soon as no request holds the runner (Ollama's expireRunner)."""
+    def expire(self, keep_alive: float | None = None) -> None:
+        """Unload as soon as no request holds the runner (Ollama's expireRunner); a keep_alive
+        given (0 for an unload request) is the runner's from now on, as a claim's is."""
+        if keep_alive is not None:
+            self.keep_alive = keep_alive
         self.expired = True
         if self._claims == 0 and self.state != "loading":
             self.unload()

@@ -224,12 +224,30 @@ class Scheduler:
         runner = self._runners.get(key)
         if runner is None:
             return False
-        runner.keep_alive = 0
-        runner.expire()
+        runner.expire(keep_alive=0)
         return True
 
-    def runner_for(self, key: str) -> Runner | None:
-        return self._runners.get(key)
+    def forget_name(self, deleted: Any, remaining: list[LocalModel]) -> None:
+        """A loaded model must not keep showing a deleted name (in /api/ps and /metrics labels):
+        it goes on under another name for the same weights, or unloads once idle."""
+        for runner in self._runners.values():
+            if runner.model.name != deleted:
+                continue
+            same = [m for m in remaining if m.model_path == runner.model.model_path]
+            if same:
+                runner.model = same[0]
+            else:
+                runner.expire()
+
+    async def unload_idle(self, key: str) -> None:
+        """`unload`, and wait until an idle runner is gone, so a client that lists /api/ps right
+        after (Open WebUI's eject) no longer sees it. A runner still generating for others goes
+        when they finish; that is not waited for."""
+        runner = self._runners.get(key)
+        if not self.unload(key) or runner is None:
+            return
+        if runner.ref_count == 0 and runner.state != "loading":
+            await runner.exited.wait()
 
     # ---- dispatch -------------------------------------------------------------------------------
 

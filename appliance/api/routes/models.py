@@ -233,22 +233,10 @@ async def delete() -> Response:
         return existing, store.list_models()
 
     deleted, remaining = await trio.to_thread.run_sync(run)
-    _forget_deleted_name(deleted, remaining)
-    return _empty_ok()
-
-
-def _forget_deleted_name(deleted: Any, remaining: list[LocalModel]) -> None:
-    """A loaded model must not keep showing a deleted name (in /api/ps and /metrics labels):
-    it goes on under another name for the same weights, or unloads once idle."""
     scheduler = services().scheduler
-    for runner in scheduler.runners if scheduler is not None else ():
-        if runner.model.name != deleted:
-            continue
-        same = [m for m in remaining if m.model_path == runner.model.model_path]
-        if same:
-            runner.model = same[0]
-        else:
-            runner.expire()
+    if scheduler is not None:
+        scheduler.forget_name(deleted, remaining)
+    return _empty_ok()
 
 
 # ---- blobs ---------------------------------------------------------------------------------------

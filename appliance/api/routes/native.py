@@ -143,15 +143,8 @@ async def _unload(model: Any) -> None:
     """keep_alive 0 without a prompt: an idle model is unloaded now and the answer waits until
     it is gone, so a client that lists /api/ps right after (Open WebUI's eject) no longer sees
     it. A model still generating for others goes when they finish; that is not waited for."""
-    if model.model_path is None:
-        return
-    scheduler = services().scheduler
-    key = str(model.model_path)
-    runner = scheduler.runner_for(key)
-    if not scheduler.unload(key) or runner is None:
-        return
-    if runner.ref_count == 0 and runner.state != "loading":
-        await runner.exited.wait()
+    if model.model_path is not None:
+        await services().scheduler.unload_idle(str(model.model_path))
 
 
 def _sequence(lease: Any, tokens: list[int], options: Any, grammar: Any, decoding: Decoding) -> Any:
