@@ -119,8 +119,8 @@ def measures(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, str]]]:
             {"embed_s": "embed_s", "embed_gap_x": "ratio_longest_to_usual"},
         ),
     }
-    if args.skip_embed:
-        del out["embed"]
+    for run in args.skip:
+        del out[run]
     return out
 
 
@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--inputs", type=int, default=4)
     parser.add_argument("--words", type=int, default=1500)
-    parser.add_argument("--skip-embed", action="store_true")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["inprocess_1", "http_1", "http_4", "embed"]
+    )
     args = parser.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
     runs = measures(args)
