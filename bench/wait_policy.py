@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,17 +104,14 @@ with server(fresh_store(), num_parallel=2) as (url, _):
 
 def measures(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, str]]]:
     """Run name -> (code to run, {figure name: the key of its result})."""
-    tok = {"tok_per_s": "tok_per_s"}
+    http = partial(HTTP.format, parallel=4, tokens=args.tokens, threads=args.threads)
     out = {
-        "inprocess_1": (INPROCESS.format(tokens=args.tokens, threads=args.threads), tok),
-        "http_1": (
-            HTTP.format(parallel=4, streams=1, tokens=args.tokens, threads=args.threads),
-            tok,
+        "inprocess_1": (
+            INPROCESS.format(tokens=args.tokens, threads=args.threads),
+            {"inprocess_1": "tok_per_s"},
         ),
-        "http_4": (
-            HTTP.format(parallel=4, streams=4, tokens=args.tokens, threads=args.threads),
-            tok,
-        ),
+        "http_1": (http(streams=1), {"http_1": "tok_per_s"}),
+        "http_4": (http(streams=4), {"http_4": "tok_per_s"}),
         "embed": (
             EMBED.format(inputs=args.inputs, words=args.words),
             {"embed_s": "embed_s", "embed_gap_x": "ratio_longest_to_usual"},
