@@ -162,10 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     peer = "llama-server, same CPU code"
     peer_cpu = None if args.skip_peer else _peer_cpu_library()
     if peer_cpu is not None:
-        from bench.peer import ensure_llama_server, llama_server
+        from bench.peer import ensure_llama_server, llama_server, omp_settings, peer_env
 
         peer_binary = ensure_llama_server()
         print(f"peer: {peer_binary} with {peer_cpu}")
+        print(
+            f"OpenMP: appliance {omp_settings(dict(os.environ))}, "
+            f"llama-server {omp_settings(peer_env())}"
+        )
     # Every configuration is measured once per round, rounds interleaved, so a machine that
     # speeds up or slows down over minutes moves all of them alike; ratios are taken per round.
     with ExitStack() as stack:

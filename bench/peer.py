@@ -112,6 +112,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def peer_env() -> dict[str, str]:
+    """llama-server's environment: ours without the OpenMP defaults `engine` set for the
+    appliance, so llama-server keeps libgomp's own, as its users run it (these were inherited
+    before: the peer waited passively like the appliance). An operator's values stay, for both."""
+    from engine import OMP_DEFAULTS
+
+    return {k: v for k, v in os.environ.items() if k not in OMP_DEFAULTS}
+
+
+def omp_settings(env: dict[str, str]) -> str:
+    """The OpenMP wait settings in `env`, for the report."""
+    named = [f"{k}={env[k]}" for k in OMP_VARS if k in env]
+    return " ".join(named) or "libgomp defaults"
+
+
 @contextmanager
 def llama_server(
     binary: Path,
@@ -127,7 +145,7 @@ def llama_server(
     `cpu_library`: the CPU variant to load (GGML_BACKEND_PATH); None for a build with its own.
     """
     port = _free_port()
-    env = dict(os.environ)
+    env = peer_env()
     if cpu_library:
         env["GGML_BACKEND_PATH"] = cpu_library
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)

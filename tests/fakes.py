@@ -133,6 +133,10 @@ class FakeBackend:
     async def aclose(self) -> None:
         self.closed = True
 
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()  # no compute thread: steps run on the trio thread
+        await trio.sleep_forever()
+
 
 @dataclass
 class FakeLoader:

@@ -127,5 +127,10 @@ class Backend(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def serve(self, *, task_status: Any = ...) -> None:
+        """Run what computes for the model (its compute thread) until cancelled; the runner
+        starts it in its nursery once loaded, and closes the backend after it has ended."""
+        ...
+
 
 Loader = Callable[[LoadSpec], Awaitable[Backend]]

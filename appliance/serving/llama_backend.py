@@ -1,8 +1,9 @@
-"""The real backend: the synchronous engine behind one worker thread per model.
+"""The real backend: the synchronous engine behind one compute thread per model.
 
-Every call that touches the model's llama context goes through this backend's
-`CapacityLimiter(1)`, so exactly one thread uses a context at a time and the event loop never blocks
-on llama.cpp. Tokenizing reads only the vocabulary, which llama.cpp allows from any thread.
+Every call that computes on the model's llama contexts (decode steps, embedding pieces) takes its
+turn through this backend's `CapacityLimiter(1)` and runs on the model's one `ComputeThread`, so
+one OpenMP team does all of the model's work and the event loop never blocks on llama.cpp.
+Tokenizing reads only the vocabulary, which llama.cpp allows from any thread.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import math
 import os
 import threading
 from functools import partial
+from typing import Any
 
 import trio
 
 from appliance.errors import ApplianceError, BadRequest, ModelLoadError, NotFound
 from appliance.serving.backend import Admit, LoadSpec, Rejected, Release
+from appliance.serving.compute_thread import ComputeThread
 from engine.batch import BatchEngine, Chunk, PromptTooLong
 from engine.embed import Embedder, InputTooLong
 from engine.model import Model, ModelLoadFailed
@@ -40,11 +43,17 @@ class LlamaBackend:
         self._n_threads = n_threads
         self._embedder: Embedder | None = None
         self._limiter = trio.CapacityLimiter(1)
+        self._compute = ComputeThread()
         self._embed_lock = trio.Lock()
         self.embed_pieces = 0  # decode pieces of embeddings computed so far (tests, metrics)
 
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the model's compute thread; a task in the runner's nursery, ended by its cancel."""
+        await self._compute.serve(task_status=task_status)
+
     async def _run(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._limiter)
+        async with self._limiter:
+            return await self._compute.run(partial(fn, *args, **kwargs))
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return await trio.to_thread.run_sync(
@@ -104,7 +113,8 @@ class LlamaBackend:
         return vectors, sum(len(t) for t in fitted)
 
     async def aclose(self) -> None:
-        await self._run(self._close)
+        # After the compute thread has ended; the limiter waits out an embedding's last piece.
+        await trio.to_thread.run_sync(self._close, limiter=self._limiter)
 
     def _close(self) -> None:
         if self._embedder is not None:

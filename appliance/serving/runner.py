@@ -130,6 +130,7 @@ class Runner:
                 self._on_ready(self)  # hands out claims to the requests that waited for the load
                 self.set_idle_if_unused()
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(self.backend.serve)  # the model's compute thread
                     nursery.start_soon(self._batch_loop)
         finally:
             self.state = "gone"
