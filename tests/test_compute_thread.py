@@ -105,7 +105,7 @@ async def test_work_queued_when_the_thread_stops_runs_and_later_work_fails() -> 
                 await trio.sleep(0.05)  # the second call is queued behind the first
                 owner.cancel_scope.cancel()  # the owner stops the thread: queued work still runs
                 gate.set()
-    assert results == ["first", "queued"]
+    assert sorted(results) == ["first", "queued"]  # both answered; the waiters wake in any order
     with pytest.raises(ApplianceError, match="unloaded"):
         await compute.run(lambda: ran.append("late"))
     assert ran == ["first", "queued"]
