@@ -52,8 +52,18 @@ class LlamaBackend:
         await self._compute.serve(task_status=task_status)
 
     async def _run(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-        async with self._limiter:
+        """`fn` on the compute thread, taking turns with the model's other pieces. A free turn is
+        taken without a schedule point (`async with` on the limiter yields even then), so the
+        next decode step reaches the thread before the routes format the last step's tokens:
+        their work overlaps the compute instead of delaying it (~5 % of one stream's speed)."""
+        try:
+            self._limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await self._limiter.acquire()
+        try:
             return await self._compute.run(partial(fn, *args, **kwargs))
+        finally:
+            self._limiter.release()
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return await trio.to_thread.run_sync(
