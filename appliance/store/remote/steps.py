@@ -88,7 +88,7 @@ def first_error(group: BaseExceptionGroup) -> Exception | None:
 
 
 async def write_manifest_and_prune(
-    store: Store, name: ModelName, raw: bytes, *, settings: Settings, progress: Progress
+    store: Store, name: ModelName, raw: bytes, *, settings: Settings | None, progress: Progress
 ) -> None:
     """Write the manifest (last), prune what the old one used alone, report `success`."""
     await progress(progress_line("writing manifest"))
@@ -99,7 +99,7 @@ async def write_manifest_and_prune(
     except (OSError, ManifestError):
         old = None
     new = await trio.to_thread.run_sync(store.write_manifest, target, raw)
-    if old is not None and not settings.noprune:
+    if old is not None and not (settings is not None and settings.noprune):
         keep = set(new.all_digests())
         unused = [d for d in old.all_digests() if d not in keep]
         if unused:
