@@ -102,24 +102,16 @@ class SamplerChain:
 
     def sample(self, ctx: llama_cpp.llama_context_p, idx: int) -> int:
         """Sample for batch position `idx` of the last decode; the samplers accept the token."""
-        if self._argmax:
-            logits = llama_cpp.llama_get_logits_ith(ctx, idx)
-            return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
-        if self._grammar is None:
+        if self._grammar is None and not self._argmax:
             return llama_cpp.llama_sampler_sample(self._chain, ctx, idx)
         logits = np.ctypeslib.as_array(
             llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self._n_vocab,)
         )
-        token = self._pick(logits, with_grammar=False)
-        if not self._grammar_allows(token, float(logits[token])):
-            token = self._pick(logits, with_grammar=True)
-        llama_cpp.llama_sampler_accept(self._grammar, token)
-        llama_cpp.llama_sampler_accept(self._chain, token)
-        return token
+        return self.sample_logits(logits)
 
     def sample_logits(self, logits: np.ndarray) -> int:
-        """Sample from a kept logits row (a prompt served whole from the cache), exactly as
-        `sample` does from the context's row; the samplers accept the token."""
+        """Sample from a logits row (the context's, or one kept for a prompt served whole from the
+        cache); the samplers accept the token."""
         if self._argmax:
             return int(logits.argmax())
         token = self._pick(logits, with_grammar=False)
