@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
+from engine.context import free_context, open_context
 from engine.logprobs import Logprob, token_logprob
 from engine.model import Model
 from engine.prompt_store import PromptStore, SavedPrompt
@@ -235,13 +236,11 @@ class BatchEngine:
         params = _context_params(
             n_seq, n_ctx, self.n_batch, n_threads or _default_threads(), flash_attn, type_k, type_v
         )
-        ctx = llama_cpp.llama_init_from_model(model.handle, params)
-        if not ctx:
-            raise MemoryError("llama.cpp could not create the context (out of memory?)")
+        ctx, self._batch = open_context(
+            model, params, self.n_batch, "llama.cpp could not create the context (out of memory?)"
+        )
         self._ctx: llama_cpp.llama_context_p | None = ctx
         self._mem = llama_cpp.llama_get_memory(ctx)
-        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._batch_live = True
         self._slots: list[_Slot | None] = [None] * n_seq
         self._cached: list[list[int]] = [[] for _ in range(n_seq)]  # tokens in each seq's KV
         # Per sequence: the logits after its last prompt and that prompt's length (see admit).
@@ -596,12 +595,9 @@ class BatchEngine:
             if slot is not None:
                 slot.sampler.close()
                 self._slots[seq] = None
-        if self._batch_live:
-            self._batch_live = False
-            llama_cpp.llama_batch_free(self._batch)
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
-            llama_cpp.llama_free(ctx)
+            free_context(ctx, self._batch)
 
     def __enter__(self) -> BatchEngine:
         return self

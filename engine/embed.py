@@ -25,6 +25,7 @@ import llama_cpp
 import numpy as np
 
 from engine.batch import _default_threads
+from engine.context import free_context, open_context
 from engine.model import Model
 
 CHUNK = 16  # tokens per decode for completion models: bounds the logits scratch to 16 rows, and
@@ -62,14 +63,12 @@ class Embedder:
             if self.pools_natively
             else llama_cpp.LLAMA_POOLING_TYPE_NONE
         )
-        ctx = llama_cpp.llama_init_from_model(model.handle, params)
-        if not ctx:
-            raise MemoryError("llama.cpp could not create the embedding context")
+        ctx, self._batch = open_context(
+            model, params, self._n_batch, "llama.cpp could not create the embedding context"
+        )
         self._ctx: llama_cpp.llama_context_p | None = ctx
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._n_embd = llama_cpp.llama_model_n_embd_out(model.handle) or model.n_embd
-        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
-        self._batch_live = True
 
     def fit(self, text: str, truncate: bool = True) -> list[int]:
         """The tokens `text` is embedded from (reads only the vocabulary: any thread may call it).
@@ -165,12 +164,9 @@ class Embedder:
 
     def close(self) -> None:
         """Free the batch and context (not the model). Idempotent."""
-        if self._batch_live:
-            self._batch_live = False
-            llama_cpp.llama_batch_free(self._batch)
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
-            llama_cpp.llama_free(ctx)
+            free_context(ctx, self._batch)
 
     def __enter__(self) -> Embedder:
         return self

@@ -1,0 +1,23 @@
+"""A llama.cpp context and its token batch, made and freed together (generation and embedding)."""
+
+from __future__ import annotations
+
+import llama_cpp
+
+from engine.model import Model
+
+
+def open_context(
+    model: Model, params: llama_cpp.llama_context_params, n_batch: int, failure: str
+) -> tuple[llama_cpp.llama_context_p, llama_cpp.llama_batch]:
+    """A context of `model` and a batch of `n_batch` tokens; MemoryError(`failure`) if none."""
+    ctx = llama_cpp.llama_init_from_model(model.handle, params)
+    if not ctx:
+        raise MemoryError(failure)
+    return ctx, llama_cpp.llama_batch_init(n_batch, 0, 1)
+
+
+def free_context(ctx: llama_cpp.llama_context_p, batch: llama_cpp.llama_batch) -> None:
+    """Free what `open_context` made (not the model)."""
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
