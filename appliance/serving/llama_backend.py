@@ -45,7 +45,6 @@ class LlamaBackend:
         self._limiter = trio.CapacityLimiter(1)
         self._compute = ComputeThread()
         self._embed_lock = trio.Lock()
-        self.embed_pieces = 0  # decode pieces of embeddings computed so far (tests, metrics)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the model's compute thread; a task in the runner's nursery, ended by its cancel."""
@@ -115,7 +114,6 @@ class LlamaBackend:
                 done = False
                 while not done:
                     done = await self._run(embedder.advance, job)
-                    self.embed_pieces += 1
             try:
                 vectors.append(job.result(normalize=normalize, dimensions=dimensions))
             except ValueError as exc:  # NaN or Inf in the vector: the input's fault, a 400
