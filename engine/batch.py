@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
-from engine.context import free_context, open_context
+from engine.context import free_context, open_context, put_tokens
 from engine.logprobs import Logprob, token_logprob
 from engine.model import Model
 from engine.prompt_store import PromptStore, SavedPrompt
@@ -448,24 +448,15 @@ class BatchEngine:
                 ]
             slot.eval_ns += time.perf_counter_ns() - t0
 
-    def _put(self, n: int, token: int, pos: int, seq: int, want_logits: bool) -> None:
-        batch = self._batch
-        batch.token[n] = token
-        batch.pos[n] = pos
-        batch.n_seq_id[n] = 1
-        batch.seq_id[n][0] = seq
-        batch.logits[n] = want_logits
-
     def _add_pending(self, plan: _Plan) -> None:
         """Put the sampled token of every generating sequence in the batch, each with logits."""
         for seq, slot in enumerate(self._slots):
             if slot is None or slot.pending is None:
                 continue
-            self._put(plan.n, slot.pending, slot.n_past, seq, True)
             slot.out_row = plan.n  # llama_get_logits_ith takes the batch position, not the row
+            plan.n = put_tokens(self._batch, plan.n, [slot.pending], slot.n_past, seq, True)
             plan.outputs.append((seq, slot))
             plan.generating.append(slot)
-            plan.n += 1
 
     def _add_prompts(self, plan: _Plan) -> None:
         """Fill the rest of the batch with prompt chunks; a prompt's last token gets logits."""
@@ -474,9 +465,8 @@ class BatchEngine:
                 continue
             take = min(len(slot.prompt) - slot.fed, self.n_batch - plan.n)
             start = slot.fed
-            for i in range(take):
-                self._put(plan.n, slot.prompt[start + i], start + i, seq, False)
-                plan.n += 1
+            chunk = slot.prompt[start : start + take]
+            plan.n = put_tokens(self._batch, plan.n, chunk, start, seq, False)
             plan.prefilling.append((slot, take))
             if start + take == len(slot.prompt):
                 self._batch.logits[plan.n - 1] = 1

@@ -25,7 +25,7 @@ import llama_cpp
 import numpy as np
 
 from engine.batch import _default_threads
-from engine.context import free_context, open_context
+from engine.context import free_context, open_context, put_tokens
 from engine.model import Model
 
 CHUNK = 16  # tokens per decode for completion models: bounds the logits scratch to 16 rows, and
@@ -91,13 +91,7 @@ class Embedder:
 
     def _decode(self, tokens: list[int], start: int) -> None:
         batch = self._batch
-        for i, tok in enumerate(tokens):
-            batch.token[i] = tok
-            batch.pos[i] = start + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = 1
-        batch.n_tokens = len(tokens)
+        batch.n_tokens = put_tokens(batch, 0, tokens, start, 0, True)
         rc = llama_cpp.llama_decode(self._ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
