@@ -439,14 +439,7 @@ class BatchEngine:
             preset, slot.preset = slot.preset, None
             t0 = time.perf_counter_ns()
             tok = slot.sampler.sample_logits(preset)
-            first = len(chunks)
-            self._advance(seq, slot, tok, chunks)
-            if slot.req.logprobs and not self.model.is_eog(tok) and len(chunks) > first:
-                top = slot.req.top_logprobs
-                chunks[first].logprobs = [
-                    token_logprob(preset, tok, top, self.model.token_to_piece)
-                ]
-            slot.eval_ns += time.perf_counter_ns() - t0
+            self._take(seq, slot, tok, preset, chunks, t0)
 
     def _add_pending(self, plan: _Plan) -> None:
         """Put the sampled token of every generating sequence in the batch, each with logits."""
@@ -480,14 +473,28 @@ class BatchEngine:
             if slot.pending is None and slot.fed == len(slot.prompt) and not slot.generated:
                 # The prompt's last position: keep its logits, so the same prompt again can be
                 # served whole from the cache and sample from the same numbers.
-                row = llama_cpp.llama_get_logits_ith(self._ctx, slot.out_row)
-                slot.prompt_logits = np.ctypeslib.as_array(row, shape=(self._n_vocab,)).copy()
+                slot.prompt_logits = self._row(slot.out_row).copy()
             tok = slot.sampler.sample(self._ctx, slot.out_row)
-            first = len(chunks)
-            self._advance(seq, slot, tok, chunks)
-            if slot.req.logprobs and not self.model.is_eog(tok) and len(chunks) > first:
-                chunks[first].logprobs = [self._logprob(slot.out_row, tok, slot.req.top_logprobs)]
-            slot.eval_ns += time.perf_counter_ns() - t0
+            self._take(seq, slot, tok, None, chunks, t0)
+
+    def _take(
+        self,
+        seq: int,
+        slot: _Slot,
+        tok: int,
+        logits: np.ndarray | None,
+        chunks: list[Chunk],
+        started: int,
+    ) -> None:
+        """Emit a sampled token (with its logprobs, from `logits` or else the batch row just
+        decoded, when asked for) and charge the sampling since `started` to the sequence."""
+        first = len(chunks)
+        self._advance(seq, slot, tok, chunks)
+        if slot.req.logprobs and not self.model.is_eog(tok) and len(chunks) > first:
+            row = self._row(slot.out_row) if logits is None else logits
+            top = slot.req.top_logprobs
+            chunks[first].logprobs = [token_logprob(row, tok, top, self.model.token_to_piece)]
+        slot.eval_ns += time.perf_counter_ns() - started
 
     def _advance(self, seq: int, slot: _Slot, tok: int, chunks: list[Chunk]) -> None:
         """Take a sampled token: emit its text, or finish the sequence."""
@@ -546,12 +553,11 @@ class BatchEngine:
             if slot.prompt_logits is not None and slot.n_past >= len(slot.prompt):
                 self._logits[seq] = (len(slot.prompt), slot.prompt_logits)
 
-    def _logprob(self, row: int, token: int, top: int) -> Logprob:
-        """The log-probability entry of `token`, sampled from batch position `row`."""
-        logits = np.ctypeslib.as_array(
-            llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self.model.n_vocab,)
+    def _row(self, row: int) -> np.ndarray:
+        """The logits of batch position `row` of the last decode (a view, valid until the next)."""
+        return np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,)
         )
-        return token_logprob(logits, token, top, self.model.token_to_piece)
 
     def _shift_context(self, seq: int, slot: _Slot) -> bool:
         """Make room at the end of a full context as Ollama's runner does: keep the first
