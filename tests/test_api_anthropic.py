@@ -439,14 +439,14 @@ async def test_a_stream_that_fails_midway_ends_with_an_anthropic_error_event():
     """Once the status is sent an error can only travel in-band; the official client raises on
     an `error` event of this shape."""
     from appliance.api.errors import ANTHROPIC
-    from appliance.api.streaming import SSEEvent, _sse_events
+    from appliance.api.streaming import SSEEvent, _framed, _sse_frame
     from appliance.errors import ServerBusy
 
     async def failing():  # type: ignore[no-untyped-def]
         yield SSEEvent("message_start", {"type": "message_start"})
         raise ServerBusy()
 
-    frames = [frame async for frame in _sse_events(failing(), ANTHROPIC, True)]
+    frames = [frame async for frame in _framed(failing(), _sse_frame, ANTHROPIC, True)]
     assert frames[0].startswith(b"event: message_start\n")
     name, data = frames[-1].decode().rstrip("\n").split("\n")
     assert name == "event: error"

@@ -77,18 +77,11 @@ def error_body(dialect: str, status: int, message: str) -> dict[str, Any]:
     return {"error": message}
 
 
-def error_parts(
-    exc: BaseException, *, openai: bool = False, dialect: str | None = None
-) -> tuple[int, dict[str, str], bytes]:
+def error_parts(exc: BaseException, *, dialect: str = NATIVE) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body of the answer to `exc`; also used by ASGI middleware."""
     status, message = error_status_and_message(exc)
-    dialect = dialect or (OPENAI if openai else NATIVE)
-    if dialect != NATIVE:
-        body = json.dumps(error_body(dialect, status, message))
-        headers = {"Content-Type": "application/json"}
-    else:
-        body = json.dumps({"error": message})
-        headers = {"Content-Type": JSON_UTF8}
+    body = json.dumps(error_body(dialect, status, message))
+    headers = {"Content-Type": JSON_UTF8 if dialect == NATIVE else "application/json"}
     if isinstance(exc, ServerBusy):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
@@ -96,10 +89,8 @@ def error_parts(
     return status, headers, body.encode()
 
 
-def error_response(
-    exc: BaseException, *, openai: bool = False, dialect: str | None = None
-) -> Response:
-    status, headers, body = error_parts(exc, openai=openai, dialect=dialect)
+def error_response(exc: BaseException, *, dialect: str = NATIVE) -> Response:
+    status, headers, body = error_parts(exc, dialect=dialect)
     content_type = headers.pop("Content-Type")
     response = Response(body, status=status, content_type=content_type)
     response.headers.update(headers)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from quart import Response
 
-from appliance.api.errors import OPENAI, error_body, error_status_and_message
+from appliance.api.errors import NATIVE, OPENAI, error_body, error_status_and_message
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +28,13 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-async def _ndjson_lines(items: AsyncIterable[dict[str, Any]]) -> AsyncIterator[bytes]:
-    try:
-        async for item in items:
-            yield (dumps(item) + "\n").encode()
-    except Exception as exc:  # after the first byte the status is sent: report in-band
-        status, message = error_status_and_message(exc)
-        if status >= 500:
-            log.warning("stream ended with error: %s", message)
-        yield (dumps({"error": message}) + "\n").encode()
-    finally:
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
+def _ndjson_line(item: dict[str, Any]) -> bytes:
+    return (dumps(item) + "\n").encode()
 
 
 def ndjson_response(items: AsyncIterable[dict[str, Any]], *, status: int = 200) -> Response:
     """Stream dicts as NDJSON, one object a line, flushed per item, never cut by a timeout."""
-    response = Response(_ndjson_lines(items), status=status, content_type=NDJSON)
+    response = Response(_framed(items, _ndjson_line, NATIVE), status=status, content_type=NDJSON)
     response.timeout = None
     return response
 
@@ -66,18 +55,20 @@ def _sse_frame(item: dict[str, Any] | str | SSEEvent) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-async def _sse_events(
-    items: AsyncIterable[dict[str, Any] | str | SSEEvent], dialect: str, typed: bool
+async def _framed(
+    items: AsyncIterable[Any], frame: Callable[[Any], bytes], dialect: str, typed: bool = False
 ) -> AsyncIterator[bytes]:
+    """Each item as `frame` writes it; an error after the first byte (the status is sent by
+    then) as one more frame in `dialect`'s error shape, an `error` event when `typed`."""
     try:
         async for item in items:
-            yield _sse_frame(item)
-    except Exception as exc:  # after the first byte the status is sent: report in-band
+            yield frame(item)
+    except Exception as exc:
         status, message = error_status_and_message(exc)
         if status >= 500:
             log.warning("stream ended with error: %s", message)
         err = error_body(dialect, status, message)
-        yield _sse_frame(SSEEvent("error", err) if typed else err)
+        yield frame(SSEEvent("error", err) if typed else err)
     finally:
         aclose = getattr(items, "aclose", None)
         if aclose is not None:
@@ -118,7 +109,7 @@ def sse_response(
     """Server-sent events for OpenAI and Anthropic clients; a str item is sent verbatim (e.g.
     `[DONE]`), an `SSEEvent` with its `event:` line. An error after the first byte is sent as
     one more event in `dialect`'s error shape (an `error` event when the stream is `typed`)."""
-    response = Response(_sse_events(items, dialect, typed), status=200, content_type=SSE)
+    response = Response(_framed(items, _sse_frame, dialect, typed), status=200, content_type=SSE)
     response.headers["Cache-Control"] = "no-cache"
     response.timeout = None
     return response

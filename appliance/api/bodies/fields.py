@@ -41,14 +41,19 @@ WrongType = Callable[[str, Any, Kind], str]
 """The error text for field `name` holding `value`, which is not of `kind`."""
 
 
+def go_type_text(where: str, value: Any, go_type: str) -> str:
+    """Go's `json.UnmarshalTypeError` text for `value` decoded into the struct field `where`
+    (`Struct.field`) of Go type `go_type`."""
+    return (
+        f"json: cannot unmarshal {json_kind(value)} into Go struct field {where} of type {go_type}"
+    )
+
+
 def go_struct(struct: str) -> WrongType:
     """Go's `json.UnmarshalTypeError` text for a field of the Go struct `struct`."""
 
     def wrong(name: str, value: Any, kind: Kind) -> str:
-        return (
-            f"json: cannot unmarshal {json_kind(value)} into Go struct field "
-            f"{struct}.{name} of type {kind.go}"
-        )
+        return go_type_text(f"{struct}.{name}", value, kind.go)
 
     return wrong
 
@@ -123,18 +128,12 @@ def image_list(images: Any, where: str) -> tuple[str | None, ...]:
     if images is None:
         return ()
     if not isinstance(images, list):
-        raise BadRequest(
-            f"json: cannot unmarshal {json_kind(images)} into Go struct field {where} "
-            "of type []api.ImageData"
-        )
+        raise BadRequest(go_type_text(where, images, "[]api.ImageData"))
     for image in images:
         if image is None:
             continue
         if not isinstance(image, str):
-            raise BadRequest(
-                f"json: cannot unmarshal {json_kind(image)} into Go struct field {where} "
-                "of type api.ImageData"
-            )
+            raise BadRequest(go_type_text(where, image, "api.ImageData"))
         at = base64_error(image)
         if at is not None:
             raise BadRequest(f"illegal base64 data at input byte {at}")

@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from appliance.api.bodies.fields import BOOL, INT, STRING, Fields, Kind, go_struct, image_list
+from appliance.api.bodies.fields import (
+    BOOL,
+    INT,
+    STRING,
+    Fields,
+    go_struct,
+    go_type_text,
+    image_list,
+)
 from appliance.errors import BadRequest
 from appliance.gocompat.durations import parse_keep_alive
 
@@ -30,7 +38,7 @@ _MESSAGE_FIELDS = (
 
 
 def _wrong(struct: str, name: str, value: Any, go_type: str) -> BadRequest:
-    return BadRequest(go_struct(struct)(name, value, Kind((), go_type, "")))
+    return BadRequest(go_type_text(f"{struct}.{name}", value, go_type))
 
 
 def think_value(think: Any) -> bool | str | None:

@@ -13,9 +13,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from appliance.api.bodies.fields import check_images, field_of_type
+from appliance.api.bodies.fields import check_images, field_of_type, go_type_text
 from appliance.errors import ApplianceError, BadRequest
-from appliance.gocompat.jsontypes import json_kind
 from appliance.options import Options
 from appliance.store.create import CreateRequest
 from appliance.store.layout import InvalidDigest, api_digest
@@ -37,9 +36,7 @@ def _field(
 
 
 def _type_error(value: Any, where: str, go_type: str) -> BadRequest:
-    return BadRequest(
-        f"json: cannot unmarshal {json_kind(value)} into Go struct field {where} of type {go_type}"
-    )
+    return BadRequest(go_type_text(where, value, go_type))
 
 
 def _model_text(body: dict[str, Any], struct: str, *, strip: bool = False) -> str:

@@ -198,9 +198,9 @@ class ScopedKeys:
 class AuthMiddleware:
     """401 without a valid key, 403 with a key of the wrong scope, in the client's dialect."""
 
-    def __init__(self, app: ASGIApp, keys: ScopedKeys | KeyRing) -> None:
+    def __init__(self, app: ASGIApp, keys: ScopedKeys) -> None:
         self.app = app
-        self.keys = keys if isinstance(keys, ScopedKeys) else ScopedKeys({KeyScope.INFERENCE: keys})
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._open(scope):

@@ -25,9 +25,8 @@ from quart import Blueprint, Response
 from appliance.api.bodies.fields import BOOL, INT, NUMBER, Fields, must_be
 from appliance.api.bodies.inference import ChatRequest, Decoding, Message
 from appliance.api.errors import ANTHROPIC
-from appliance.api.requests import read_json_object
 from appliance.api.routes.native import prepare_chat, whole_chat
-from appliance.api.routes.openai import answer_items
+from appliance.api.routes.openai import answer_items, read_body
 from appliance.api.streaming import SSEEvent, json_response, sse_response, translated_events
 from appliance.errors import BadRequest
 from appliance.serving.generation import Timing
@@ -449,16 +448,9 @@ class _Events:
         return out
 
 
-async def _read_body() -> dict[str, Any]:
-    body = await read_json_object(allow_empty=True)
-    if not body:
-        raise BadRequest("EOF")
-    return body
-
-
 @bp.route("/v1/messages", methods=["POST"])
 async def messages() -> Response:
-    body = await _read_body()
+    body = await read_body()
     answer = await prepare_chat(chat_request(body), Timing(), relax_thinking=True)
     message_id = _new_id("msg")
     items = answer_items(answer)
@@ -471,7 +463,7 @@ async def messages() -> Response:
 @bp.route("/v1/messages/count_tokens", methods=["POST"])
 async def count_tokens() -> Response:
     """`{"input_tokens": N}`: the tokens of the prompt the request renders to, tools included."""
-    body = await _read_body()
+    body = await read_body()
     model = _check_model(body)
     _check_messages(body)
     messages = native_messages(body)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import trio
@@ -295,7 +296,7 @@ async def create() -> Response:
     progress = create_model(_store(), req, noprune=_noprune(), pull=_pull_fn())
     if not req.stream:
         last: dict[str, Any] = {}
-        async with _closing(progress):
+        async with aclosing(progress):
             async for item in progress:
                 last = item
         return json_response(last, content_type="application/json")
@@ -324,14 +325,3 @@ async def _prepend(
             yield item
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
-
-
-class _closing:
-    def __init__(self, agen: Any) -> None:
-        self.agen = agen
-
-    async def __aenter__(self) -> Any:
-        return self.agen
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.agen.aclose()

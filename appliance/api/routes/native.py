@@ -267,7 +267,12 @@ async def prepare_generate(req: GenerateRequest, timing: Timing) -> NativeAnswer
         lease.release()
         raise
     chunks = await primed(run_sequence(lease, seq))
-    items = _generate_stream(chunks, req.model, timing, tokens, not req.raw, reply)
+    items = _native_stream(
+        chunks,
+        reply,
+        lambda part: _generate_obj(req.model, part.content, done=False, thinking=part.thinking),
+        lambda chunk, tail: _generate_final(chunk, req.model, timing, tokens, not req.raw, tail),
+    )
     return NativeAnswer(req.model, req.stream, items=items)
 
 
@@ -352,27 +357,24 @@ def _generate_final(
     return final
 
 
-async def _generate_stream(
+async def _native_stream(
     chunks: AsyncIterator[Any],
-    model: str,
-    timing: Timing,
-    prompt_tokens: list[int],
-    want_context: bool,
     reply: ReplyParser,
+    part_obj: Callable[[ReplyPart], dict[str, Any]],
+    final_obj: Callable[[Any, ReplyPart], dict[str, Any]],
 ) -> AsyncIterator[dict[str, Any]]:
+    """The native stream objects of /api/generate and /api/chat (the route's `part_obj` and
+    `final_obj` shape them); text that may be the start of a tag or a tool call waits for the
+    next chunk, and so do the log-probabilities of its tokens."""
     logprobs = _Logprobs()
     async for chunk in chunks:
         logprobs.add(chunk)
         if chunk.text:
             part = reply.add(chunk.text)
             if part:
-                obj = _generate_obj(model, part.content, done=False, thinking=part.thinking)
-                yield logprobs.attach(obj)
+                yield logprobs.attach(part_obj(part))
         if chunk.done:
-            final = _generate_final(
-                chunk, model, timing, prompt_tokens, want_context, reply.finish()
-            )
-            yield logprobs.attach(final)
+            yield logprobs.attach(final_obj(chunk, reply.finish()))
 
 
 async def whole_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
@@ -459,7 +461,12 @@ async def prepare_chat(
         lease.release()
         raise
     chunks = await primed(run_sequence(lease, seq))
-    items = _chat_stream(chunks, req.model, timing, reply)
+    items = _native_stream(
+        chunks,
+        reply,
+        lambda part: _chat_obj(req.model, "", done=False, part=part),
+        lambda chunk, tail: _chat_final(chunk, req.model, timing, tail),
+    )
     return NativeAnswer(req.model, req.stream, items=items, prompt_tokens=len(tokens))
 
 
@@ -562,21 +569,6 @@ def _chat_final(chunk: Any, model: str, timing: Timing, tail: ReplyPart) -> dict
         final["done_reason"] = chunk.done_reason
     final.update(_final_metrics(chunk, timing))
     return final
-
-
-async def _chat_stream(
-    chunks: AsyncIterator[Any], model: str, timing: Timing, reply: ReplyParser
-) -> AsyncIterator[dict[str, Any]]:
-    """Message chunks; text that may be the start of a tag or a tool call waits for the next."""
-    logprobs = _Logprobs()
-    async for chunk in chunks:
-        logprobs.add(chunk)
-        if chunk.text:
-            part = reply.add(chunk.text)
-            if part:
-                yield logprobs.attach(_chat_obj(model, "", done=False, part=part))
-        if chunk.done:
-            yield logprobs.attach(_chat_final(chunk, model, timing, reply.finish()))
 
 
 async def whole_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
