@@ -100,3 +100,22 @@ async def test_a_stream_whose_client_never_reads_does_not_keep_the_slots(server)
     finally:
         for sock in sockets:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    ["[" * 5000 + "]" * 5000, '{"a": NaN}', '{"a": ' + "9" * 5000 + "}"],
+    ids=["deep", "nan", "huge number"],
+)
+async def test_hostile_function_call_arguments_in_responses_input_are_a_400(
+    server, arguments: str
+) -> None:
+    """The arguments of a replayed function call are JSON text a client wrote: they go through
+    the boundary's decoder (depth, numbers, NaN), never a bare json.loads."""
+    item = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": arguments}
+    body = {"model": "tiny", "max_output_tokens": 2, "input": [item]}
+    async with server.client() as client:
+        r = await client.post("/v1/responses", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"].startswith("failed to parse function call arguments")
+    await _still_serving(server)

@@ -20,6 +20,7 @@ from quart import Blueprint, Response
 
 from appliance.api.bodies.fields import BOOL, INT, NUMBER, STRING, Fields, must_be
 from appliance.api.bodies.inference import ChatRequest, Decoding, Message
+from appliance.api.requests import decode_json
 from appliance.api.routes.native import prepare_chat, whole_chat
 from appliance.api.routes.openai import (
     answer_items,
@@ -75,10 +76,10 @@ def _content(parts: Any, where: str) -> tuple[str, list[str]]:
 def _arguments(raw: Any) -> dict[str, Any]:
     if raw in (None, ""):
         return {}
-    try:
-        parsed = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"failed to parse function call arguments: {exc.msg}") from None
+    try:  # the boundary's decoder: a client's JSON text, with its bounds on depth and numbers
+        parsed = decode_json(raw) if isinstance(raw, str) else raw
+    except BadRequest as exc:
+        raise BadRequest(f"failed to parse function call arguments: {exc.message}") from None
     if not isinstance(parsed, dict):
         raise BadRequest("failed to parse function call arguments: not a JSON object")
     return parsed
