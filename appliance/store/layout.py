@@ -320,13 +320,3 @@ def owned_link_or_copy(src: Path, target: Path) -> tuple[Path, int, str]:
         raise
     finally:
         f.close()
-
-
-def link_or_copy(src: Path, dst: Path) -> str:
-    """Hard-link `src` to `dst` (one copy of the bytes on disk), else copy; returns how."""
-    try:
-        os.link(src, dst)
-        return "link"
-    except OSError:
-        shutil.copyfile(src, dst)
-        return "copy"
