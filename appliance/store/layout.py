@@ -36,7 +36,7 @@ DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 BLOB_FILE_RE = re.compile(r"^sha256-[0-9a-f]{64}$")
 TEMP_PREFIX = ".tmp-"
 PARTIAL_SUFFIX = "-partial"
-PARTIAL_MAX_AGE = 3600.0  # Ollama's prune grace: an unowned partial older than this is stale
+PRUNE_GRACE_SECONDS = 3600.0  # Ollama's prune grace: the start-up prune's, and stale partials'
 CHUNK = 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def sweep_temp_files(
 
     `.tmp-*` files anywhere under `blobs/` and `manifests/` go whatever their age (a writer owns
     its temp file from the moment it exists). A `-partial` blob and its `-partial-N` state files
-    go only when unowned and older than `PARTIAL_MAX_AGE`, and never with `keep_partials`
+    go only when unowned and older than `PRUNE_GRACE_SECONDS`, and never with `keep_partials`
     (OLLAMA_NOPRUNE). Blocking: call from a worker thread.
     """
     import time
@@ -235,7 +235,7 @@ def sweep_temp_files(
 
 def _older(entry: os.DirEntry[str], now: float) -> bool:
     try:
-        return entry.stat(follow_symlinks=False).st_mtime <= now - PARTIAL_MAX_AGE
+        return entry.stat(follow_symlinks=False).st_mtime <= now - PRUNE_GRACE_SECONDS
     except FileNotFoundError:
         return False
 
