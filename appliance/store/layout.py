@@ -280,17 +280,6 @@ def hash_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
-    """Copy one open file to another, returning (`sha256:<hex>`, size)."""
-    h = hashlib.sha256()
-    size = 0
-    while block := src.read(CHUNK):
-        h.update(block)
-        dst.write(block)
-        size += len(block)
-    return "sha256:" + h.hexdigest(), size
-
-
 def owned_link_or_copy(src: Path, target: Path) -> tuple[Path, int, str]:
     """A temp file next to `target` with `src`'s bytes (a hard link, else a copy), owned like
     `open_temp`'s: returns (path, the fd holding the lock, "link" or "copy")."""

@@ -681,8 +681,3 @@ class BlobWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
-
-
-def parse_digest_param(value: str) -> str:
-    """Validate a digest from a URL or request: `sha256:<hex>` back, `InvalidDigest` otherwise."""
-    return api_digest(value)
