@@ -119,7 +119,7 @@ async def test_start_removes_temp_files_of_killed_creates_but_keeps_a_fresh_part
     stale.write_bytes(b"\0" * 1000)
     stale_state = stale.with_name(stale.name + "-0")
     stale_state.write_text('{"N":0,"Offset":0,"Size":1000,"Completed":0}')
-    old = time.time() - 2 * layout.PARTIAL_MAX_AGE
+    old = time.time() - 2 * layout.PRUNE_GRACE_SECONDS
     for path in (stale, stale_state):
         os.utime(path, (old, old))
     with trio.fail_after(60):
@@ -203,7 +203,7 @@ def test_with_noprune_a_stale_partial_is_kept_but_temp_files_go(tmp_path):
     (models / "blobs").mkdir(parents=True)
     stale = models / "blobs" / ("sha256-" + "c" * 64 + layout.PARTIAL_SUFFIX)
     stale.write_bytes(b"\0" * 10)
-    old = time.time() - 2 * layout.PARTIAL_MAX_AGE
+    old = time.time() - 2 * layout.PRUNE_GRACE_SECONDS
     os.utime(stale, (old, old))
     orphan = models / "blobs" / f"{layout.TEMP_PREFIX}upload-abcdefabcdef"
     orphan.write_bytes(b"x")

@@ -158,7 +158,6 @@ class PromptTemplate:
     _go: Template | None = field(init=False, repr=False, default=None)
     _go_vars: frozenset[str] = field(init=False, repr=False, default=frozenset())
     _jinja: jinja2.Template | None = field(init=False, repr=False, default=None)
-    _jinja_source: str | None = field(init=False, repr=False, default=None)
     _derived: dict[Callable[..., Any], Any] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
@@ -182,7 +181,6 @@ class PromptTemplate:
                 self._jinja = _jinja_environment().from_string(self.source)
             except jinja2.TemplateError as exc:
                 raise PromptError(f"chat template error: {exc}") from None
-            self._jinja_source = self.source
 
     @property
     def go_tree(self) -> Template | None:
@@ -255,8 +253,8 @@ class PromptTemplate:
         the same rules `template_capabilities` and the GGUF header apply."""
         if self._go is not None:
             return set(_go_capabilities(self._go_vars, self.source))
-        if self._jinja_source is not None:
-            return set(chat_template_capabilities(self._jinja_source))
+        if self._jinja is not None:
+            return set(chat_template_capabilities(self.source))
         return set()
 
     # -- Go templates, with Ollama's execution rules --------------------------------------------

@@ -553,6 +553,17 @@ class _Loader:
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{self.path}: {key}: {exc}") from None
 
+    def strict(self, var: str, key: str, convert: Callable[[Any], _T]) -> _T | None:
+        """The variable through `convert`, else the file's `key` (None when neither is set); a
+        value `convert` refuses stops start-up, named by its variable (no fallback as Ollama's)."""
+        text = env_var(self.env, var)
+        if not text:
+            return self.file_value(key, convert)
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise ConfigError(f"{var}: {exc}") from None
+
     def load(self) -> Settings:
         host = self.host()
         return Settings(
@@ -741,13 +752,7 @@ class _Loader:
         return self.file_value("kv_cache_type", convert) or ""
 
     def memory_budget(self) -> int | None:
-        text = env_var(self.env, "LLM_APPLIANCE_MEMORY_BUDGET")
-        if text:
-            try:
-                return _budget(text)
-            except ValueError as exc:
-                raise ConfigError(f"LLM_APPLIANCE_MEMORY_BUDGET: {exc}") from None
-        return self.file_value("memory_budget", _budget)
+        return self.strict("LLM_APPLIANCE_MEMORY_BUDGET", "memory_budget", _budget)
 
     def num_threads(self) -> int | None:
         text = env_var(self.env, "LLM_APPLIANCE_NUM_THREADS")
@@ -795,13 +800,7 @@ class _Loader:
                 raise ValueError(f"{text!r} is not an http:// or https:// URL")
             return text.rstrip("/") or None
 
-        text = env_var(self.env, "LLM_APPLIANCE_UPDATE_URL")
-        if text:
-            try:
-                return convert(text)
-            except ValueError as exc:
-                raise ConfigError(f"LLM_APPLIANCE_UPDATE_URL: {exc}") from None
-        return self.file_value("update_url", convert)
+        return self.strict("LLM_APPLIANCE_UPDATE_URL", "update_url", convert)
 
     def readable_file(self, var: str, key: str) -> Path | None:
         """A file that must exist; a relative file value is relative to the config file."""
@@ -838,13 +837,7 @@ class _Loader:
                 raise ValueError(f"{name!r} is not auto or one of {', '.join(CPU_VARIANTS)}")
             return name
 
-        text = env_var(self.env, "LLM_APPLIANCE_CPU_VARIANT")
-        if text:
-            try:
-                return check(text)
-            except ValueError as exc:
-                raise ConfigError(f"LLM_APPLIANCE_CPU_VARIANT: {exc}") from None
-        return self.file_value("cpu_variant", check) or "auto"
+        return self.strict("LLM_APPLIANCE_CPU_VARIANT", "cpu_variant", check) or "auto"
 
 
 def read_api_key_file(text: str) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 BLOB_FILE_RE = re.compile(r"^sha256-[0-9a-f]{64}$")
 TEMP_PREFIX = ".tmp-"
 PARTIAL_SUFFIX = "-partial"
-PARTIAL_MAX_AGE = 3600.0  # Ollama's prune grace: an unowned partial older than this is stale
+PRUNE_GRACE_SECONDS = 3600.0  # Ollama's prune grace: the start-up prune's, and stale partials'
 CHUNK = 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def sweep_temp_files(
 
     `.tmp-*` files anywhere under `blobs/` and `manifests/` go whatever their age (a writer owns
     its temp file from the moment it exists). A `-partial` blob and its `-partial-N` state files
-    go only when unowned and older than `PARTIAL_MAX_AGE`, and never with `keep_partials`
+    go only when unowned and older than `PRUNE_GRACE_SECONDS`, and never with `keep_partials`
     (OLLAMA_NOPRUNE). Blocking: call from a worker thread.
     """
     import time
@@ -235,7 +235,7 @@ def sweep_temp_files(
 
 def _older(entry: os.DirEntry[str], now: float) -> bool:
     try:
-        return entry.stat(follow_symlinks=False).st_mtime <= now - PARTIAL_MAX_AGE
+        return entry.stat(follow_symlinks=False).st_mtime <= now - PRUNE_GRACE_SECONDS
     except FileNotFoundError:
         return False
 
@@ -280,17 +280,6 @@ def hash_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
-    """Copy one open file to another, returning (`sha256:<hex>`, size)."""
-    h = hashlib.sha256()
-    size = 0
-    while block := src.read(CHUNK):
-        h.update(block)
-        dst.write(block)
-        size += len(block)
-    return "sha256:" + h.hexdigest(), size
-
-
 def owned_link_or_copy(src: Path, target: Path) -> tuple[Path, int, str]:
     """A temp file next to `target` with `src`'s bytes (a hard link, else a copy), owned like
     `open_temp`'s: returns (path, the fd holding the lock, "link" or "copy")."""
@@ -320,13 +309,3 @@ def owned_link_or_copy(src: Path, target: Path) -> tuple[Path, int, str]:
         raise
     finally:
         f.close()
-
-
-def link_or_copy(src: Path, dst: Path) -> str:
-    """Hard-link `src` to `dst` (one copy of the bytes on disk), else copy; returns how."""
-    try:
-        os.link(src, dst)
-        return "link"
-    except OSError:
-        shutil.copyfile(src, dst)
-        return "copy"

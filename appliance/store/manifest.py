@@ -108,9 +108,6 @@ class Manifest:
     def all_digests(self) -> list[str]:
         return [self.config.digest, *(layer.digest for layer in self.layers)]
 
-    def layers_of(self, *media_types: str) -> list[Layer]:
-        return [layer for layer in self.layers if layer.media_type in media_types]
-
 
 def build_manifest(config: Layer, layers: list[Layer] | tuple[Layer, ...]) -> Manifest:
     """A new manifest, serialized as Ollama's `WriteManifest` does."""

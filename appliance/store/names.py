@@ -153,14 +153,6 @@ def parse_model_name(text: str, *, message: str = "invalid model name") -> Model
     return name
 
 
-def is_valid_model_name(text: str) -> bool:
-    try:
-        parse_model_name(text)
-    except InvalidName:
-        return False
-    return True
-
-
 def name_from_relpath(parts: tuple[str, ...]) -> ModelName | None:
     """The name a manifest file at `manifests/<host>/<ns>/<model>/<tag>` stands for, or None."""
     if len(parts) != 4:

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 from appliance.errors import ApplianceError, BadRequest, NotFound
 from appliance.prompting.prompts import template_capabilities
 from appliance.store import layout
-from appliance.store.layout import api_digest, blob_filename, digest_hex
+from appliance.store.layout import PRUNE_GRACE_SECONDS, api_digest, blob_filename, digest_hex
 from appliance.store.manifest import (
     MEDIA_ADAPTER,
     MEDIA_LICENSE,
@@ -49,7 +49,6 @@ from engine.gguf import GGUFInfo, read_gguf_info
 
 log = logging.getLogger(__name__)
 
-PRUNE_GRACE_SECONDS = 3600.0
 MAX_TEXT_LAYER_BYTES = 16 * 1024 * 1024
 
 
@@ -682,8 +681,3 @@ class BlobWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
-
-
-def parse_digest_param(value: str) -> str:
-    """Validate a digest from a URL or request: `sha256:<hex>` back, `InvalidDigest` otherwise."""
-    return api_digest(value)

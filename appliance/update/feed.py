@@ -187,7 +187,7 @@ class FeedClient:
         self._updater: Updater | None = None
 
     async def __aenter__(self) -> FeedClient:
-        self._client = open_client(self._net, timeout=httpx.Timeout(30.0, read=120.0))
+        self._client = open_client(self._net)  # net.DEFAULT_TIMEOUT: 30 s, reads 120 s
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 
@@ -79,7 +78,3 @@ def restart_and_check(unit: str, base_url: str, timeout: float) -> str | None:
     if problem is None:
         problem = wait_until_serving(base_url, deadline)
     return problem
-
-
-def describe_binary(path: Path) -> str:
-    return f"{path} ({path.stat().st_size >> 20} MiB)" if path.exists() else str(path)

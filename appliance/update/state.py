@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from appliance.store.layout import atomic_write_bytes
 
 STATE_FILE = "state.json"
 
@@ -52,17 +53,8 @@ class UpdateState:
         )
 
     def save(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".state-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(self), f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, state_dir / STATE_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        data = json.dumps(asdict(self), indent=1).encode()
+        atomic_write_bytes(state_dir / STATE_FILE, data, mode=0o600)  # as mkstemp made it
 
     def record(self, result: str) -> None:
         self.last_check = time.time()

@@ -275,7 +275,7 @@ def _config_for(store: Store, digest: str) -> bytes:
     """A config blob from the GGUF header, as `ollama create` would write it."""
     try:
         info = store.gguf_info(store.blob_path(digest))
-    except (ImportError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         log.warning("could not read the GGUF header of %s: %s", digest, exc)
         return build_config(model_format="gguf", diff_ids=[digest])
     return config_from_gguf(info, [digest])

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from appliance.net import NetConfig, open_client
+from appliance.net import HF_ALIASES, NetConfig, open_client
 from appliance.store.manifest import Layer, Manifest, ManifestError, parse_manifest
 from appliance.store.names import ModelName, parse_model_name
 from appliance.store.remote.download import Downloads
@@ -27,8 +27,6 @@ from appliance.store.remote.steps import (
 from appliance.store.store import Store
 
 log = logging.getLogger(__name__)
-
-HF_HOSTS = ("hf.co", "huggingface.co")
 
 
 async def pull_model(
@@ -45,7 +43,7 @@ async def pull_model(
     name = parse_model_name(name) if isinstance(name, str) else name
     downloads = downloads if downloads is not None else Downloads()
     net = NetConfig.resolve(settings, environ)
-    if name.host.lower() in HF_HOSTS:
+    if name.host.lower() in HF_ALIASES:
         from appliance.store.remote.hf import pull_hf
 
         return await pull_hf(
