@@ -89,3 +89,21 @@ async def running_appliance(models_dir: Path, **overrides: Any) -> AsyncIterator
 
 async def ndjson(response: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line) async for line in response.aiter_lines() if line.strip()]
+
+
+async def native_chat(
+    running: Running, model: str, system: str, messages: list[dict[str, Any]], num_predict: int
+) -> dict[str, Any]:
+    """The native /api/chat answer (greedy, whole) that a compatibility route's answer to the same
+    conversation is checked against."""
+    async with running.client(timeout=300) as client:
+        native = await client.post(
+            "/api/chat",
+            json={
+                "model": model,
+                "stream": False,
+                "options": {"temperature": 0, "num_predict": num_predict},
+                "messages": [{"role": "system", "content": system}, *messages],
+            },
+        )
+    return native.json()
