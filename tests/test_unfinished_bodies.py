@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import trio
+from helpers import read_response
 
 DECLARED = 4096
 HALF = b'{"model": "tiny", "stream": false, "messages": [{"role": "user", "content": "'
@@ -36,25 +37,6 @@ async def _half_body(server: Any, path: str = "/api/chat") -> trio.SocketStream:
 async def _until_held(server: Any, n_bytes: int) -> None:
     while server.appliance.app.body_budget.used != n_bytes:
         await trio.sleep(0.01)
-
-
-async def _read_response(stream: trio.SocketStream) -> tuple[int, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(65536)
-        assert chunk, f"connection closed before a response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        chunk = await stream.receive_some(65536)
-        assert chunk, "connection closed inside the response body"
-        body += chunk
-    return int(head.split(b" ", 2)[1]), body
 
 
 async def _chat(server: Any) -> Any:
@@ -104,7 +86,7 @@ async def test_a_body_that_never_finishes_is_408_and_gives_its_bytes_back(server
     with trio.fail_after(60):
         stream = await _half_body(server)
         async with stream:
-            status, body = await _read_response(stream)
+            status, body = await read_response(stream)
         r = await _chat(server)
     assert (status, json.loads(body)) == (408, {"error": "timed out reading the request body"})
     assert server.appliance.app.body_budget.used == 0
