@@ -19,6 +19,7 @@ import time
 import httpx
 import trio
 
+from bench.http import concurrent_streams
 from bench.inprocess import PROMPT
 
 FOLLOW_UP_TOKENS = 16
@@ -173,24 +174,13 @@ def peer_follow_up(url: str, round_no: int) -> dict[str, float]:
 
 
 async def _peer_streams(url: str, n_streams: int, n_tokens: int) -> dict[str, float]:
-    counts: list[int] = []
     async with _peer_client(url) as client:
         await _peer_completion(client, f"{PROMPT} (-1)", 4)  # warm up, as the appliance's run
 
-        async def run(i: int) -> None:
-            counts.append((await _peer_completion(client, f"{PROMPT} ({i})", n_tokens))[2])
+        async def stream(i: int) -> int:
+            return (await _peer_completion(client, f"{PROMPT} ({i})", n_tokens))[2]
 
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for i in range(n_streams):
-                nursery.start_soon(run, i)
-        wall = time.perf_counter() - started
-    return {
-        "streams": n_streams,
-        "tokens": sum(counts),
-        "wall_s": round(wall, 3),
-        "tok_per_s": round(sum(counts) / wall, 2),
-    }
+        return await concurrent_streams(stream, n_streams)
 
 
 def peer_streams(url: str, n_streams: int, n_tokens: int) -> dict[str, float]:

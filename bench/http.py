@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,25 +92,33 @@ async def _one(client: httpx.AsyncClient, model: str, i: int, n_tokens: int) -> 
     return int(final.get("eval_count", 0))
 
 
-async def _streams(url: str, model: str, n_streams: int, n_tokens: int) -> dict[str, float]:
+async def concurrent_streams(
+    stream: Callable[[int], Awaitable[int]], n_streams: int
+) -> dict[str, float]:
+    """Streams 0..n_streams-1 at once (`stream(i)` returns the tokens it generated): the
+    aggregate tokens over the wall time from the first request to the last token."""
     counts: list[int] = []
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        await _one(client, model, -1, 4)  # load + warm up
 
-        async def run(i: int) -> None:
-            counts.append(await _one(client, model, i, n_tokens))
+    async def run(i: int) -> None:
+        counts.append(await stream(i))
 
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for i in range(n_streams):
-                nursery.start_soon(run, i)
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(n_streams):
+            nursery.start_soon(run, i)
+    wall = time.perf_counter() - started
     return {
         "streams": n_streams,
         "tokens": sum(counts),
         "wall_s": round(wall, 3),
         "tok_per_s": round(sum(counts) / wall, 2),
     }
+
+
+async def _streams(url: str, model: str, n_streams: int, n_tokens: int) -> dict[str, float]:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await _one(client, model, -1, 4)  # load + warm up
+        return await concurrent_streams(lambda i: _one(client, model, i, n_tokens), n_streams)
 
 
 def bench_http(url: str, model: str, n_streams: int, n_tokens: int) -> dict[str, float]:

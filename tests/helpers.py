@@ -89,3 +89,43 @@ async def running_appliance(models_dir: Path, **overrides: Any) -> AsyncIterator
 
 async def ndjson(response: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line) async for line in response.aiter_lines() if line.strip()]
+
+
+async def native_chat(
+    running: Running, model: str, system: str, messages: list[dict[str, Any]], num_predict: int
+) -> dict[str, Any]:
+    """The native /api/chat answer (greedy, whole) that a compatibility route's answer to the same
+    conversation is checked against."""
+    async with running.client(timeout=300) as client:
+        native = await client.post(
+            "/api/chat",
+            json={
+                "model": model,
+                "stream": False,
+                "options": {"temperature": 0, "num_predict": num_predict},
+                "messages": [{"role": "system", "content": system}, *messages],
+            },
+        )
+    return native.json()
+
+
+async def read_response(stream: trio.SocketStream) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, body[:length]

@@ -21,7 +21,7 @@ from typing import Any
 import anthropic
 import pytest
 import trio
-from helpers import add_model, running_appliance
+from helpers import add_model, native_chat, running_appliance
 from toolkit import CALL_FORMAT, THOUGHT_FORMAT, WEATHER_PARAMETERS, sse_frames
 
 LIMIT = 60
@@ -413,17 +413,7 @@ async def test_reference_model_answers_through_the_official_client_as_native_cha
 
         with trio.fail_after(300):
             message, counted = await trio.to_thread.run_sync(use)
-            async with running.client(timeout=300) as client:
-                native = await client.post(
-                    "/api/chat",
-                    json={
-                        "model": "gemma3:270m",
-                        "stream": False,
-                        "options": {"temperature": 0, "num_predict": 24},
-                        "messages": [{"role": "system", "content": "Answer briefly."}, *question],
-                    },
-                )
-    answer = native.json()
+            answer = await native_chat(running, "gemma3:270m", "Answer briefly.", question, 24)
     assert message.content[0].text == answer["message"]["content"] != ""
     assert (
         message.stop_reason == {"length": "max_tokens", "stop": "end_turn"}[answer["done_reason"]]

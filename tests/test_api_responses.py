@@ -21,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 import trio
-from helpers import running_appliance
+from helpers import native_chat, running_appliance
 from toolkit import CALL_FORMAT, THOUGHT_FORMAT, WEATHER_PARAMETERS, sse_frames
 
 LIMIT = 60
@@ -375,17 +375,7 @@ async def test_reference_model_answers_through_the_official_client_as_native_cha
 
         with trio.fail_after(300):
             response = await trio.to_thread.run_sync(use)
-            async with running.client(timeout=300) as client:
-                native = await client.post(
-                    "/api/chat",
-                    json={
-                        "model": "gemma3:270m",
-                        "stream": False,
-                        "options": {"temperature": 0, "num_predict": 24},
-                        "messages": [{"role": "system", "content": "Answer briefly."}, *question],
-                    },
-                )
-    answer = native.json()
+            answer = await native_chat(running, "gemma3:270m", "Answer briefly.", question, 24)
     assert response.output_text == answer["message"]["content"] != ""
     assert response.usage.input_tokens == answer["prompt_eval_count"]
     assert response.usage.output_tokens == answer["eval_count"]

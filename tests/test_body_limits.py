@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import trio
+from helpers import read_response
 from serverproc import clean_env, free_port, register_tiny_model, run_server, wait_until_answers
 
 from appliance.api.requests import MAX_BODY_BYTES
@@ -28,28 +29,6 @@ def _address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
     return parts.hostname, parts.port
-
-
-async def _read_response(stream: trio.SocketStream) -> tuple[int, bytes]:
-    """Status and body of one HTTP/1.1 response with a Content-Length."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(65536)
-        assert chunk, f"connection closed before a response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value.strip())
-    while len(body) < length:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            break
-        body += chunk
-    return status, body[:length]
 
 
 def _head(path: str, extra: str) -> bytes:
@@ -65,7 +44,7 @@ async def _declared_but_unsent(url: str, path: str, length: int) -> tuple[int, b
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
             await stream.send_all(_head(path, f"Content-Length: {length}\r\n"))
-            return await _read_response(stream)
+            return await read_response(stream)
 
 
 async def _chunked(url: str, path: str, total: int) -> tuple[int, bytes, int]:
@@ -91,7 +70,7 @@ async def _chunked(url: str, path: str, total: int) -> tuple[int, bytes, int]:
 
             async def read() -> None:
                 nonlocal result
-                result = await _read_response(stream)
+                result = await read_response(stream)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(write)
@@ -179,7 +158,7 @@ async def test_bodies_held_at_once_are_bounded_across_requests(server) -> None:
                 await trio.sleep(0.01)
             status, refused = await _declared_but_unsent(server.url, "/api/show", declared)
             await first.send_all(body)
-            first_status, _ = await _read_response(first)
+            first_status, _ = await read_response(first)
     assert status == 503, refused
     assert json.loads(refused)["error"].startswith("server busy")
     assert first_status == 200

@@ -129,3 +129,19 @@ async def test_work_queued_before_a_thread_that_never_started_fails() -> None:
                 scope.cancel()
                 await compute.serve()  # cancelled before its thread starts
     assert len(failed) == 1
+
+
+async def test_a_call_that_raises_reaches_its_caller_and_the_thread_takes_the_next() -> None:
+    compute = ComputeThread()
+
+    def fails() -> None:
+        raise RuntimeError("llama_decode failed")
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as owner:
+            await owner.start(compute.serve)
+            with pytest.raises(RuntimeError, match="llama_decode failed"):
+                await compute.run(fails)
+            after = await compute.run(threading.get_ident)
+            owner.cancel_scope.cancel()
+    assert after != threading.get_ident()  # still the compute thread, not the caller's

@@ -51,6 +51,25 @@ class RenderCounter:
         monkeypatch.setattr(PromptTemplate, "render_chat", render_chat)
 
 
+async def hang_up_once(
+    server: Any, path: str, body: dict[str, Any], entered: threading.Event
+) -> None:
+    """POST `body`, close the connection once `entered` is set (the server is inside the work),
+    then give the server time to see the hang-up."""
+    async with server.client() as client, trio.open_nursery() as nursery:
+        gone = trio.CancelScope()
+
+        async def hangs_up() -> None:
+            with gone:
+                await client.post(path, json=body)
+
+        nursery.start_soon(hangs_up)
+        while not entered.is_set():
+            await trio.sleep(0.01)
+        gone.cancel()
+    await trio.sleep(2)  # time for the server to see the hang-up
+
+
 @pytest.fixture
 def models(tmp_path: Path, tiny_gguf: Path) -> Path:
     models = tmp_path / "models"
@@ -87,18 +106,8 @@ async def test_a_client_that_hangs_up_during_truncation_frees_its_slot_within_on
     renders.install(monkeypatch)
     with trio.fail_after(LIMIT):
         async with running_appliance(models, num_parallel=1) as server:
-            async with server.client() as client, trio.open_nursery() as nursery:
-                gone = trio.CancelScope()
-
-                async def hangs_up() -> None:
-                    with gone:
-                        await client.post("/api/chat", json=chat_body(long_chat(20_001)))
-
-                nursery.start_soon(hangs_up)
-                while not renders.entered.is_set():
-                    await trio.sleep(0.01)
-                gone.cancel()  # the client closes its connection mid-truncation
-            await trio.sleep(2)  # time for the server to see the hang-up
+            # the client closes its connection mid-truncation
+            await hang_up_once(server, "/api/chat", chat_body(long_chat(20_001)), renders.entered)
             at_release = renders.count
             renders.gate.set()
             async with server.client() as client:
@@ -194,18 +203,7 @@ async def test_an_embedding_whose_client_hangs_up_stops_between_pieces(models, m
     log.install(monkeypatch)
     with trio.fail_after(LIMIT):
         async with running_appliance(models, num_parallel=1) as server:
-            async with server.client() as client, trio.open_nursery() as nursery:
-                gone = trio.CancelScope()
-
-                async def hangs_up() -> None:
-                    with gone:
-                        await client.post("/api/embed", json=EMBED_BODY)
-
-                nursery.start_soon(hangs_up)
-                while not log.entered.is_set():
-                    await trio.sleep(0.01)
-                gone.cancel()
-            await trio.sleep(2)  # time for the server to see the hang-up
+            await hang_up_once(server, "/api/embed", EMBED_BODY, log.entered)
             log.gate.set()
             async with server.client() as client:
                 r = await client.post("/api/embed", json={**EMBED_BODY, "input": "one short text"})
