@@ -36,3 +36,20 @@ def test_parse_int_clamped_gives_go_s_bound_out_of_range_and_none_for_bad_syntax
         -(1 << 63),
     ]
     assert parse_int_clamped("nine") is None
+
+
+def test_a_five_thousand_digit_integer_is_out_of_range_not_a_crash() -> None:
+    huge = "9" * 5000
+    assert parse_int(huge) is None
+    assert parse_uint(huge) is None
+    assert parse_int_clamped(huge) == (1 << 63) - 1
+    assert parse_int_clamped("-" + huge) == -(1 << 63)
+    assert parse_int("0" * 5000 + "7") == 7  # leading zeros are not significant, as in Go
+
+
+def test_a_five_thousand_digit_setting_warns_and_keeps_the_default() -> None:
+    from appliance.settings.config import Settings, load_settings
+
+    settings = load_settings({"LLM_APPLIANCE_CACHE_RAM": "9" * 5000})
+    assert settings.cache_ram == Settings().cache_ram
+    assert any("LLM_APPLIANCE_CACHE_RAM" in w for w in settings.warnings)
