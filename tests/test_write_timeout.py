@@ -71,10 +71,15 @@ async def stalled_request(
 
 
 async def stalled_streams(server: Running, count: int) -> list[trio.socket.SocketType]:
-    """`count` endless /api/generate streams, each from a socket that will never be read."""
-    return [
-        await stalled_request(server.url, "POST", "/api/generate", ENDLESS) for _ in range(count)
-    ]
+    """`count` endless /api/generate streams, each from a socket that will never be read, each
+    streaming (its first byte arrived, peeked, not read) before the next is sent or the test goes
+    on: so each holds its slot before any later request can take it."""
+    socks = []
+    for _ in range(count):
+        sock = await stalled_request(server.url, "POST", "/api/generate", ENDLESS)
+        await sock.recv(1, socket.MSG_PEEK)
+        socks.append(sock)
+    return socks
 
 
 async def dropped_count(client) -> float:  # type: ignore[no-untyped-def]
