@@ -158,12 +158,14 @@ async def test_removed_options_are_ignored_with_one_warning_each_per_process(ser
 
 
 async def _loaded_size(models: Path, **settings: object) -> tuple[int, dict]:
+    """The loaded size in /api/ps and a greedy 3-token answer (sampled, a random tiny model may
+    draw its end token early, about one run in a hundred)."""
     async with running_appliance(models, num_parallel=1, **settings) as running:
         async with running.client() as client:
             r = await client.post(
                 "/api/generate",
                 json={"model": "tiny", "prompt": "hi", "stream": False,
-                      "options": {"num_predict": 3, "num_ctx": 512}},
+                      "options": {"num_predict": 3, "num_ctx": 512, "temperature": 0}},
             )  # fmt: skip
             assert r.status_code == 200, r.text
             ps = (await client.get("/api/ps")).json()["models"]
