@@ -141,7 +141,7 @@ async def test_chat_streams_assistant_messages(server):
                 json={
                     "model": "tiny",
                     "messages": [{"role": "User", "content": "hi"}],
-                    "options": {"num_predict": 5},
+                    "options": {"num_predict": 5, "temperature": 0},
                 },
             ) as r:
                 chunks = await ndjson(r)

@@ -54,7 +54,11 @@ async def test_a_stream_outlives_quarts_response_timeout(tmp_path, tiny_gguf):
                 async with client.stream(
                     "POST",
                     "/api/generate",
-                    json={"model": "tiny", "prompt": "x", "options": {"num_predict": 40}},
+                    json={
+                        "model": "tiny",
+                        "prompt": "x",
+                        "options": {"num_predict": 40, "temperature": 0},
+                    },
                 ) as r:
                     chunks = await ndjson(r)
     assert chunks[-1]["done"] is True and chunks[-1]["eval_count"] == 40

@@ -40,7 +40,9 @@ ENDLESS = {"model": "tiny", "prompt": "x", "options": {"num_predict": 10**6}}
 
 
 def short(tokens: int) -> dict[str, Any]:
-    return {"model": "tiny", "prompt": "y", "stream": False, "options": {"num_predict": tokens}}
+    """A greedy answer of `tokens` tokens (sampled, the random tiny model may end early)."""
+    options = {"num_predict": tokens, "temperature": 0}
+    return {"model": "tiny", "prompt": "y", "stream": False, "options": options}
 
 
 @asynccontextmanager
