@@ -1,4 +1,4 @@
-"""A loaded GGUF model: weights (memory-mapped), vocabulary, and token <-> text conversion.
+"""A loaded GGUF model: weights (read into huge pages, or memory-mapped), vocabulary, and token <-> text conversion.
 
 One `Model` can back several contexts (a `BatchEngine` for generation, an `Embedder`). Loading
 blocks for as long as the weights take to map, so the service calls it in a worker thread.
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import llama_cpp
 
-from engine import cpu_backend
+from engine import cpu_backend, huge_pages
 from engine.llama_log import LOGGER_NAME, init_llama
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadFailed(ValueError):
@@ -35,12 +37,31 @@ class _ErrorCollector(logging.Handler):
             self.lines.append(record.getMessage())
 
 
+def _progress(advice: huge_pages.LoadAdvice | None) -> llama_cpp.llama_progress_callback:
+    """The load's progress callback: at its first call (buffers mapped, no tensor read yet) the
+    new buffers are advised into huge pages. It never stops the load, and never raises into C."""
+
+    def progress(_fraction: float, _user: ctypes.c_void_p) -> bool:
+        if advice is not None:
+            try:
+                advice.advise()
+            except Exception:  # an unreadable /proc: the load goes on in small pages
+                log.debug("huge page advice failed", exc_info=True)
+        return True
+
+    return llama_cpp.llama_progress_callback(progress)
+
+
 class Model:
     """A llama.cpp model plus the vocabulary facts the engine needs on every token."""
 
     def __init__(self, path: Path, handle: llama_cpp.llama_model_p) -> None:
         self.path = path
         self._handle: llama_cpp.llama_model_p | None = handle
+        # How the weights were loaded ("mmap", or "read" into memory) and how many of their bytes
+        # sit in huge pages (for the load log and tests; 0 when mapped).
+        self.load_mode = "mmap"
+        self.huge_bytes = 0
         self.vocab = llama_cpp.llama_model_get_vocab(handle)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(handle)
@@ -67,8 +88,13 @@ class Model:
         self.eos_text: str = self._special_text(self.eos)
 
     @classmethod
-    def load(cls, path: Path | str, *, n_gpu_layers: int = 0, use_mmap: bool = True) -> Model:
-        """Load the weights (blocking). Raises ModelLoadFailed with llama.cpp's reason."""
+    def load(
+        cls, path: Path | str, *, n_gpu_layers: int = 0, use_mmap: bool | None = None
+    ) -> Model:
+        """Load the weights (blocking). Raises ModelLoadFailed with llama.cpp's reason.
+
+        `use_mmap` None (Ollama's "automatic"): read into memory in huge pages where the kernel
+        offers them (see huge_pages), else memory-mapped; True maps, False reads."""
         init_llama()
         try:
             cpu_backend.load()  # the CPU variant chosen at start-up, or the best that runs
@@ -79,8 +105,15 @@ class Model:
             raise ModelLoadFailed(f"model file not found: {path}")
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        advice = None
+        if use_mmap is None:
+            use_mmap = not huge_pages.available()
         if not use_mmap:
             params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+            if huge_pages.available():
+                advice = huge_pages.LoadAdvice()
+        callback = _progress(advice)  # referenced until the load returns
+        params.progress_callback = callback
         collector = _ErrorCollector()
         logger = logging.getLogger(LOGGER_NAME)
         logger.addHandler(collector)
@@ -91,7 +124,17 @@ class Model:
         if not handle:
             reason = "; ".join(collector.lines) or "llama.cpp could not load the model"
             raise ModelLoadFailed(f"unable to load model {path}: {reason}")
-        return cls(path, handle)
+        model = cls(path, handle)
+        model.load_mode = "mmap" if use_mmap else "read"
+        if advice is not None:
+            model.huge_bytes, advised = advice.huge_bytes()
+            log.info(
+                "%s: weights read into memory, %d of %d MiB advised in 2 MiB pages",
+                path.name,
+                model.huge_bytes >> 20,
+                advised >> 20,
+            )
+        return model
 
     @property
     def handle(self) -> llama_cpp.llama_model_p:

@@ -109,6 +109,18 @@ def test_low_memory_is_warned():
     assert doctor.check_memory(HostFacts(meminfo=low)).status is Status.WARN
 
 
+def test_huge_pages_are_ok_where_the_kernel_offers_them():
+    for mode in ("always", "madvise"):
+        check = doctor.check_huge_pages(HostFacts(thp_mode=mode))
+        assert (check.status, check.detail) == (Status.OK, {"thp_mode": mode})
+
+
+def test_huge_pages_switched_off_say_how_to_switch_them_on():
+    check = doctor.check_huge_pages(HostFacts(thp_mode="never"))
+    assert check.status is Status.INFO
+    assert "transparent_hugepage/enabled" in (check.hint or "")
+
+
 def test_glibc_older_than_the_build_is_warned():
     assert doctor.check_glibc(HostFacts(glibc="glibc 2.31")).status is Status.WARN
     assert doctor.check_glibc(HostFacts(glibc="glibc 2.36")).status is Status.OK
@@ -243,7 +255,7 @@ async def test_full_report_renders_as_text_and_json(tmp_path: Path):
         )
     names = [check.name for check in checks]
     assert names == [
-        "wsl", "cpu", "memory", "glibc", "models", "proxy", "exposure", "server", "platform",
+        "wsl", "cpu", "memory", "hugepages", "glibc", "models", "proxy", "exposure", "server", "platform",
         "updates",
     ]  # fmt: skip
     text = doctor.render_text(checks)

@@ -71,6 +71,7 @@ class HostFacts:
     glibc: str | None = None
     frozen: bool = False
     cpu_code: Any = None  # engine.cpu_backend.Choice, or why none runs (str); None: not asked
+    thp_mode: str = ""  # transparent huge pages: "always", "madvise", "never"; "": none
 
 
 def gather_host_facts(cpu_variant: str = "auto") -> HostFacts:
@@ -95,7 +96,14 @@ def gather_host_facts(cpu_variant: str = "auto") -> HostFacts:
         glibc=glibc,
         frozen=bool(getattr(sys, "frozen", False)),
         cpu_code=_cpu_code(cpu_variant),
+        thp_mode=_thp_mode(),
     )
+
+
+def _thp_mode() -> str:
+    from engine import huge_pages
+
+    return huge_pages.thp_mode()
 
 
 def _cpu_code(cpu_variant: str) -> Any:
@@ -197,6 +205,28 @@ def check_memory(facts: HostFacts) -> Check:
             "OLLAMA_NUM_PARALLEL=1, and OLLAMA_MAX_LOADED_MODELS=1",
         )
     return Check("memory", Status.OK, summary, detail)
+
+
+def check_huge_pages(facts: HostFacts) -> Check:
+    """Whether model weights can sit in 2 MiB pages (engine/huge_pages.py: ~10 % faster decoding
+    on the reference model), as loads read them into memory then."""
+    mode = facts.thp_mode
+    detail = {"thp_mode": mode or None}
+    if mode in ("always", "madvise"):
+        summary = f"transparent huge pages ({mode}): model weights are read into 2 MiB pages"
+        return Check("hugepages", Status.OK, summary, detail)
+    if mode == "never":
+        return Check(
+            "hugepages",
+            Status.INFO,
+            "transparent huge pages are off: model weights are memory-mapped in 4 KiB pages",
+            detail,
+            "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (as root) makes "
+            "decoding faster; reload the models after it",
+        )
+    return Check(
+        "hugepages", Status.INFO, "no transparent huge pages on this system: models are mapped"
+    )
 
 
 def cpu_flags(cpuinfo: str) -> frozenset[str]:
@@ -549,6 +579,7 @@ async def run_checks(
         check_wsl(facts, environ),
         check_cpu(facts),
         check_memory(facts),
+        check_huge_pages(facts),
         check_glibc(facts),
         check_models_dir(target.models_dir),
         check_proxy(environ),

@@ -154,9 +154,7 @@ def _load_sync(
     spec: LoadSpec, n_threads: int, prompt_cache: bool = True, cache_ram: int = 0
 ) -> LlamaBackend:
     assert spec.model_path is not None
-    model = Model.load(
-        spec.model_path, use_mmap=spec.use_mmap is not False, n_gpu_layers=max(spec.num_gpu, 0)
-    )
+    model = Model.load(spec.model_path, use_mmap=spec.use_mmap, n_gpu_layers=max(spec.num_gpu, 0))
     try:
         batch = None
         if not spec.embedding_only:
