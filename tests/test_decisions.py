@@ -208,3 +208,24 @@ async def test_a_planned_runner_with_a_larger_context_serves_a_smaller_request(
     loaded, wanted = await plan(model, opts(512)), await plan(model, opts(128))
     assert loaded.can_serve(wanted)
     assert not wanted.can_serve(loaded)
+
+
+async def test_a_generation_models_memory_counts_its_host_ram_prompt_states(
+    tiny_gguf_factory: Any,
+) -> None:
+    """The RAM prompt store (LLM_APPLIANCE_CACHE_RAM) is part of what a load costs against the
+    budget; an embedding model keeps no prompt states."""
+    from appliance.options import resolve_options
+
+    states = 256 << 20
+    plain = Catalog(SlotPolicy(num_parallel=1, default_num_ctx=256))
+    cached = Catalog(SlotPolicy(num_parallel=1, default_num_ctx=256, prompt_states_bytes=states))
+    options = resolve_options(None, {}, default_num_ctx=256)
+
+    async def memory(catalog: Catalog, path: Path) -> int:
+        model = SimpleNamespace(name=parse_model_name("m"), model_path=path, adapters=[])
+        return (await catalog.plan(model, options)).memory_bytes
+
+    generator, embedder = tiny_gguf_factory(), tiny_gguf_factory(pooling=1)
+    assert await memory(cached, generator) == await memory(plain, generator) + states
+    assert await memory(cached, embedder) == await memory(plain, embedder)

@@ -180,6 +180,7 @@ def resolve_limits(settings: Settings) -> tuple[Limits, SlotPolicy]:
         flash_attention=settings.flash_attention,
         kv_cache_type=settings.kv_cache_type,
         memory_budget=settings.memory_budget or 0,
+        prompt_states_bytes=settings.cache_ram * 1024 * 1024 if settings.prompt_cache else 0,
     )
     if policy.kv_type() != (settings.kv_cache_type or "f16"):
         log.warning(

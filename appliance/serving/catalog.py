@@ -63,6 +63,9 @@ class SlotPolicy:
     flash_attention: bool | None = None  # OLLAMA_FLASH_ATTENTION; None lets llama.cpp decide
     kv_cache_type: str = ""  # OLLAMA_KV_CACHE_TYPE: "" (f16), "q8_0", "q4_0"
     memory_budget: int = 0  # bytes a load may use; 0: the machine's physical memory
+    # Host RAM a generation model may fill with saved prompt states (LLM_APPLIANCE_CACHE_RAM; 0
+    # with the prompt cache off): part of what its load costs against the budget.
+    prompt_states_bytes: int = 0
 
     def kv_type(self) -> str:
         """The KV cache type to use: a quantized cache needs flash attention, so with flash
@@ -197,6 +200,8 @@ class Catalog:
         if info.block_count and num_gpu > info.block_count + 1:
             num_gpu = info.block_count + 1  # more layers than the model has means all of them
         memory = info.estimate_memory(num_ctx, n_seq, num_batch, kv_type=kv_type)
+        if not embedding_only:
+            memory += self.policy.prompt_states_bytes
         self._check_fits(memory, options)
         return LoadSpec(
             key=str(model.model_path),
