@@ -1,4 +1,5 @@
-"""A loaded GGUF model: weights (read into huge pages, or memory-mapped), vocabulary, and token <-> text conversion.
+"""A loaded GGUF model: weights (read into huge pages, or memory-mapped), vocabulary, and token
+<-> text conversion.
 
 One `Model` can back several contexts (a `BatchEngine` for generation, an `Embedder`). Loading
 blocks for as long as the weights take to map, so the service calls it in a worker thread.
