@@ -2,7 +2,7 @@
 
 A decode step streams every weight once; the reference model's output matrix alone is 178 MB. In
 4 KiB pages that stream walks the page tables and misses the TLB all along; in 2 MiB pages it does
-not (one stream, in-process: 71 -> 78 tokens/s on a 2-vCPU EPYC VM, README).
+not (one stream, in-process: 71 -> 78 tokens/s on a 2-vCPU EPYC VM; README, Performance).
 
 llama.cpp maps a model file from a file offset that is not 2 MiB aligned, so its page cache cannot
 be mapped in huge pages. Loaded into memory instead (no mmap), the weights live in anonymous memory,

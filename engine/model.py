@@ -130,7 +130,7 @@ class Model:
         if advice is not None:
             model.huge_bytes, advised = advice.huge_bytes()
             log.info(
-                "%s: weights read into memory, %d of %d MiB advised in 2 MiB pages",
+                "%s: weights read into memory, %d MiB of the %d advised in 2 MiB pages",
                 path.name,
                 model.huge_bytes >> 20,
                 advised >> 20,
