@@ -96,12 +96,37 @@ def _peer_cpu_library() -> str | None:
     return choice.path
 
 
+def _native_peer(stack: ExitStack, args: argparse.Namespace, model_path: Path) -> str | None:
+    """The URL of llama-server built for this CPU (`--peer-native`), started in `stack`; None
+    when not asked for (by default: asked where the CPU lists AVX-512, the issue's case)."""
+    from bench.peer import cpu_flags, ensure_llama_server, llama_server, native_cmake_args
+
+    flags = cpu_flags(Path("/proc/cpuinfo").read_text())
+    wanted = args.peer_native if args.peer_native is not None else "avx512f" in flags
+    if not wanted:
+        return None
+    cmake_args = native_cmake_args(flags)
+    binary = ensure_llama_server(cmake_args)
+    print(f"peer built for this CPU: {binary} ({' '.join(a for a in cmake_args if '=ON' in a)})")
+    return stack.enter_context(
+        llama_server(
+            binary,
+            model_path,
+            None,
+            parallel=max(args.streams),
+            ctx_per_slot=4096,
+            threads=args.threads,
+        )
+    )
+
+
 def _peer_table(
     runs: dict[tuple[str, int], list[float]],
     ttft: dict[tuple[str, str], list[float]],
     ours: str,
     peer: str,
     streams: list[int],
+    goal: str = ">= 1.0",
 ) -> None:
     """Side by side, with the per-round ratios appliance / llama-server."""
 
@@ -119,7 +144,7 @@ def _peer_table(
     for n in streams:
         if (ours, n) in runs and (peer, n) in runs:
             label = f"{n} stream{'s' if n > 1 else ''}"
-            line(label, runs[(ours, n)], runs[(peer, n)], "tok/s", ">= 1.0")
+            line(label, runs[(ours, n)], runs[(peer, n)], "tok/s", goal)
     for key, label, unit, goal in (
         ("follow_up_ttft_s", "follow-up turn, first token", "s", "<= 1.0"),
         ("first_turn_ttft_s", "first turn (cold), first token", "s", "-"),
@@ -144,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=3, help="runs per figure; the median is reported"
     )
     parser.add_argument(
+        "--peer-native",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also llama-server with CPU code built for this CPU's features, AMX excepted "
+        "(built once; by default where the CPU lists AVX-512)",
+    )
+    parser.add_argument(
         "--peer-huge-pages",
         action="store_true",
         help="also llama-server with its weights in huge pages (--load-mode none, glibc hugetlb=1)",
@@ -166,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     models = fresh_store()
     peer = "llama-server, same CPU code"
     peer_huge = "llama-server, same CPU code, huge pages"
+    peer_native = "llama-server built for this CPU"
     peer_cpu = None if args.skip_peer else _peer_cpu_library()
     if peer_cpu is not None:
         from bench.peer import ensure_llama_server, llama_server, omp_settings, peer_env
@@ -199,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                     threads=args.threads,
                 )
             )
+        peer_native_url = _native_peer(stack, args, model_path) if peer_cpu else None
         peer_huge_url = None
         if peer_cpu is not None and args.peer_huge_pages:
             from bench.peer import HUGE_PAGES
@@ -240,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                     measures.append(
                         (peer_huge, lambda n=n: peer_streams(peer_huge_url, n, args.tokens))
                     )
+                if peer_native_url is not None:
+                    measures.append(
+                        (peer_native, lambda n=n: peer_streams(peer_native_url, n, args.tokens))
+                    )
                 for name, measure in measures:
                     runs.setdefault((name, n), []).append(_retry(measure)["tok_per_s"])
             turns = [(fixed, lambda r=round_no: appliance_follow_up(fixed_url, "gemma3:270m", r))]
@@ -256,7 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         {"runner": name, "streams": n, "tok_per_s": med(values)}
         for (name, n), values in runs.items()
     ]
-    order = {llama_name: 0, "engine in-process": 1, fixed: 2, auto: 3, peer: 4, peer_huge: 5}
+    order = {
+        llama_name: 0,
+        "engine in-process": 1,
+        fixed: 2,
+        auto: 3,
+        peer: 4,
+        peer_huge: 5,
+        peer_native: 6,
+    }
     rows.sort(key=lambda r: (order[r["runner"]], r["streams"]))
     base = runs.get(("engine in-process", 1)) or runs[(fixed, 1)]
     print()
@@ -282,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     if peer_huge_url is not None:
         print()
         _peer_table(runs, ttft, fixed, peer_huge, args.streams)
+    if peer_native_url is not None:
+        print()
+        _peer_table(runs, ttft, fixed, peer_native, args.streams, goal=">= 0.98")
     else:
         for (name, key), values in ttft.items():
             print(f"{name}: {key} median {med(values):.3f} (rounds: {values})")

@@ -44,6 +44,45 @@ PEER_CMAKE_ARGS = (
 )
 
 
+#: The ggml CMake option that compiles for each x86 feature, and the cpuinfo flags it needs. AMX
+#: stays off: VMs list it and fault at its first tile instruction (hence never -march=native).
+NATIVE_FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("GGML_SSE42", ("sse4_2",)),
+    ("GGML_AVX", ("avx",)),
+    ("GGML_AVX2", ("avx2",)),
+    ("GGML_BMI2", ("bmi2",)),
+    ("GGML_FMA", ("fma",)),
+    ("GGML_F16C", ("f16c",)),
+    ("GGML_AVX_VNNI", ("avx_vnni",)),
+    ("GGML_AVX512", ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")),
+    ("GGML_AVX512_VBMI", ("avx512f", "avx512vbmi")),
+    ("GGML_AVX512_VNNI", ("avx512f", "avx512_vnni")),
+    ("GGML_AVX512_BF16", ("avx512f", "avx512_bf16")),
+)
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first CPU in a /proc/cpuinfo text."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def native_cmake_args(flags: frozenset[str]) -> tuple[str, ...]:
+    """A llama-server with CPU code of its own, compiled for the features this CPU lists (AMX
+    excepted): the issue's "llama-server built for this CPU", against which the appliance's
+    variant chosen at run time is measured (`--peer-native`)."""
+    base = [a for a in PEER_CMAKE_ARGS if not a.startswith(("-DGGML_BACKEND_DL=", "-DGGML_CPU="))]
+    features = [
+        f"-D{option}={'ON' if all(flag in flags for flag in needs) else 'OFF'}"
+        for option, needs in NATIVE_FEATURES
+    ]
+    amx = [f"-DGGML_AMX_{kind}=OFF" for kind in ("TILE", "INT8", "BF16")]
+    return (*base, "-DGGML_BACKEND_DL=OFF", "-DGGML_CPU=ON", *features, *amx)
+
+
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "llm-appliance" / "llama-server"
