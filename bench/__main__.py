@@ -4,6 +4,8 @@ Everything runs in one invocation on one machine, so ratios compare like with li
 depend on the machine and its load (report both, with the machine). The peer is llama.cpp's own
 llama-server built from the same llama.cpp (bench/peer.py, once) running the same CPU variant:
 streams' tok/s and a chat's follow-up time to first token side by side (bench/compare.py).
+`--peer-native` adds a llama-server built for this CPU (on by default where it lists AVX-512),
+`--peer-huge-pages` one with its weights in huge pages as the appliance's are.
 Options: `--tokens N`, `--streams 1 2 4 8`, `--skip-peer`, `--skip-startup`, `--skip-memory`.
 """
 
