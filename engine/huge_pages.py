@@ -88,9 +88,12 @@ class LoadAdvice:
     """Advises the anonymous memory a model load maps, before the load fills it."""
 
     def __init__(self) -> None:
-        self._before = anonymous_ranges(MAPS.read_text())
         self.advised: list[Range] = []
         self._done = False
+        try:
+            self._before = anonymous_ranges(MAPS.read_text())
+        except OSError:  # /proc unreadable here: the load goes on in small pages
+            self._done = True
 
     def advise(self) -> None:
         """Mark every anonymous range mapped since construction MADV_HUGEPAGE; once."""
@@ -113,7 +116,10 @@ class LoadAdvice:
         total = sum(hi - lo for lo, hi in self.advised)
         if not self.advised:
             return 0, 0
-        return _huge_in(SMAPS.read_text(), self.advised), total
+        try:
+            return _huge_in(SMAPS.read_text(), self.advised), total
+        except OSError:
+            return 0, total
 
 
 def _huge_in(smaps: str, ranges: list[Range]) -> int:

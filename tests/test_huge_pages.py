@@ -121,3 +121,15 @@ async def test_the_server_reads_a_model_into_huge_pages_unless_a_request_asks_fo
                 (runner,) = server.appliance.services.scheduler.runners
                 modes.append((runner.backend.model.load_mode, runner.backend.model.huge_bytes > 0))
     assert modes == [("read", True), ("mmap", False)]
+
+
+async def test_an_unreadable_proc_leaves_the_load_in_small_pages(
+    sizable_gguf: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """Where /proc/self/maps cannot be read (a sandbox), the model still loads, unadvised."""
+    monkeypatch.setattr(huge_pages, "available", lambda: True)
+    monkeypatch.setattr(huge_pages, "MAPS", tmp_path / "no-maps")
+    monkeypatch.setattr(huge_pages, "SMAPS", tmp_path / "no-smaps")
+    with await load(sizable_gguf) as model:
+        assert (model.load_mode, model.huge_bytes) == ("read", 0)
+        assert len(_greedy(model, 4)) == 4
