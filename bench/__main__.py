@@ -324,18 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if a in runs and b in runs:
             print(f"{label:<36} {ratio(a, b)}  {('goal ' + goal) if goal else ''}")
-    if peer_url is not None:
-        print()
-        _peer_table(runs, ttft, fixed, peer, args.streams)
-    if peer_huge_url is not None:
-        print()
-        _peer_table(runs, ttft, fixed, peer_huge, args.streams)
-    if peer_native_url is not None:
-        print()
-        _peer_table(runs, ttft, fixed, peer_native, args.streams, goal=">= 0.98")
-    else:
+    if peer_url is None:
         for (name, key), values in ttft.items():
             print(f"{name}: {key} median {med(values):.3f} (rounds: {values})")
+    for other, url, goal in (
+        (peer, peer_url, ">= 1.0"),
+        (peer_huge, peer_huge_url, ">= 1.0"),
+        (peer_native, peer_native_url, ">= 0.98"),
+    ):
+        if url is not None:
+            print()
+            _peer_table(runs, ttft, fixed, other, args.streams, goal=goal)
 
     if not args.skip_memory:
         print()
