@@ -107,11 +107,12 @@ class Model:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         advice = None
+        huge = huge_pages.available()
         if use_mmap is None:
-            use_mmap = not huge_pages.available()
+            use_mmap = not huge
         if not use_mmap:
             params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
-            if huge_pages.available():
+            if huge:
                 advice = huge_pages.LoadAdvice()
         callback = _progress(advice)  # referenced until the load returns
         params.progress_callback = callback
