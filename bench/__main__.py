@@ -18,8 +18,11 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bench.compare import appliance_follow_up, peer_follow_up, peer_streams
 from bench.http import bench_http, fresh_store, rss_bytes, server
@@ -98,28 +101,22 @@ def _peer_cpu_library() -> str | None:
     return choice.path
 
 
-def _native_peer(stack: ExitStack, args: argparse.Namespace, model_path: Path) -> str | None:
-    """The URL of llama-server built for this CPU (`--peer-native`), started in `stack`; None
-    when not asked for (by default: asked where the CPU lists AVX-512, the issue's case)."""
-    from bench.peer import cpu_flags, ensure_llama_server, llama_server, native_cmake_args
+def _native_peer(
+    stack: ExitStack, args: argparse.Namespace, start: Callable[..., Any]
+) -> str | None:
+    """The URL of llama-server built for this CPU (`--peer-native`), started in `stack` by
+    `start(binary, cpu_library=None)`; None when not asked for (by default: asked where the CPU
+    lists AVX-512, the issue's case)."""
+    from bench.peer import ensure_llama_server, native_cmake_args, this_cpu_flags
 
-    flags = cpu_flags(Path("/proc/cpuinfo").read_text())
+    flags = this_cpu_flags()
     wanted = args.peer_native if args.peer_native is not None else "avx512f" in flags
     if not wanted:
         return None
     cmake_args = native_cmake_args(flags)
     binary = ensure_llama_server(cmake_args)
     print(f"peer built for this CPU: {binary} ({' '.join(a for a in cmake_args if '=ON' in a)})")
-    return stack.enter_context(
-        llama_server(
-            binary,
-            model_path,
-            None,
-            parallel=max(args.streams),
-            ctx_per_slot=4096,
-            threads=args.threads,
-        )
-    )
+    return stack.enter_context(start(binary, cpu_library=None))
 
 
 def _peer_table(
@@ -223,34 +220,32 @@ def main(argv: list[str] | None = None) -> int:
                 server(models, num_parallel=None, threads=args.threads)
             )
         peer_url = None
+        others: list[tuple[str, str, str]] = []  # llama-servers: name, URL, goal of the ratio
         if peer_cpu is not None:
-            peer_url = stack.enter_context(
-                llama_server(
-                    peer_binary,
-                    model_path,
-                    peer_cpu,
-                    parallel=max_streams,
-                    ctx_per_slot=4096,
-                    threads=args.threads,
-                )
-            )
-        peer_native_url = _native_peer(stack, args, model_path) if peer_cpu else None
-        peer_huge_url = None
-        if peer_cpu is not None and args.peer_huge_pages:
-            from bench.peer import HUGE_PAGES
+            from bench.peer import HUGE_PAGE_ARGS, HUGE_PAGE_ENV
 
-            peer_huge_url = stack.enter_context(
-                llama_server(
-                    peer_binary,
-                    model_path,
-                    peer_cpu,
-                    parallel=max_streams,
-                    ctx_per_slot=4096,
-                    threads=args.threads,
-                    extra_args=HUGE_PAGES[0],
-                    extra_env=HUGE_PAGES[1],
-                )
+            start = partial(
+                llama_server,
+                model=model_path,
+                parallel=max_streams,
+                ctx_per_slot=4096,
+                threads=args.threads,
             )
+            peer_url = stack.enter_context(start(peer_binary, cpu_library=peer_cpu))
+            others.append((peer, peer_url, ">= 1.0"))
+            native_url = _native_peer(stack, args, start)
+            if native_url is not None:
+                others.append((peer_native, native_url, ">= 0.98"))
+            if args.peer_huge_pages:
+                huge_url = stack.enter_context(
+                    start(
+                        peer_binary,
+                        cpu_library=peer_cpu,
+                        extra_args=HUGE_PAGE_ARGS,
+                        extra_env=HUGE_PAGE_ENV,
+                    )
+                )
+                others.append((peer_huge, huge_url, ">= 1.0"))
         for round_no in range(args.repeats):
             if not args.skip_inprocess:
                 runs.setdefault((llama_name, 1), []).append(
@@ -270,16 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                     measures.append(
                         (auto, lambda n=n: bench_http(auto_url, "gemma3:270m", n, args.tokens))
                     )
-                if peer_url is not None:
-                    measures.append((peer, lambda n=n: peer_streams(peer_url, n, args.tokens)))
-                if peer_huge_url is not None:
-                    measures.append(
-                        (peer_huge, lambda n=n: peer_streams(peer_huge_url, n, args.tokens))
-                    )
-                if peer_native_url is not None:
-                    measures.append(
-                        (peer_native, lambda n=n: peer_streams(peer_native_url, n, args.tokens))
-                    )
+                measures.extend(
+                    (name, lambda n=n, url=url: peer_streams(url, n, args.tokens))
+                    for name, url, _ in others
+                )
                 for name, measure in measures:
                     runs.setdefault((name, n), []).append(_retry(measure)["tok_per_s"])
             turns = [(fixed, lambda r=round_no: appliance_follow_up(fixed_url, "gemma3:270m", r))]
@@ -327,14 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     if peer_url is None:
         for (name, key), values in ttft.items():
             print(f"{name}: {key} median {med(values):.3f} (rounds: {values})")
-    for other, url, goal in (
-        (peer, peer_url, ">= 1.0"),
-        (peer_huge, peer_huge_url, ">= 1.0"),
-        (peer_native, peer_native_url, ">= 0.98"),
-    ):
-        if url is not None:
-            print()
-            _peer_table(runs, ttft, fixed, other, args.streams, goal=goal)
+    for other, _, goal in others:
+        print()
+        _peer_table(runs, ttft, fixed, other, args.streams, goal=goal)
 
     if not args.skip_memory:
         print()

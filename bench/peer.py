@@ -61,13 +61,11 @@ NATIVE_FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def cpu_flags(cpuinfo: str) -> frozenset[str]:
-    """The feature flags of the first CPU in a /proc/cpuinfo text."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+def this_cpu_flags() -> frozenset[str]:
+    """The features this CPU lists, read as `doctor` reads them."""
+    from appliance.host.doctor import cpu_flags
+
+    return cpu_flags(Path("/proc/cpuinfo").read_text())
 
 
 def native_cmake_args(flags: frozenset[str]) -> tuple[str, ...]:
@@ -156,10 +154,8 @@ OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 #: llama-server with its weights in huge pages, as the appliance loads them (engine/huge_pages.py):
 #: read into memory (`--load-mode none`), glibc's malloc advising its mappings MADV_HUGEPAGE.
-HUGE_PAGES: tuple[tuple[str, ...], dict[str, str]] = (
-    ("--load-mode", "none"),
-    {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
-)
+HUGE_PAGE_ARGS = ("--load-mode", "none")
+HUGE_PAGE_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def peer_env() -> dict[str, str]:
@@ -192,7 +188,7 @@ def llama_server(
     """llama-server on a free loopback port with `parallel` slots of `ctx_per_slot`; yields its URL.
 
     `cpu_library`: the CPU variant to load (GGML_BACKEND_PATH); None for a build with its own.
-    `extra_args` / `extra_env` go to its command line and environment (HUGE_PAGES).
+    `extra_args` / `extra_env` go to its command line and environment (HUGE_PAGE_ARGS and ENV).
     """
     port = _free_port()
     env = {**peer_env(), **(extra_env or {})}

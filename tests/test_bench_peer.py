@@ -4,7 +4,8 @@ variant chosen at run time against a build for the CPU can run on any box (issue
 
 from __future__ import annotations
 
-from bench.peer import PEER_CMAKE_ARGS, cpu_flags, native_cmake_args
+from appliance.host.doctor import cpu_flags
+from bench.peer import PEER_CMAKE_ARGS, native_cmake_args
 
 SAPPHIRE_RAPIDS = (
     "sse4_2 avx avx2 bmi2 fma f16c avx_vnni avx512f avx512cd avx512vl avx512dq avx512bw "
