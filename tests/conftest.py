@@ -100,3 +100,19 @@ async def app(  # type: ignore[no-untyped-def]
     add_model(models, "thinker", tiny_gguf, template=THINK_TEMPLATE)
     async with running_appliance(models, **app_settings) as running:
         yield running
+
+
+@pytest.fixture
+def template_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every Go template text parsed from now on, in order (tests that pin a parse cache)."""
+    import appliance.prompting.gotemplate.template as gotemplate
+
+    parses: list[str] = []
+    parse_nodes = gotemplate.parse_nodes
+
+    def counting(text: str) -> Any:
+        parses.append(text)
+        return parse_nodes(text)
+
+    monkeypatch.setattr(gotemplate, "parse_nodes", counting)
+    return parses

@@ -245,19 +245,10 @@ async def test_models_sharing_weights_keep_their_own_templates(tool_server):
     ids=["tool-calls", "thinking"],
 )
 async def test_a_second_chat_with_the_same_template_parses_no_template(
-    tool_server, monkeypatch, body, answered
+    tool_server, template_parses, body, answered
 ):
     """The template, its tool-call prefix and its thinking tags are read once per model."""
-    import appliance.prompting.gotemplate.template as gotemplate
-
-    parses: list[str] = []
-    parse_nodes = gotemplate.parse_nodes
-
-    def counting(text: str) -> Any:
-        parses.append(text)
-        return parse_nodes(text)
-
-    monkeypatch.setattr(gotemplate, "parse_nodes", counting)
+    parses = template_parses
     first = await post(tool_server, "/api/chat", body)
     answered(first.json()["message"])
     assert parses, "the first chat parses the model's template"

@@ -126,18 +126,9 @@ def _facts() -> Any:
 
 
 async def test_a_parsed_template_is_kept_until_newer_ones_push_it_out(
-    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_gguf: Path, template_parses: list[str]
 ) -> None:
-    import appliance.prompting.gotemplate.template as gotemplate
-
-    parses: list[str] = []
-    parse_nodes = gotemplate.parse_nodes
-
-    def counting(text: str) -> Any:
-        parses.append(text)
-        return parse_nodes(text)
-
-    monkeypatch.setattr(gotemplate, "parse_nodes", counting)
+    parses = template_parses
     catalog = Catalog(SlotPolicy(num_parallel=1, default_num_ctx=512))
     first = _local(tiny_gguf, "first {{ .Prompt }}", "0" * 64)
     assert await catalog.prompt_template(first, _facts()) is await catalog.prompt_template(
