@@ -9,6 +9,8 @@ number (Python's bool is an int). `image_list` reads `images` as Go decodes `[]a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -120,6 +122,17 @@ def base64_error(text: str) -> int | None:
     while si < len(text) and text[si] in _NEWLINES:
         si += 1
     return si if si < len(text) else None
+
+
+def canonical_base64(data: str, message: str, *, with_reason: bool = False) -> str:
+    """`data` checked as strict base64 and written out again as native `images` carry it (the
+    OpenAI and Anthropic content parts); BadRequest(`message`, with the decoder's reason when
+    `with_reason`) if it does not decode."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"{message}: {exc}" if with_reason else message) from None
+    return base64.b64encode(raw).decode()
 
 
 def image_list(images: Any, where: str) -> tuple[str | None, ...]:

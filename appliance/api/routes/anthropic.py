@@ -13,8 +13,6 @@ with an `error` event of that shape.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from typing import Any
 
 from quart import Blueprint, Response
 
-from appliance.api.bodies.fields import BOOL, INT, NUMBER, Fields, must_be
+from appliance.api.bodies.fields import BOOL, INT, NUMBER, Fields, canonical_base64, must_be
 from appliance.api.bodies.inference import ChatRequest, Decoding, Message
 from appliance.api.errors import ANTHROPIC
 from appliance.api.routes.native import prepare_chat, whole_chat
@@ -62,11 +60,7 @@ def _image(source: Any) -> str:
         raise BadRequest(
             f"invalid image source type: {source.get('type')}. Only base64 images are supported."
         )
-    try:
-        raw = base64.b64decode(source.get("data") or "", validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"invalid base64 image data: {exc}") from None
-    return base64.b64encode(raw).decode()
+    return canonical_base64(source.get("data") or "", "invalid base64 image data", with_reason=True)
 
 
 def _tool_result(content: Any) -> tuple[str, list[str]]:

@@ -10,7 +10,6 @@ Errors are raised; `appliance/api/errors.py` answers them in OpenAI's envelope f
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import random
 import struct
@@ -22,7 +21,15 @@ from typing import Any
 import trio
 from quart import Blueprint, Response
 
-from appliance.api.bodies.fields import BOOL, INT, NUMBER, STRING, Fields, go_struct
+from appliance.api.bodies.fields import (
+    BOOL,
+    INT,
+    NUMBER,
+    STRING,
+    Fields,
+    canonical_base64,
+    go_struct,
+)
 from appliance.api.bodies.inference import (
     ChatRequest,
     Decoding,
@@ -126,11 +133,7 @@ def decode_image_url(url: str) -> str:
                 break
         else:
             raise BadRequest("invalid image input")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("invalid image input") from None
-    return base64.b64encode(raw).decode()
+    return canonical_base64(data, "invalid image input")
 
 
 def _content_messages(role: str, content: list[Any]) -> list[Message]:
@@ -163,11 +166,7 @@ def _audio(audio: Any) -> str:
     data = audio.get("data") if isinstance(audio, dict) else None
     if not isinstance(data, str):
         raise BadRequest("invalid message format")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("invalid audio input") from None
-    return base64.b64encode(raw).decode()
+    return canonical_base64(data, "invalid audio input")
 
 
 def _tool_calls(calls: Any) -> list[dict[str, Any]]:
