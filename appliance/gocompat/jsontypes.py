@@ -9,32 +9,30 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Python type of a decoded JSON value -> (its `json.UnmarshalTypeError` kind, its Go `%T`).
+#: bool before the numbers: a bool is an int in Python.
+_NAMES: tuple[tuple[type | tuple[type, ...], str, str], ...] = (
+    (type(None), "null", "<nil>"),
+    (bool, "bool", "bool"),
+    ((int, float), "number", "float64"),
+    (str, "string", "string"),
+    (list, "array", "[]interface {}"),
+)
+_OBJECT = ("object", "map[string]interface {}")
+
+
+def _names(value: Any) -> tuple[str, str]:
+    for kind, json_name, go_name in _NAMES:
+        if isinstance(value, kind):
+            return json_name, go_name
+    return _OBJECT
+
 
 def json_kind(value: Any) -> str:
     """The JSON kind `json.UnmarshalTypeError` names: bool, number, string, array, object, null."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+    return _names(value)[0]
 
 
 def go_type_name(value: Any) -> str:
     """Go's `%T` of a JSON value decoded into `interface{}`."""
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "[]interface {}"
-    return "map[string]interface {}"
+    return _names(value)[1]
