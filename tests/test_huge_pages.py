@@ -5,6 +5,7 @@ huge-page checks skip, saying why, where the kernel offers no transparent huge p
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,32 @@ async def test_an_unreadable_proc_leaves_the_load_in_small_pages(
     with await load(sizable_gguf) as model:
         assert (model.load_mode, model.huge_bytes) == ("read", 0)
         assert len(_greedy(model, 4)) == 4
+
+
+@needs_thp
+async def test_a_client_that_hangs_up_while_the_weights_are_read_leaves_a_usable_model(
+    tmp_path: Path, sizable_gguf: Path
+):
+    """The read is not cut short by the client leaving: the load finishes, in huge pages, and the
+    next request is served by that runner without loading again."""
+    models = tmp_path / "models"
+    add_model(models, "sizable", sizable_gguf)
+    body = {"model": "sizable", "prompt": "hi", "options": {"num_predict": 1, "temperature": 0}}
+    with trio.fail_after(120):
+        async with running_appliance(models) as server, server.client() as client:
+            scheduler = server.appliance.services.scheduler
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(client.post, "/api/generate", json=body))
+                while not scheduler.runners:  # the load has begun
+                    await trio.sleep(0.001)
+                (runner,) = scheduler.runners
+                state_at_hang_up = runner.state
+                nursery.cancel_scope.cancel()  # the client hangs up mid-load
+            r = await client.post("/api/generate", json=body)
+            assert r.status_code == 200
+            assert scheduler.runners == [runner]
+            assert state_at_hang_up == "loading"
+            assert (runner.backend.model.load_mode, runner.backend.model.huge_bytes > 0) == (
+                "read",
+                True,
+            )
