@@ -203,7 +203,7 @@ def _final_metrics(chunk: Any, timing: Timing) -> dict[str, int]:
         prompt_eval_duration=chunk.prompt_eval_ns,
         eval_count=chunk.eval_count,
         eval_duration=chunk.eval_ns,
-        prompt_cached_count=getattr(chunk, "prompt_cached", 0),
+        prompt_cached_count=chunk.prompt_cached,
     )
 
 

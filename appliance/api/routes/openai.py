@@ -368,7 +368,7 @@ def generate_request(body: dict[str, Any]) -> GenerateRequest:
     decoding = Decoding(
         options=options,
         logprobs=bool(logprobs),
-        top_logprobs=top_logprobs_value(logprobs) if logprobs else 0,
+        top_logprobs=top_logprobs_value(logprobs),
     )
     model = fields.get("model", STRING, "").strip()
     return GenerateRequest(model, prompt, suffix, stream=stream, decoding=decoding)
