@@ -51,6 +51,11 @@ def go_type_text(where: str, value: Any, go_type: str) -> str:
     )
 
 
+def go_type_error(where: str, value: Any, go_type: str) -> BadRequest:
+    """The 400 carrying `go_type_text`."""
+    return BadRequest(go_type_text(where, value, go_type))
+
+
 def go_struct(struct: str) -> WrongType:
     """Go's `json.UnmarshalTypeError` text for a field of the Go struct `struct`."""
 
@@ -141,22 +146,20 @@ def image_list(images: Any, where: str) -> tuple[str | None, ...]:
     if images is None:
         return ()
     if not isinstance(images, list):
-        raise BadRequest(go_type_text(where, images, "[]api.ImageData"))
+        raise go_type_error(where, images, "[]api.ImageData")
     for image in images:
         if image is None:
             continue
         if not isinstance(image, str):
-            raise BadRequest(go_type_text(where, image, "api.ImageData"))
+            raise go_type_error(where, image, "api.ImageData")
         at = base64_error(image)
         if at is not None:
             raise BadRequest(f"illegal base64 data at input byte {at}")
     return tuple(images)
 
 
-def check_images(body: dict[str, Any]) -> None:
-    """`images` (top level and in each message) checked by `image_list`, before anything else."""
-    image_list(body.get("images"), "GenerateRequest.images")
-    messages = body.get("messages")
+def check_images(messages: Any) -> None:
+    """The `images` of each message checked by `image_list`, before anything else."""
     if isinstance(messages, list):
         for m in messages:
             if isinstance(m, dict):

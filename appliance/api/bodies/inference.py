@@ -19,7 +19,7 @@ from appliance.api.bodies.fields import (
     STRING,
     Fields,
     go_struct,
-    go_type_text,
+    go_type_error,
     image_list,
 )
 from appliance.errors import BadRequest
@@ -35,10 +35,6 @@ _MESSAGE_FIELDS = (
     "tool_name",
     "tool_call_id",
 )
-
-
-def _wrong(struct: str, name: str, value: Any, go_type: str) -> BadRequest:
-    return BadRequest(go_type_text(f"{struct}.{name}", value, go_type))
 
 
 def think_value(think: Any) -> bool | str | None:
@@ -63,7 +59,7 @@ def _options(value: Any, struct: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _wrong(struct, "options", value, "map[string]interface {}")
+        raise go_type_error(f"{struct}.options", value, "map[string]interface {}")
     return value
 
 
@@ -89,11 +85,11 @@ class Message:
     def parse(cls, item: Any) -> Self:
         """A native message; a null content is empty, as Ollama decodes it."""
         if not isinstance(item, dict):
-            raise _wrong("ChatRequest", "messages", item, "api.Message")
+            raise go_type_error("ChatRequest.messages", item, "api.Message")
         fields = Fields(item, go_struct("Message.messages"))
         calls = item.get("tool_calls")
         if calls is not None and not isinstance(calls, list):
-            raise _wrong("Message.messages", "tool_calls", calls, "[]api.ToolCall")
+            raise go_type_error("Message.messages.tool_calls", calls, "[]api.ToolCall")
         return cls(
             role=fields.get("role", STRING, ""),
             content=fields.get("content", STRING, ""),
@@ -123,7 +119,7 @@ def _messages(raw: Any) -> tuple[Message, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise _wrong("ChatRequest", "messages", raw, "[]api.Message")
+        raise go_type_error("ChatRequest.messages", raw, "[]api.Message")
     return tuple(Message.parse(item) for item in raw)
 
 
@@ -131,10 +127,10 @@ def _context(raw: Any) -> tuple[int, ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise _wrong("GenerateRequest", "context", raw, "[]int")
+        raise go_type_error("GenerateRequest.context", raw, "[]int")
     for token in raw:
         if not isinstance(token, int) or isinstance(token, bool):
-            raise _wrong("GenerateRequest", "context", token, "int")
+            raise go_type_error("GenerateRequest.context", token, "int")
     return tuple(raw)
 
 
@@ -145,10 +141,10 @@ def tool_list(
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise _wrong(struct, "tools", raw, go_type)
+        raise go_type_error(f"{struct}.tools", raw, go_type)
     for tool in raw:
         if not isinstance(tool, dict):
-            raise _wrong(struct, "tools", tool, "api.Tool")
+            raise go_type_error(f"{struct}.tools", tool, "api.Tool")
     return tuple(raw)
 
 

@@ -13,37 +13,38 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from appliance.api.bodies.fields import check_images, field_of_type, go_type_text
+from appliance.api.bodies.fields import (
+    BOOL,
+    STRING,
+    Fields,
+    Kind,
+    check_images,
+    go_struct,
+    go_type_error,
+)
 from appliance.errors import ApplianceError, BadRequest
 from appliance.options import Options
 from appliance.store.create import CreateRequest
 from appliance.store.layout import InvalidDigest, api_digest
 from appliance.store.names import ModelName, parse_model_name
 
-_GO_TYPES: dict[type, str] = {str: "string", bool: "bool"}
+_ANY_MAP = Kind((dict,), "map[string]interface {}", "an object")
+_STRING_MAP = Kind((dict,), "map[string]string", "an object")
+_MESSAGES = Kind((list,), "[]api.Message", "a list")
 
 
-def _field(
-    body: dict[str, Any], where: str, kind: type, default: Any, go_type: str | None = None
-) -> Any:
-    """`field_of_type`'s check of `where`'s field (`Struct.field`), its error naming Go's struct
-    and type as Ollama's answer does."""
-    name = where.rpartition(".")[2]
-    try:
-        return field_of_type(body, name, kind, default)
-    except BadRequest:
-        raise _type_error(body[name], where, go_type or _GO_TYPES[kind]) from None
-
-
-def _type_error(value: Any, where: str, go_type: str) -> BadRequest:
-    return BadRequest(go_type_text(where, value, go_type))
+def _field(body: dict[str, Any], where: str, kind: Kind, default: Any) -> Any:
+    """Field `where` (`Struct.field`) of `kind`; a wrong type is a 400 naming Go's struct and
+    type, as Ollama's answer does."""
+    struct, _, name = where.rpartition(".")
+    return Fields(body, go_struct(struct)).get(name, kind, default)
 
 
 def _model_text(body: dict[str, Any], struct: str, *, strip: bool = False) -> str:
     """The model a body names: `model`, else the older `name` (Ollama's `cmp.Or(Model, Name)`).
     The registry routes also take a blank `model` as absent and drop surrounding spaces."""
-    model = _field(body, f"{struct}.model", str, "")
-    name = _field(body, f"{struct}.name", str, "")
+    model = _field(body, f"{struct}.model", STRING, "")
+    name = _field(body, f"{struct}.name", STRING, "")
     if strip:
         model, name = model.strip(), name.strip()
     return model or name
@@ -61,8 +62,8 @@ class ShowRequest:
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Self:
         text = _model_text(body, "ShowRequest")
-        verbose = _field(body, "ShowRequest.verbose", bool, False)
-        system = _field(body, "ShowRequest.system", str, "")
+        verbose = _field(body, "ShowRequest.verbose", BOOL, False)
+        system = _field(body, "ShowRequest.system", STRING, "")
         if not text:
             raise BadRequest("model is required")
         return cls(model=text, name=parse_model_name(text), verbose=verbose, system=system)
@@ -78,8 +79,8 @@ class CopyRequest:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Self:
-        source = _field(body, "CopyRequest.source", str, "")
-        destination = _field(body, "CopyRequest.destination", str, "")
+        source = _field(body, "CopyRequest.source", STRING, "")
+        destination = _field(body, "CopyRequest.destination", STRING, "")
         return cls(
             source_text=source,
             source=parse_model_name(source, message=f'source "{source}" is invalid'),
@@ -116,8 +117,8 @@ class _RegistryRequest:
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Self:
         text = _model_text(body, cls.STRUCT, strip=True)
-        insecure = _field(body, f"{cls.STRUCT}.insecure", bool, False)
-        stream = _field(body, f"{cls.STRUCT}.stream", bool, True)
+        insecure = _field(body, f"{cls.STRUCT}.insecure", BOOL, False)
+        stream = _field(body, f"{cls.STRUCT}.stream", BOOL, True)
         if not text and cls.MODEL_REQUIRED:
             raise BadRequest("model is required")
         name = parse_model_name(text)  # 400 `invalid model name`
@@ -161,15 +162,15 @@ _CREATE_TEXT_FIELDS = (
 
 def parse_create(body: dict[str, Any]) -> CreateRequest:
     """A create body as a `CreateRequest`, with Ollama's 400 messages in Ollama's order."""
-    check_images({"messages": body.get("messages")})
+    check_images(body.get("messages"))
     model = _model_text(body, "CreateRequest")
     text: dict[str, str] = {
-        key: _field(body, f"CreateRequest.{key}", str, "") for key in _CREATE_TEXT_FIELDS
+        key: _field(body, f"CreateRequest.{key}", STRING, "") for key in _CREATE_TEXT_FIELDS
     }
-    stream = _field(body, "CreateRequest.stream", bool, True)
+    stream = _field(body, "CreateRequest.stream", BOOL, True)
     files = _files(body, "files")
     adapters = _files(body, "adapters")
-    parameters = _field(body, "CreateRequest.parameters", dict, {}, "map[string]interface {}")
+    parameters = _field(body, "CreateRequest.parameters", _ANY_MAP, {})
     messages = _messages(body)
     name = parse_model_name(model)
     if text["quantize"] or text["quantization"]:
@@ -203,10 +204,10 @@ def parse_create(body: dict[str, Any]) -> CreateRequest:
 def _files(body: dict[str, Any], key: str) -> dict[str, str]:
     """`files` or `adapters`: relative paths to blob digests (Go's `map[string]string`)."""
     where = f"CreateRequest.{key}"
-    files = _field(body, where, dict, {}, "map[string]string")
+    files = _field(body, where, _STRING_MAP, {})
     for value in files.values():
         if not isinstance(value, str):
-            raise _type_error(value, where, "string")
+            raise go_type_error(where, value, "string")
     for rel, digest in files.items():
         if not _valid_fs_path(rel):
             raise BadRequest("file path must be relative")
@@ -243,10 +244,10 @@ def _licenses(value: Any) -> list[str]:
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     """`messages` as the store records them: roles lowercased, empty extras left out."""
     where = "CreateRequest.messages"
-    messages = _field(body, where, list, [], "[]api.Message")
+    messages = _field(body, where, _MESSAGES, [])
     for m in messages:
         if not isinstance(m, dict):
-            raise _type_error(m, where, "api.Message")
+            raise go_type_error(where, m, "api.Message")
     clean = []
     for m in messages:
         role = m.get("role", "")
