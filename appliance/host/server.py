@@ -74,7 +74,7 @@ class Appliance:
         store = Store(settings.models_dir)
         await trio.to_thread.run_sync(_prepare_store, store, settings)
         limits, policy = resolve_limits(settings)
-        catalog = Catalog(policy, store.gguf_infos)
+        catalog = Catalog(policy, store.gguf_infos, store.template_caps)
         metrics = Metrics() if settings.metrics else None
         scheduler = Scheduler(
             limits=limits,

@@ -15,6 +15,7 @@ are read from the same template, once per `PromptTemplate` (`derive`).
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,13 @@ def template_source(
 
 
 _THINK_FIELDS = frozenset({"think", "thinking", "thinklevel", "isthinkset"})
+
+
+def cached_template_capabilities(limit: int = 32) -> Callable[[str | None], tuple[str, ...]]:
+    """`template_capabilities` behind an LRU of `limit` template texts, one per owner (the store,
+    whose listings and the catalog's capability checks share it): parsing a template costs about
+    half a millisecond, and `/api/tags` asks it of every model on every listing."""
+    return functools.lru_cache(maxsize=limit)(lambda text: tuple(template_capabilities(text)))
 
 
 def template_capabilities(go_template: str | None) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from appliance.errors import ApplianceError, BadRequest, NotFound
-from appliance.prompting.prompts import PromptTemplate, template_capabilities
+from appliance.prompting.prompts import PromptTemplate, cached_template_capabilities
 from appliance.serving.backend import LoadSpec
 from appliance.store.store import GGUFInfoCache, model_capabilities
 from engine.gguf import GGUFInfo
@@ -94,38 +95,35 @@ class Catalog:
 
     TEMPLATE_CACHE = 32  # parsed prompt templates kept (one per model and TEMPLATE text)
 
-    def __init__(self, policy: SlotPolicy, infos: GGUFInfoCache | None = None) -> None:
+    def __init__(
+        self,
+        policy: SlotPolicy,
+        infos: GGUFInfoCache | None = None,
+        template_caps: Callable[[str | None], tuple[str, ...]] | None = None,
+    ) -> None:
+        """`infos` and `template_caps` are the store's caches (a test may leave them out)."""
         self.policy = policy
         self.infos = infos if infos is not None else GGUFInfoCache()
-        self._lock = trio.Lock()
+        self._template_caps = template_caps or cached_template_capabilities(self.TEMPLATE_CACHE)
         self._kv_fallbacks: set[Path] = set()  # model files whose KV-type fallback was logged
         self._templates: OrderedDict[tuple[str, str, str], PromptTemplate] = OrderedDict()
-        self._template_caps: OrderedDict[str, list[str]] = OrderedDict()  # by TEMPLATE text
 
     async def info(self, path: Path) -> GGUFInfo:
         """The GGUF header of `path`; 404 when the file is gone, 500 when it is not GGUF."""
         cached = self.infos.peek(path)
         if cached is not None:
             return cached
-        async with self._lock:
-            try:
-                return await trio.to_thread.run_sync(self.infos.get, path)
-            except FileNotFoundError:
-                raise NotFound(f'model "{path.name}" not found, try pulling it first') from None
-            except ValueError as exc:
-                raise ApplianceError(f"unable to read model file: {exc}") from None
+        try:  # the cache reads one header at a time and none twice
+            return await trio.to_thread.run_sync(self.infos.get, path)
+        except FileNotFoundError:
+            raise NotFound(f'model "{path.name}" not found, try pulling it first') from None
+        except ValueError as exc:
+            raise ApplianceError(f"unable to read model file: {exc}") from None
 
     async def capabilities(self, model: LocalModel) -> set[str]:
         """`store.derive_capabilities` for `model`: the same answer `/api/show` gives."""
         info = await self.info(model.model_path) if model.model_path is not None else None
-        text = model.template or ""
-        template_caps = self._template_caps.get(text)
-        if template_caps is None:
-            template_caps = self._template_caps[text] = template_capabilities(text)
-            while len(self._template_caps) > self.TEMPLATE_CACHE:
-                self._template_caps.popitem(last=False)
-        self._template_caps.move_to_end(text)
-        return set(model_capabilities(model, info, template_caps))
+        return set(model_capabilities(model, info, self._template_caps(model.template)))
 
     async def prompt_template(
         self, model: LocalModel, facts: _TemplateFacts, override: str | None = None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from appliance.errors import ApplianceError, BadRequest, NotFound
-from appliance.prompting.prompts import template_capabilities
+from appliance.prompting.prompts import cached_template_capabilities, template_capabilities
 from appliance.store import layout
 from appliance.store.layout import PRUNE_GRACE_SECONDS, api_digest, blob_filename, digest_hex
 from appliance.store.manifest import (
@@ -110,12 +110,12 @@ class GGUFInfoCache:
         thread). FileNotFoundError or ValueError as `read_gguf_info` raises them."""
         st = os.stat(path)
         stamp = (st.st_size, st.st_mtime_ns)
+        info = self._fresh(path, stamp)  # a hit waits for no other file's read
+        if info is not None:
+            return info
         with self._reading:
-            with self._lock:
-                entry = self._items.get(path)
-            if entry is not None and entry[0] == stamp:
-                info = entry[1]
-            else:
+            info = self._fresh(path, stamp)  # read by the thread this one waited for
+            if info is None:
                 info = read_gguf_info(path)
             with self._lock:
                 self._items[path] = (stamp, info)
@@ -123,6 +123,15 @@ class GGUFInfoCache:
                 while len(self._items) > self.limit:
                     self._items.popitem(last=False)
         return info
+
+    def _fresh(self, path: Path, stamp: tuple[int, int]) -> GGUFInfo | None:
+        """The cached header of `path` if it was read at `stamp` (size, mtime), marked used."""
+        with self._lock:
+            entry = self._items.get(path)
+            if entry is None or entry[0] != stamp:
+                return None
+            self._items.move_to_end(path)
+            return entry[1]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -189,6 +198,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.abspath(Path(root).expanduser()))
         self.gguf_infos = GGUFInfoCache()
+        self.template_caps = cached_template_capabilities()
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -603,7 +613,7 @@ class Store:
                 info = self.gguf_info(model.model_path)
             except (OSError, ValueError) as exc:
                 log.warning("cannot read GGUF of %s: %s", model.name, exc)
-        return model_capabilities(model, info)
+        return model_capabilities(model, info, self.template_caps(model.template))
 
     def gguf_info(self, path: Path) -> GGUFInfo:
         """`engine.gguf.read_gguf_info(path)` through the store's one bounded header cache."""

@@ -28,7 +28,7 @@ from appliance.gocompat.timefmt import go_time_ns
 from appliance.prompting.prompts import template_source
 from appliance.store.create import create_model
 from appliance.store.modelfile import go_sharp_value, param_lines, render_modelfile
-from appliance.store.store import LocalModel, Store
+from appliance.store.store import LocalModel, Store, model_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def show_model(store: Store, text: str, *, verbose: bool, system: str) -> dict[s
     body["model_info"] = {}  # always present: several integrations crash without it (Ollama)
     if info is not None:
         body.update(_shown_gguf(store, m, info, verbose=verbose))
-    caps = store.capabilities(m)
+    caps = model_capabilities(m, info, store.template_caps(m.template))  # the header read above
     if caps:
         body["capabilities"] = caps
     body["modified_at"] = go_time_ns(m.modified_ns)
