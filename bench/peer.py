@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from engine import OMP_VARS
+
 PEER_CMAKE_ARGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=ON",
@@ -147,9 +149,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 #: llama-server with its weights in huge pages, as the appliance loads them (engine/huge_pages.py):

@@ -20,8 +20,9 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from engine import OMP_VARS
+
 REPO = Path(__file__).resolve().parents[1]
-OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 DEFAULT_SETTINGS = (
     "passive=OMP_WAIT_POLICY=PASSIVE",
     "unset=unset",

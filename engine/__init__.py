@@ -17,11 +17,12 @@ import os
 # (appliance/serving/compute_thread.py), one team, so an embedding beside a stream no longer
 # starves it when teams spin (longest token gap 78x the usual with a team per worker thread, 8x
 # now). Set before llama.cpp (libgomp) loads; an operator's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-_OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+#: The OpenMP wait settings an operator may set (and the bench reports for both sides).
+OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 #: The OpenMP variables this package set in the environment (none where an operator set one); a
 #: benchmark leaves them out of a peer's environment, which keeps its own defaults.
 OMP_DEFAULTS: dict[str, str] = {}
-if not any(name in os.environ for name in _OMP_VARS):
+if not any(name in os.environ for name in OMP_VARS):
     OMP_DEFAULTS["GOMP_SPINCOUNT"] = "1000"
     os.environ.update(OMP_DEFAULTS)
