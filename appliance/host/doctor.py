@@ -28,6 +28,7 @@ import trio
 from appliance.gocompat.urls import redact
 from appliance.settings.config import Settings, load_settings
 from appliance.settings.platform import decide_defaults, detect_facts, format_gib, user_name
+from engine.huge_pages import thp_mode
 
 # llama.cpp's CPU code is built once per x86-64 level (GGML_CPU_ALL_VARIANTS) and chosen at start
 # (engine/cpu_backend.py), down to the x86-64 baseline: no CPU flag is required any more.
@@ -96,14 +97,8 @@ def gather_host_facts(cpu_variant: str = "auto") -> HostFacts:
         glibc=glibc,
         frozen=bool(getattr(sys, "frozen", False)),
         cpu_code=_cpu_code(cpu_variant),
-        thp_mode=_thp_mode(),
+        thp_mode=thp_mode(),
     )
-
-
-def _thp_mode() -> str:
-    from engine import huge_pages
-
-    return huge_pages.thp_mode()
 
 
 def _cpu_code(cpu_variant: str) -> Any:

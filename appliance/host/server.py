@@ -83,7 +83,7 @@ class Appliance:
                 settings.num_threads,
                 load_timeout=settings.load_timeout,
                 prompt_cache=settings.prompt_cache,
-                cache_ram=settings.cache_ram * 1024 * 1024,
+                cache_ram=policy.prompt_states_bytes,  # 0 with the prompt cache off
             ),
             planner=catalog.plan,
             observer=metrics,

@@ -244,8 +244,9 @@ class Scheduler:
         after (Open WebUI's eject) no longer sees it. A runner still generating for others goes
         when they finish; that is not waited for."""
         runner = self._runners.get(key)
-        if not self.unload(key) or runner is None:
+        if runner is None:
             return
+        runner.expire(keep_alive=0)
         if runner.ref_count == 0 and runner.state != "loading":
             await runner.exited.wait()
 
