@@ -354,7 +354,7 @@ class BatchEngine:
             return
         size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
         kept = self._logits[seq]
-        if not self.store.fits(size + (kept[1].nbytes if kept else 0) + 8 * len(tokens)):
+        if not self.store.fits(SavedPrompt.size(size, tokens, kept)):
             return
         state = (ctypes.c_uint8 * size)()
         if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, seq) != size:

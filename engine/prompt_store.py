@@ -35,8 +35,13 @@ class SavedPrompt:
     @property
     def nbytes(self) -> int:
         """Host memory this entry holds: the state, the kept logits and the token list."""
-        kept = self.logits[1].nbytes if self.logits is not None else 0
-        return len(self.state) + kept + 8 * len(self.tokens)
+        return self.size(len(self.state), self.tokens, self.logits)
+
+    @staticmethod
+    def size(state_bytes: int, tokens: list[int], logits: tuple[int, np.ndarray] | None) -> int:
+        """`nbytes` of an entry before it is made (so a state too big is never copied out)."""
+        kept = logits[1].nbytes if logits is not None else 0
+        return state_bytes + kept + 8 * len(tokens)
 
 
 class PromptStore:
@@ -44,8 +49,7 @@ class PromptStore:
 
     def __init__(self, limit: int) -> None:
         self.limit = max(0, limit)
-        self._entries: OrderedDict[int, SavedPrompt] = OrderedDict()
-        self._ids = iter(range(1 << 62))
+        self._entries: OrderedDict[int, SavedPrompt] = OrderedDict()  # by id() of the entry
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -68,16 +72,14 @@ class PromptStore:
                 self._drop(key)
         while self._entries and self.nbytes + entry.nbytes > self.limit:
             self._drop(next(iter(self._entries)))
-        self._entries[next(self._ids)] = entry
+        self._entries[id(entry)] = entry
         self.nbytes += entry.nbytes
         return True
 
     def take(self, entry: SavedPrompt) -> None:
         """Remove `entry`: it moves into a slot (saved again when that slot is reused)."""
-        for key, kept in self._entries.items():
-            if kept is entry:
-                self._drop(key)
-                return
+        if id(entry) in self._entries:
+            self._drop(id(entry))
 
     def clear(self) -> None:
         self._entries.clear()
