@@ -599,9 +599,7 @@ class _Loader:
             update_state_dir=self.directory("LLM_APPLIANCE_UPDATE_STATE_DIR", "update_state_dir"),
             write_timeout=self.write_timeout(),
             allowed_registries=self.allowed_registries(),
-            # Read before `warnings` is taken: a bad value adds one.
             cache_ram=self.uint("LLM_APPLIANCE_CACHE_RAM", "cache_ram", DEFAULT_CACHE_RAM_MIB),
-            warnings=tuple(self.warnings),
             admin_keys=self.keys("LLM_APPLIANCE_ADMIN_KEYS", "admin_keys"),
             admin_key_file=self.key_file("LLM_APPLIANCE_ADMIN_KEY_FILE", "admin_key_file"),
             metrics_keys=self.keys("LLM_APPLIANCE_METRICS_KEYS", "metrics_keys"),
@@ -611,6 +609,7 @@ class _Loader:
             ),
             cpu_variant=self.cpu_variant(),
             prompt_cache=bool(self.flag("LLM_APPLIANCE_PROMPT_CACHE", "prompt_cache", True)),
+            warnings=tuple(self.warnings),  # last: every setting above may have added one
         )
 
     # Each method below handles one setting.
